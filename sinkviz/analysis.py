@@ -1,0 +1,165 @@
+"""analyze(): prompt + settings -> Analysis, through the result store.
+
+Steps: look up the store (no model needed), load the model, tokenize, one hooked forward
+pass, save. A repeated request is answered from the store without running the model, and
+the same request made twice at once is computed once.
+"""
+
+import hashlib
+import json
+import os
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from typing import Callable
+
+import torch
+
+from . import capture, models
+from .embedded import DEFAULT_MODEL
+from .errors import BadPrompt, BadSetting
+from .metrics import layer_sinks
+from .prompts import TokenizedPrompt, check_prompt, tokenize
+from .reduce import MAX_FIRST_N
+from .stats import AttentionStats
+from .store import ResultStore
+
+SCHEMA_VERSION = 1
+Progress = Callable[[str], None]  # called with each step's name as it starts
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything besides the prompt that changes the captured numbers (``max_tokens`` aside)."""
+    model: str = DEFAULT_MODEL
+    use_template: bool = True
+    system: str | None = None
+    map_size: int = 128          # maps are full L x L up to this many tokens, pooled above
+    device: str | None = None    # None: CUDA, then MPS, then CPU
+    dtype: str | None = None     # None: bfloat16 on CUDA, float32 elsewhere
+    max_tokens: int | None = None  # None: $SINKVIZ_MAX_TOKENS, else the model's context
+
+    def __post_init__(self):
+        if not 8 <= self.map_size <= 512:
+            raise BadSetting(f"map size must be between 8 and 512, not {self.map_size}")
+
+
+@dataclass(frozen=True)
+class Analysis:
+    key: str
+    prompt: str
+    settings: Settings
+    model: models.ModelInfo
+    tokens: TokenizedPrompt
+    stats: AttentionStats
+    created: float                           # unix time of the capture
+    timings: tuple[tuple[str, float], ...]   # (step, seconds) of the request that made it
+    cached: bool = False                     # True when this request was served by the store
+
+
+def result_key(identity: dict, settings: Settings, prompt: str) -> str:
+    """sha256 of everything that changes the numbers, schema version included."""
+    payload = {"schema": SCHEMA_VERSION, "model": identity, "prompt": prompt,
+               "template": settings.use_template, "system": settings.system or None,
+               "map_size": settings.map_size}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+class _Steps:
+    """Times named steps and reports each start to ``progress``."""
+
+    def __init__(self, progress: Progress | None):
+        self.progress, self.timings = progress, []
+
+    @contextmanager
+    def __call__(self, name: str):
+        if self.progress:
+            self.progress(name)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings.append((name, time.perf_counter() - start))
+
+
+_key_locks: dict[str, threading.Lock] = {}
+_key_locks_guard = threading.Lock()
+
+
+def _key_lock(key: str) -> threading.Lock:
+    with _key_locks_guard:
+        return _key_locks.setdefault(key, threading.Lock())
+
+
+def analyze(prompt: str, settings: Settings = Settings(), *, store: ResultStore | None = None,
+            progress: Progress | None = None) -> Analysis:
+    """Capture (or fetch from the store) the attention statistics of ``prompt``."""
+    check_prompt(prompt)
+    store = store or ResultStore()
+    steps = _Steps(progress)
+    with steps("looking up the store"):
+        key = result_key(models.identity(settings.model, settings.device, settings.dtype),
+                         settings, prompt)
+    with _key_lock(key):
+        stored = load_stored(store, key)
+        if stored is not None:
+            return replace(stored, cached=True, timings=tuple(steps.timings))
+        with steps("loading model"):
+            loaded = models.get_model(settings.model, settings.device, settings.dtype)
+        with steps("tokenizing"):
+            tokens = tokenize(loaded.tokenizer, prompt, settings.use_template, settings.system,
+                              max_tokens=token_limit(settings, loaded.info))
+            if len(tokens.token_ids) < 2:
+                raise BadPrompt("the prompt has 1 token; sink statistics need at least 2")
+        with steps("forward pass"):
+            ids = torch.tensor([tokens.token_ids], device=loaded.model.device)
+            with loaded.lock:
+                stats = capture.capture(loaded.model, ids, settings.map_size)
+        analysis = Analysis(key, prompt, settings, loaded.info, tokens, stats, time.time(), ())
+        with steps("saving"):
+            store.put(key, to_meta(analysis), stats.to_arrays())
+        return replace(analysis, timings=tuple(steps.timings))
+
+
+def token_limit(settings: Settings, info: models.ModelInfo) -> int | None:
+    """The smallest of settings.max_tokens, $SINKVIZ_MAX_TOKENS and the model's context."""
+    limits = [settings.max_tokens, info.max_context,
+              int(os.environ["SINKVIZ_MAX_TOKENS"]) if os.environ.get("SINKVIZ_MAX_TOKENS") else None]
+    limits = [n for n in limits if n]
+    return min(limits) if limits else None
+
+
+def to_meta(analysis: Analysis) -> dict:
+    """JSON-ready description of an analysis (everything except the arrays)."""
+    worst = []
+    for n in range(1, MAX_FIRST_N + 1):
+        if analysis.stats.n_tokens > n:
+            mass = layer_sinks(analysis.stats, n).sink_mass
+            worst.append([int(mass.argmax()), float(mass.max())])
+    return {"schema": SCHEMA_VERSION, "key": analysis.key, "prompt": analysis.prompt,
+            "settings": asdict(analysis.settings), "model": asdict(analysis.model),
+            "tokens": asdict(analysis.tokens), "created": analysis.created,
+            "worst_layer_by_n": worst}
+
+
+def load_stored(store: ResultStore, key: str) -> Analysis | None:
+    """The stored analysis under ``key``; None (and the entry dropped) if absent or unreadable."""
+    stored = store.get(key)
+    if stored is None:
+        return None
+    try:
+        return from_stored(*stored)
+    except (ValueError, KeyError, TypeError) as err:
+        store.discard(key, err)
+        return None
+
+
+def from_stored(meta: dict, arrays: dict) -> Analysis:
+    """Rebuild an Analysis from the store's (meta, arrays)."""
+    if meta.get("schema") != SCHEMA_VERSION:
+        raise ValueError(f"stored schema {meta.get('schema')} is not {SCHEMA_VERSION}")
+    tokens = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["tokens"].items()}
+    return Analysis(meta["key"], meta["prompt"], Settings(**meta["settings"]),
+                    models.ModelInfo(**meta["model"]), TokenizedPrompt(**tokens),
+                    AttentionStats.from_arrays(arrays), meta["created"], ())

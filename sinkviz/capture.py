@@ -1,0 +1,181 @@
+"""One hooked forward pass that reduces attention to ``AttentionStats`` without L x L tensors.
+
+A registered attention function computes each layer's output with SDPA (the model's output
+is unchanged) and, while a recorder is active, recomputes the attention probabilities
+query block by query block and hands them to a ``LayerReducer``. Forward hooks on the
+decoder layers keep the hidden-state norm of every position. Hooks are removed in ``finally``.
+"""
+
+import contextlib
+import inspect
+import math
+from contextvars import ContextVar
+
+import numpy as np
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from .errors import UnsupportedArchitecture
+from .reduce import LayerReducer, bin_width
+from .stats import AttentionStats
+
+ATTN_NAME = "sinkviz"
+BLOCK_ELEMENTS = 1 << 24          # probabilities per block on accelerators (64 MB in float32)
+CPU_BLOCK_ROWS = 128              # on CPU, 128-query blocks were twice as fast as 256
+UNSUPPORTED_KWARGS = ("softcap", "s_aux", "sinks")  # change the softmax in ways SDPA ignores
+
+_recorder: ContextVar["_Recorder | None"] = ContextVar("sinkviz_recorder", default=None)
+
+
+def register() -> None:
+    """Make ``attn_implementation="sinkviz"`` available to every model (idempotent)."""
+    AttentionInterface.register(ATTN_NAME, sinkviz_attention)
+    AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)  # else the mask arrives as None
+
+
+def sinkviz_attention(module, query, key, value, attention_mask, **kwargs):
+    """SDPA output; plus statistics when a recorder is active in this context."""
+    recorder = _recorder.get()
+    if recorder is not None:
+        for name in UNSUPPORTED_KWARGS:
+            if kwargs.get(name) is not None:
+                raise UnsupportedArchitecture(
+                    f"{type(module).__name__} uses '{name}' in its attention softmax, "
+                    "which sinkviz cannot capture exactly yet")
+    output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if recorder is not None:
+        recorder.record(module, query, key, value, attention_mask, kwargs)
+    return output, None
+
+
+def block_rows(heads: int, keys: int, device: torch.device) -> int:
+    """Query rows per block: fixed on CPU, else bounded by BLOCK_ELEMENTS probabilities."""
+    if device.type == "cpu":
+        return CPU_BLOCK_ROWS
+    return max(1, min(keys, BLOCK_ELEMENTS // (heads * keys)))
+
+
+class _Recorder:
+    def __init__(self, map_size: int):
+        self.map_size = map_size
+        self.layers: list[dict[str, torch.Tensor]] = []
+        self.value_norms: list[torch.Tensor] = []
+        self.windows: list[int | None] = []
+        self.causal = True
+
+    def record(self, module, query, key, value, attention_mask, kwargs) -> None:
+        """query: [1, heads, L, D]; key, value: [1, kv_heads, L, D] (not yet expanded for GQA)."""
+        if query.shape[0] != 1:
+            raise ValueError("sinkviz captures one prompt at a time (batch size 1)")
+        causal = kwargs.get("is_causal")
+        causal = getattr(module, "is_causal", True) if causal is None else bool(causal)
+        window = kwargs.get("sliding_window")
+        acc = torch.float64 if query.dtype == torch.float64 else torch.float32
+        heads, n_q, dim = query.shape[1:]
+        q = query[0].to(acc)                                                  # [heads, Lq, D]
+        k = repeat_kv(key, heads // key.shape[1])[0].to(acc)                  # [heads, Lk, D]
+        n_k = k.shape[1]
+        scaling = kwargs.get("scaling") or dim ** -0.5
+        bias = kwargs.get("position_bias")
+        reducer = LayerReducer(heads, n_k, self.map_size, causal=causal, device=q.device, dtype=acc)
+        rows = block_rows(heads, n_k, q.device)
+        for start in range(0, n_q, rows):
+            stop = min(n_q, start + rows)
+            scores = torch.matmul(q[:, start:stop], k.transpose(-1, -2)) * scaling  # [heads, b, Lk]
+            if bias is not None:
+                scores = scores + bias[0, :, start:stop].to(acc)
+            scores = _apply_mask(scores, attention_mask, start, stop, n_k - n_q,
+                                 causal=causal, window=window)
+            reducer.add(torch.softmax(scores, dim=-1), start + n_k - n_q)
+        self.layers.append(reducer.finish())
+        self.value_norms.append(value[0].to(acc).norm(dim=-1).mean(0))       # [Lk]
+        self.windows.append(window)
+        self.causal = causal
+
+
+def _apply_mask(scores, attention_mask, start, stop, offset, *, causal, window):
+    """Mask one block of scores [heads, b, Lk]: the model's mask, or (when it passed None)
+    causal and sliding-window rules aligned bottom-right (query i sits at position i + offset)."""
+    if attention_mask is not None:
+        block = attention_mask[0, :, start:stop]                              # [1 or heads, b, Lk]
+        if block.dtype == torch.bool:
+            return scores.masked_fill(~block, -math.inf)
+        return scores + block.to(scores.dtype)
+    if not causal:
+        return scores
+    q_pos = torch.arange(start, stop, device=scores.device)[:, None] + offset
+    k_pos = torch.arange(scores.shape[-1], device=scores.device)[None, :]
+    allowed = k_pos <= q_pos
+    if window is not None:
+        allowed &= (q_pos - k_pos) < window
+    return scores.masked_fill(~allowed, -math.inf)
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The ModuleList of transformer blocks (as many as ``num_hidden_layers``)."""
+    n = model.config.get_text_config().num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module
+    raise UnsupportedArchitecture(f"cannot find the {n} decoder layers of {type(model).__name__}")
+
+
+@contextlib.contextmanager
+def _hidden_norm_hooks(model):
+    """Yields a list that fills with [L] hidden-state norms, one per decoder layer."""
+    norms: list[torch.Tensor] = []
+
+    def hook(_module, _inputs, output):
+        hidden = output[0] if isinstance(output, (tuple, list)) else output   # [1, L, d]
+        norms.append(hidden[0].float().norm(dim=-1))
+
+    handles = [layer.register_forward_hook(hook) for layer in decoder_layers(model)]
+    try:
+        yield norms
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def forward_kwargs(model) -> dict:
+    """Prefill only, no KV cache; keep one logit row when the model allows it."""
+    kwargs = {"use_cache": False}
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        kwargs["logits_to_keep"] = 1
+    return kwargs
+
+
+def capture(model, input_ids: torch.Tensor, map_size: int = 128) -> AttentionStats:
+    """Run one forward pass on input_ids [1, L] and return its attention statistics."""
+    if model.config._attn_implementation != ATTN_NAME:
+        raise UnsupportedArchitecture(f"model was not loaded with attn_implementation={ATTN_NAME!r}")
+    recorder = _Recorder(map_size)
+    token = _recorder.set(recorder)
+    try:
+        with _hidden_norm_hooks(model) as hidden_norms, torch.no_grad():
+            model(input_ids=input_ids, **forward_kwargs(model))
+    finally:
+        _recorder.reset(token)
+    n_layers = len(hidden_norms)
+    if len(recorder.layers) != n_layers:
+        raise UnsupportedArchitecture(
+            f"{type(model).__name__} sent {len(recorder.layers)} of {n_layers} layers through the "
+            "attention interface; its attention cannot be captured exactly")
+    return _to_stats(recorder, hidden_norms)
+
+
+def _to_stats(recorder: _Recorder, hidden_norms: list[torch.Tensor]) -> AttentionStats:
+    stack = lambda name: _np(torch.stack([layer[name] for layer in recorder.layers]))  # noqa: E731
+    n_tokens = recorder.layers[0]["received"].shape[-1]
+    return AttentionStats(
+        sink_mass=stack("sink_mass"), entropy=stack("entropy"), received=stack("received"),
+        maps=stack("maps"), hidden_norm=_np(torch.stack(hidden_norms)),
+        value_norm=_np(torch.stack(recorder.value_norms)),
+        bin_width=bin_width(n_tokens, recorder.map_size),
+        causal=recorder.causal, windows=tuple(recorder.windows))
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float64 if t.dtype == torch.float64 else torch.float32).numpy()

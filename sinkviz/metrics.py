@@ -1,0 +1,102 @@
+"""Sink metrics: pure functions of ``AttentionStats`` (see stats.py for a[l, h, i, j]).
+
+Sources: sink mass, uniform baseline, thresholds and the 5x flag follow seed document 000
+and design.md section 3; sink rate follows Gu et al., "When Attention Sink Emerges in
+Language Models" (ICLR 2025, sail-sg/Attention-Sink).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import BadPrompt, BadSetting
+from .reduce import MAX_FIRST_N
+from .stats import AttentionStats
+
+DEFAULT_FIRST_N = 3
+SINK_RATE_EPSILON = 0.3
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    warning: float = 0.35      # sink mass (fraction) that earns a warning in deep layers
+    critical: float = 0.50     # ... and a critical
+    ratio_flag: float = 5.0    # flag layers whose sink mass exceeds this multiple of uniform
+    shallow_layers: int = 2    # the first layers are exempt from flags and severities
+
+    def __post_init__(self):
+        if not 0 <= self.warning <= self.critical <= 1:
+            raise BadSetting("thresholds need 0 <= warning <= critical <= 1")
+
+
+@dataclass(frozen=True)
+class LayerSinks:
+    first_n: int
+    heads_sink_mass: np.ndarray  # [layers, heads]  m_N[l, h]
+    sink_mass: np.ndarray        # [layers]         mean over heads
+    baseline: float              # uniform-attention value of m_N
+    ratio: np.ndarray            # [layers]         sink_mass / baseline
+    flagged: np.ndarray          # [layers] bool    ratio > ratio_flag, deep layers only
+    severity: tuple[str, ...]    # per layer: "shallow", "ok", "warning", "critical"
+
+
+def check_first_n(first_n: int, n_tokens: int) -> None:
+    if not 1 <= first_n <= MAX_FIRST_N:
+        raise BadSetting(f"first N must be between 1 and {MAX_FIRST_N}, not {first_n}")
+    if n_tokens <= first_n:
+        raise BadPrompt(f"the prompt has {n_tokens} token(s); sink mass over the first "
+                        f"{first_n} needs at least {first_n + 1}")
+
+
+def uniform_baseline(n_tokens: int, first_n: int, causal: bool = True) -> float:
+    """m_N if every query spread attention evenly over the keys it sees.
+    Causal: mean_{i=N}^{L-1} N / (i + 1). Bidirectional: N / L."""
+    check_first_n(first_n, n_tokens)
+    if not causal:
+        return first_n / n_tokens
+    return float(np.mean(first_n / np.arange(first_n + 1, n_tokens + 1)))
+
+
+def severity(mass: float, layer: int, t: Thresholds) -> str:
+    if layer < t.shallow_layers:
+        return "shallow"
+    return "critical" if mass >= t.critical else "warning" if mass >= t.warning else "ok"
+
+
+def layer_sinks(stats: AttentionStats, first_n: int = DEFAULT_FIRST_N,
+                thresholds: Thresholds = Thresholds()) -> LayerSinks:
+    """Sink mass of the first ``first_n`` tokens per layer (head mean), its ratio to uniform,
+    the ratio flag and the warning / critical severity."""
+    baseline = uniform_baseline(stats.n_tokens, first_n, stats.causal)
+    heads = stats.sink_mass[:, :, first_n - 1]
+    mass = heads.mean(axis=1)
+    ratio = mass / baseline
+    deep = np.arange(stats.n_layers) >= thresholds.shallow_layers
+    return LayerSinks(
+        first_n=first_n, heads_sink_mass=heads, sink_mass=mass, baseline=baseline, ratio=ratio,
+        flagged=(ratio > thresholds.ratio_flag) & deep,
+        severity=tuple(severity(float(m), l, thresholds) for l, m in enumerate(mass)))
+
+
+def sink_rate(stats: AttentionStats, epsilon: float = SINK_RATE_EPSILON) -> float:
+    """Gu et al.'s Sink_1: 100 x fraction of (layer, head) pairs with alpha_0 > epsilon,
+    alpha_0[l, h] = mean_{i >= 0} a[l, h, i, 0] (= received[l, h, 0])."""
+    return float(100.0 * np.mean(stats.received[:, :, 0] > epsilon))
+
+
+def layer_entropy(stats: AttentionStats) -> np.ndarray:
+    """[layers] mean over heads and queries of -sum_j a log a, in nats."""
+    return stats.entropy.mean(axis=1)
+
+
+def top_sink(stats: AttentionStats) -> tuple[np.ndarray, np.ndarray]:
+    """Per layer, the key position that receives the most attention (head mean of
+    ``received``) and that amount: ([layers] positions, [layers] values)."""
+    received = stats.received.mean(axis=1)                                    # [layers, L]
+    position = received.argmax(axis=1)
+    return position, received[np.arange(stats.n_layers), position]
+
+
+def norm_vs_median(norms: np.ndarray, positions: int = 5) -> np.ndarray:
+    """[layers, positions] norm of each of the first positions / median norm of its layer."""
+    return norms[:, :positions] / np.median(norms, axis=1, keepdims=True)

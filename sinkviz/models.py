@@ -1,0 +1,186 @@
+"""Load a model for capture: the embedded default, a local folder, or a Hugging Face id.
+
+Weights load from safetensors or GGUF only (never pickle), ``trust_remote_code`` stays off
+unless the caller turns it on, and downloads happen only with SINKVIZ_ALLOW_DOWNLOADS=1.
+"""
+
+import hashlib
+import json
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import capture, embedded
+from .devices import dtype_name, pick_device, pick_dtype
+from .errors import ModelNotFound, UnsupportedArchitecture
+
+WEIGHT_SUFFIXES = (".safetensors", ".gguf")
+MAX_LOADED = 2  # models kept in memory; the least recently used one is dropped
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model_id: str
+    label: str
+    architecture: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    max_context: int | None
+    bos_token: str | None
+    has_chat_template: bool
+    sliding_window: int | None
+    device: str
+    dtype: str
+    fingerprint: str   # sha256 over the weight files (see ``weights_fingerprint``)
+    revision: str | None
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    info: ModelInfo
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one forward pass at a time
+
+
+def resolve(spec: str) -> tuple[Path, str, str | None]:
+    """(local folder, label, revision) for an embedded name, a folder, or a hub id."""
+    spec = spec.strip()
+    if spec in embedded.EMBEDDED:
+        return embedded.ensure_converted(spec), embedded.EMBEDDED[spec].label, None
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path, str(path), None
+    if path.suffix or spec.startswith((".", "/", "~")):
+        raise ModelNotFound(f"no model folder at {spec}")
+    return _hub_snapshot(spec)
+
+
+def _hub_snapshot(repo_id: str) -> tuple[Path, str, str | None]:
+    from huggingface_hub import snapshot_download
+    allow = os.environ.get("SINKVIZ_ALLOW_DOWNLOADS") == "1"
+    try:
+        folder = snapshot_download(repo_id, local_files_only=not allow, allow_patterns=[
+            "*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.gguf"])
+    except Exception as err:  # hub errors have many classes; all mean "not available"
+        where = "locally or on the hub" if allow else \
+            "in the local Hugging Face cache (downloads are off: SINKVIZ_ALLOW_DOWNLOADS=1)"
+        raise ModelNotFound(f"model {repo_id!r} was not found {where}: "
+                            f"{type(err).__name__}") from None
+    return Path(folder), repo_id, Path(folder).name
+
+
+def weights_fingerprint(folder: Path) -> str:
+    """sha256 over each weight file's name, size, first and last MiB, plus config.json."""
+    digest = hashlib.sha256()
+    for f in sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES + (".json",)):
+        digest.update(f"{f.name}:{f.stat().st_size}".encode())
+        with open(f, "rb") as fh:
+            digest.update(fh.read(1 << 20))
+            fh.seek(max(0, f.stat().st_size - (1 << 20)))
+            digest.update(fh.read(1 << 20))
+    return digest.hexdigest()[:16]
+
+
+def fingerprint(folder: Path) -> str:
+    """The embedded model's GGUF sha256, else ``weights_fingerprint`` of the folder."""
+    marker = folder / embedded.MARKER
+    if marker.exists():
+        return json.loads(marker.read_text())["gguf_sha256"][:16]
+    return weights_fingerprint(folder)
+
+
+def identity(spec: str, device: str | None = None, dtype: str | None = None) -> dict:
+    """What identifies a model's numbers, without loading it: id, weights, revision, device, dtype."""
+    folder, _, revision = resolve(spec)
+    device = pick_device(device)
+    return {"model_id": spec.strip(), "fingerprint": fingerprint(folder), "revision": revision,
+            "device": device.split(":")[0], "dtype": dtype_name(pick_dtype(device, dtype))}
+
+
+def load_model(spec: str, device: str | None = None, dtype: str | None = None,
+               trust_remote_code: bool = False) -> LoadedModel:
+    """Load ``spec`` onto ``device`` (auto: CUDA, MPS, CPU) with the sinkviz attention."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    capture.register()
+    folder, label, revision = resolve(spec)
+    files = [p.name for p in folder.iterdir()]
+    gguf = [f for f in files if f.endswith(".gguf")]
+    if not any(f.endswith(".safetensors") for f in files) and not gguf:
+        pickled = [f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+        raise ModelNotFound(f"{spec}: no safetensors or GGUF weights" +
+                            (" (pickle weights are never loaded)" if pickled else ""))
+    device = pick_device(device)
+    torch_dtype = pick_dtype(device, dtype)
+    source = {"gguf_file": gguf[0]} if gguf and "config.json" not in files else {}
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, **source)
+    except (ValueError, KeyError, OSError) as err:
+        raise UnsupportedArchitecture(f"{spec}: transformers cannot read this model's config "
+                                      f"({str(err).splitlines()[0][:160]})") from None
+    encoder = config.architectures and not any(
+        a.endswith("ForCausalLM") for a in config.architectures)
+    auto = AutoModel if encoder else AutoModelForCausalLM
+    kwargs = dict(dtype=torch_dtype, attn_implementation=capture.ATTN_NAME,
+                  trust_remote_code=trust_remote_code, **source)
+    if device == "cuda" and torch.cuda.device_count() > 1:
+        kwargs["device_map"] = "auto"  # spread a large model over this host's GPUs
+    try:
+        model, loading = auto.from_pretrained(folder, output_loading_info=True, **kwargs)
+    except ValueError as err:
+        if "attention" in str(err).lower():
+            raise UnsupportedArchitecture(
+                f"{config.model_type}: its attention does not go through transformers' "
+                "AttentionInterface, so sinkviz cannot capture it") from None
+        raise
+    if loading.get("missing_keys"):
+        raise ModelNotFound(f"{spec}: the weights lack {len(loading['missing_keys'])} tensors "
+                            f"(e.g. {sorted(loading['missing_keys'])[0]}); refusing random weights")
+    if "device_map" not in kwargs:
+        model.to(device)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, **source)
+    return LoadedModel(model, tokenizer, _info(spec, label, revision, folder, model, tokenizer,
+                                                device, torch_dtype))
+
+
+def _info(spec, label, revision, folder, model, tokenizer, device, dtype) -> ModelInfo:
+    text = model.config.get_text_config()
+    heads = text.num_attention_heads
+    return ModelInfo(
+        model_id=spec, label=label, architecture=type(model).__name__,
+        n_layers=text.num_hidden_layers, n_heads=heads,
+        n_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+        head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
+        max_context=getattr(text, "max_position_embeddings", None),
+        bos_token=tokenizer.bos_token, has_chat_template=bool(tokenizer.chat_template),
+        sliding_window=getattr(text, "sliding_window", None),
+        device=device, dtype=dtype_name(dtype), fingerprint=fingerprint(folder), revision=revision)
+
+
+_loaded: "OrderedDict[tuple, LoadedModel]" = OrderedDict()
+_loaded_lock = threading.Lock()
+
+
+def get_model(spec: str, device: str | None = None, dtype: str | None = None,
+              trust_remote_code: bool = False) -> LoadedModel:
+    """``load_model`` memoised per process (thread-safe, at most MAX_LOADED kept)."""
+    key = (spec.strip(), pick_device(device), dtype or "auto", trust_remote_code)
+    with _loaded_lock:
+        if key in _loaded:
+            _loaded.move_to_end(key)
+            return _loaded[key]
+        loaded = load_model(*key)
+        _loaded[key] = loaded
+        while len(_loaded) > MAX_LOADED:
+            _loaded.popitem(last=False)
+        return loaded

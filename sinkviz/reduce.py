@@ -1,0 +1,70 @@
+"""Reduce one layer's attention probabilities to statistics, one query block at a time.
+
+Nothing here ever holds more than one block ``[heads, block, keys]`` of probabilities.
+All sums are over query positions; ``finish`` turns them into means (see ``stats.py``).
+"""
+
+import math
+
+import torch
+
+MAX_FIRST_N = 8  # sink mass is kept for the first N = 1..8 keys
+
+
+def bin_width(n_tokens: int, map_size: int) -> int:
+    """Tokens per map bin: 1 (the full L x L map) while L <= map_size, else ceil(L / map_size)."""
+    return max(1, math.ceil(n_tokens / map_size))
+
+
+class LayerReducer:
+    """Running sums of one layer's statistics; ``add`` each query block, then ``finish``."""
+
+    def __init__(self, heads: int, n_keys: int, map_size: int, *, causal: bool,
+                 device: torch.device, dtype: torch.dtype):
+        self.n_keys, self.causal = n_keys, causal
+        self.width = bin_width(n_keys, map_size)
+        self.n_bins = math.ceil(n_keys / self.width)
+        zeros = lambda *shape: torch.zeros(*shape, device=device, dtype=dtype)  # noqa: E731
+        self.sink_sum = zeros(heads, MAX_FIRST_N)          # [heads, N]
+        self.entropy_sum = zeros(heads)                    # [heads]
+        self.column_sum = zeros(heads, n_keys)             # [heads, keys]
+        self.map_sum = zeros(heads, self.n_bins, self.n_bins)  # [heads, q bins, k bins]
+
+    def add(self, probs: torch.Tensor, q_start: int) -> None:
+        """probs: [heads, block, keys], rows sum to 1; query positions q_start .. q_start+block-1."""
+        heads, block, keys = probs.shape
+        q_pos = torch.arange(q_start, q_start + block, device=probs.device)  # [block]
+        # sink mass: sum_{j<N} a[i, j] for queries i >= N, for every N = 1..8
+        first = probs[..., :MAX_FIRST_N].cumsum(-1)                          # [heads, block, <=8]
+        if first.shape[-1] < MAX_FIRST_N:
+            pad = first[..., -1:].expand(heads, block, MAX_FIRST_N - first.shape[-1])
+            first = torch.cat([first, pad], dim=-1)
+        n_idx = torch.arange(1, MAX_FIRST_N + 1, device=probs.device)
+        valid = (q_pos[:, None] >= n_idx[None, :]).to(probs.dtype)           # [block, N]
+        self.sink_sum += (first * valid).sum(1)
+        # entropy of each row, in nats (0 log 0 = 0)
+        self.entropy_sum += -torch.special.xlogy(probs, probs).sum((-1, -2))
+        # received attention: column sums
+        self.column_sum += probs.sum(1)
+        # pooled map: sum over key bins, then add rows into their query bin
+        padded = torch.nn.functional.pad(probs, (0, self.n_bins * self.width - keys))
+        by_key_bin = padded.view(heads, block, self.n_bins, self.width).sum(-1)  # [heads, block, bins]
+        self.map_sum.index_add_(1, q_pos // self.width, by_key_bin)
+
+    def finish(self) -> dict[str, torch.Tensor]:
+        """Means: sink mass over queries i >= N, entropy over all queries, received over i >= j
+        (all i when bidirectional), map rows over the queries of their bin."""
+        n = self.n_keys
+        n_idx = torch.arange(1, MAX_FIRST_N + 1, device=self.sink_sum.device)
+        n_queries = (n - n_idx).to(self.sink_sum.dtype)                       # queries i >= N
+        sink_mass = torch.where(n_queries > 0, self.sink_sum / n_queries.clamp(min=1), math.nan)
+        j = torch.arange(n, device=self.column_sum.device)
+        seen_by = (n - j) if self.causal else torch.full_like(j, n)           # queries that see j
+        bin_rows = torch.bincount(torch.arange(n, device=j.device) // self.width,
+                                  minlength=self.n_bins).to(self.map_sum.dtype)
+        return {
+            "sink_mass": sink_mass,                                # [heads, N]
+            "entropy": self.entropy_sum / n,                       # [heads]
+            "received": self.column_sum / seen_by.to(self.column_sum.dtype),  # [heads, keys]
+            "maps": self.map_sum / bin_rows[None, :, None],        # [heads, bins, bins]
+        }

@@ -1,0 +1,64 @@
+"""The captured statistics of one prompt: plain numpy arrays, read-only once built.
+
+For layer l, head h, query i, key j and attention a[l, h, i, j] (L tokens):
+- sink_mass[l, h, N-1] = mean_{i >= N} sum_{j < N} a[l, h, i, j]   (N = 1..8; NaN if L <= N)
+- entropy[l, h]        = mean_i  -sum_j a log a                     (nats)
+- received[l, h, j]    = mean_{i >= j} a[l, h, i, j]                (all i when bidirectional)
+- maps[l, h, b, c]     = mean_{i in bin b} sum_{j in bin c} a[l, h, i, j]
+                         (bins of ``bin_width`` tokens; width 1 is the full L x L map)
+- hidden_norm[l, j]    = ||output of decoder layer l at position j||_2
+- value_norm[l, j]     = mean over KV heads of ||v[l, kv, j]||_2
+"""
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+ARRAY_FIELDS = ("sink_mass", "entropy", "received", "maps", "hidden_norm", "value_norm")
+
+
+@dataclass(frozen=True)
+class AttentionStats:
+    sink_mass: np.ndarray    # [layers, heads, 8]
+    entropy: np.ndarray      # [layers, heads]
+    received: np.ndarray     # [layers, heads, L]
+    maps: np.ndarray         # [layers, heads, B, B]
+    hidden_norm: np.ndarray  # [layers, L]
+    value_norm: np.ndarray   # [layers, L]
+    bin_width: int
+    causal: bool
+    windows: tuple           # per layer: sliding-window length, or None for full attention
+
+    def __post_init__(self):
+        for name in ARRAY_FIELDS:
+            getattr(self, name).setflags(write=False)
+
+    @property
+    def n_layers(self) -> int:
+        return self.sink_mass.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        return self.sink_mass.shape[1]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.received.shape[-1]
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays for ``np.savez`` (no pickled objects)."""
+        out = {name: getattr(self, name) for name in ARRAY_FIELDS}
+        out["bin_width"] = np.array(self.bin_width)
+        out["causal"] = np.array(self.causal)
+        out["windows"] = np.array([-1 if w is None else w for w in self.windows])
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "AttentionStats":
+        names = {f.name for f in fields(cls)}
+        missing = names - set(arrays.keys())
+        if missing:
+            raise KeyError(f"stored statistics lack {sorted(missing)}")
+        return cls(**{name: np.array(arrays[name]) for name in ARRAY_FIELDS},
+                   bin_width=int(arrays["bin_width"]), causal=bool(arrays["causal"]),
+                   windows=tuple(None if w < 0 else int(w) for w in arrays["windows"]))
