@@ -70,7 +70,7 @@ def _hub_snapshot(repo_id: str) -> tuple[Path, str, str | None]:
             "*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.gguf"])
     except Exception as err:  # hub errors have many classes; all mean "not available"
         where = "locally or on the hub" if allow else \
-            "in the local Hugging Face cache (downloads are off: SINKVIZ_ALLOW_DOWNLOADS=1)"
+            "in the local Hugging Face cache (downloads are off; set SINKVIZ_ALLOW_DOWNLOADS=1 to allow them)"
         raise ModelNotFound(f"model {repo_id!r} was not found {where}: "
                             f"{type(err).__name__}") from None
     return Path(folder), repo_id, Path(folder).name
@@ -126,31 +126,56 @@ def load_model(spec: str, device: str | None = None, dtype: str | None = None,
         config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, **source)
     except (ValueError, KeyError, OSError) as err:
         raise UnsupportedArchitecture(f"{spec}: transformers cannot read this model's config "
-                                      f"({str(err).splitlines()[0][:160]})") from None
-    encoder = config.architectures and not any(
-        a.endswith("ForCausalLM") for a in config.architectures)
-    auto = AutoModel if encoder else AutoModelForCausalLM
+                                      f"({_first_line(err)})") from None
+    auto = AutoModelForCausalLM if _is_causal_lm(config) else AutoModel
     kwargs = dict(dtype=torch_dtype, attn_implementation=capture.ATTN_NAME,
                   trust_remote_code=trust_remote_code, **source)
     if device == "cuda" and torch.cuda.device_count() > 1:
         kwargs["device_map"] = "auto"  # spread a large model over this host's GPUs
+    model = _load_weights(spec, auto, folder, config, kwargs)
+    if "device_map" not in kwargs:
+        model.to(device)
+    model.eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code,
+                                                  **source)
+    except (ValueError, OSError, TypeError) as err:
+        raise ModelNotFound(f"{spec}: no usable tokenizer ({_first_line(err)})") from None
+    capture.capture(model, torch.tensor([[0, 0]], device=model.device))  # fails early if unsupported
+    return LoadedModel(model, tokenizer, _info(spec, label, revision, folder, model, tokenizer,
+                                                device, torch_dtype))
+
+
+def _is_causal_lm(config) -> bool:
+    """True when the checkpoint is a causal LM (its saved architecture, if any, is the LM class)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    names = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type)
+    if not names:
+        return False
+    names = {names} if isinstance(names, str) else set(names)
+    return not config.architectures or bool(names & set(config.architectures))
+
+
+def _load_weights(spec, auto, folder, config, kwargs) -> torch.nn.Module:
+    """from_pretrained with every failure turned into one clear sentence."""
+    if getattr(config.get_text_config(), "num_attention_heads", None) is None:
+        raise UnsupportedArchitecture(f"{config.model_type} has no attention heads to inspect")
     try:
         model, loading = auto.from_pretrained(folder, output_loading_info=True, **kwargs)
-    except ValueError as err:
+    except (ValueError, OSError, TypeError, KeyError, AttributeError) as err:
         if "attention" in str(err).lower():
             raise UnsupportedArchitecture(
                 f"{config.model_type}: its attention does not go through transformers' "
                 "AttentionInterface, so sinkviz cannot capture it") from None
-        raise
+        raise ModelNotFound(f"{spec}: transformers could not load it ({_first_line(err)})") from None
     if loading.get("missing_keys"):
         raise ModelNotFound(f"{spec}: the weights lack {len(loading['missing_keys'])} tensors "
                             f"(e.g. {sorted(loading['missing_keys'])[0]}); refusing random weights")
-    if "device_map" not in kwargs:
-        model.to(device)
-    model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, **source)
-    return LoadedModel(model, tokenizer, _info(spec, label, revision, folder, model, tokenizer,
-                                                device, torch_dtype))
+    return model
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 def _info(spec, label, revision, folder, model, tokenizer, device, dtype) -> ModelInfo:

@@ -1,0 +1,103 @@
+"""Command line: ``python -m sinkviz analyze --prompt TEXT [--json]`` and friends.
+
+Bad input exits with status 2 and one line on stderr; the table or JSON goes to stdout.
+"""
+
+import argparse
+import json
+import sys
+
+from .errors import SinkvizError
+
+EXIT_BAD_INPUT = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .embedded import DEFAULT_MODEL
+    parser = argparse.ArgumentParser(prog="python -m sinkviz",
+                                     description="See attention sinks in transformer models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("analyze", help="sink statistics of one prompt")
+    src = run.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="the prompt text")
+    src.add_argument("--prompt-file", help="read the prompt from this file ('-' for stdin)")
+    run.add_argument("--model", default=DEFAULT_MODEL,
+                     help=f"embedded name, local folder or Hugging Face id (default {DEFAULT_MODEL})")
+    run.add_argument("--first", type=int, default=3, metavar="N",
+                     help="sink mass over the first N tokens, 1..8 (default 3)")
+    run.add_argument("--no-template", action="store_true", help="do not apply the chat template")
+    run.add_argument("--system", help="system turn for the chat template")
+    run.add_argument("--device", help="cuda, mps or cpu (default: best available)")
+    run.add_argument("--dtype", help="float32, bfloat16, float16 or float64 (default: auto)")
+    run.add_argument("--max-tokens", type=int, help="refuse prompts longer than this")
+    run.add_argument("--epsilon", type=float, default=0.3, help="sink-rate threshold (default 0.3)")
+    run.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    sub.add_parser("prepare", help="convert the embedded default model once (about 20 s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "prepare":
+            return _prepare()
+        return _analyze(args)
+    except SinkvizError as err:
+        print(f"sinkviz: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _prepare() -> int:
+    from .embedded import DEFAULT_MODEL, ensure_converted
+    print(ensure_converted(DEFAULT_MODEL))
+    return 0
+
+
+def _read_prompt(args) -> str:
+    if args.prompt is not None:
+        return args.prompt
+    try:
+        if args.prompt_file == "-":
+            return sys.stdin.read()
+        with open(args.prompt_file, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as err:
+        from .errors import BadPrompt
+        raise BadPrompt(f"cannot read {args.prompt_file}: {err}") from None
+
+
+def _analyze(args) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from .analysis import Settings, analyze
+    from .metrics import check_first_n
+    from .report import report_dict
+
+    hf_logging.set_verbosity_error()
+    prompt = _read_prompt(args)
+    settings = Settings(model=args.model, use_template=not args.no_template, system=args.system,
+                        device=args.device, dtype=args.dtype, max_tokens=args.max_tokens)
+    check_first_n(args.first, 10**9)  # range check before any model work
+    analysis = analyze(prompt, settings)
+    report = report_dict(analysis, args.first, args.epsilon)
+    print(json.dumps(report, allow_nan=False) if args.json else _table(report))
+    return 0
+
+
+def _table(report: dict) -> str:
+    n = report["first_n"]
+    lines = [f"model {report['model']['label']} on {report['model']['device']} "
+             f"({report['model']['dtype']}), {len(report['token_ids'])} tokens, "
+             f"position 0 = {report['tokens'][0]!r}",
+             f"sink mass = attention on the first {n} tokens, mean over queries i >= {n} and heads; "
+             f"uniform baseline {report['baseline']:.3f}",
+             f"{'layer':>5}  {'sink mass':>9}  {'x uniform':>9}  {'severity':<9} top sink (position, token, received)"]
+    for row in report["layers"]:
+        flag = " *" if row["flagged"] else ""
+        lines.append(f"{row['layer']:>5}  {row['sink_mass']:>9.3f}  {row['ratio_to_uniform']:>8.1f}x"
+                     f"  {row['severity']:<9} {row['top_sink_position']:>4} "
+                     f"{report['tokens'][row['top_sink_position']]!r} {row['top_sink_received']:.3f}{flag}")
+    lines.append(f"* over {report['thresholds']['ratio_flag']:g}x uniform.  "
+                 f"Sink rate (Gu et al., eps={report['epsilon']:g}): {report['sink_rate']:.1f}%"
+                 + ("  (from the result store)" if report["cached"] else ""))
+    return "\n".join(lines)

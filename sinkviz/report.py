@@ -1,0 +1,39 @@
+"""One analysis as a JSON-ready dict: what the CLI prints and the pages export."""
+
+from dataclasses import asdict
+
+from .analysis import Analysis
+from .metrics import Thresholds, layer_entropy, layer_sinks, sink_rate, top_sink
+
+
+def report_dict(analysis: Analysis, first_n: int = 3, epsilon: float = 0.3,
+                thresholds: Thresholds = Thresholds()) -> dict:
+    """Per-layer sink mass (first ``first_n`` tokens), ratio to uniform, flags and severity,
+    entropy and top sink; plus tokens, model info and Gu et al.'s sink rate at ``epsilon``."""
+    stats = analysis.stats
+    sinks = layer_sinks(stats, first_n, thresholds)
+    entropy = layer_entropy(stats)
+    top_pos, top_val = top_sink(stats)
+    layers = [{
+        "layer": layer,
+        "sink_mass": float(sinks.sink_mass[layer]),
+        "heads_sink_mass": [float(x) for x in sinks.heads_sink_mass[layer]],
+        "ratio_to_uniform": float(sinks.ratio[layer]),
+        "flagged": bool(sinks.flagged[layer]),
+        "severity": sinks.severity[layer],
+        "entropy_nats": float(entropy[layer]),
+        "position0_received": float(stats.received[layer, :, 0].mean()),
+        "top_sink_position": int(top_pos[layer]),
+        "top_sink_received": float(top_val[layer]),
+        "window": stats.windows[layer],
+    } for layer in range(stats.n_layers)]
+    return {
+        "model": asdict(analysis.model), "key": analysis.key, "cached": analysis.cached,
+        "prompt": analysis.prompt, "templated": analysis.tokens.templated,
+        "token_ids": list(analysis.tokens.token_ids), "tokens": list(analysis.tokens.tokens),
+        "special": list(analysis.tokens.special), "first_n": first_n,
+        "baseline": sinks.baseline, "causal": stats.causal,
+        "thresholds": asdict(thresholds), "epsilon": epsilon,
+        "sink_rate": sink_rate(stats, epsilon), "layers": layers,
+        "timings": dict(analysis.timings),
+    }

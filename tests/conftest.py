@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny random models of real architectures (saved as safetensors with a
+word-level tokenizer built in code), the embedded default model, and a private store."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+VOCAB = 120
+
+
+def tiny_tokenizer():
+    """A word-level fast tokenizer over w0..w115 plus <s>, </s>, <unk>, <pad>; adds <s> first."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3, **{f"w{i}": i + 4 for i in range(VOCAB - 4)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", pad_token="<pad>")
+
+
+def tiny_configs() -> dict:
+    """Random tiny configs: GQA (Llama, Qwen2), GPT-2, and Mistral / Gemma-3 with sliding windows."""
+    import transformers as T
+    common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                  num_attention_heads=4, max_position_embeddings=512)
+    return {
+        "llama-gqa": T.LlamaConfig(**common, num_key_value_heads=2),
+        "qwen2-gqa": T.Qwen2Config(**common, num_key_value_heads=1),
+        "gpt2": T.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=512),
+        "mistral-window": T.MistralConfig(**common, num_key_value_heads=2, sliding_window=7),
+        "gemma3-window": T.Gemma3TextConfig(**{**common, "num_hidden_layers": 6}, num_key_value_heads=1,
+                                            head_dim=8, sliding_window=6),
+    }
+
+
+def save_tiny_model(config, folder, seed=0, safe=True):
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # larger random weights give peaked, sink-like attention to test
+        for p in model.parameters():
+            p.mul_(3.0)
+    model.save_pretrained(folder, safe_serialization=safe)
+    tiny_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict:
+    """name -> folder of a saved tiny random model."""
+    root = tmp_path_factory.mktemp("tiny")
+    return {name: save_tiny_model(cfg, root / name) for name, cfg in tiny_configs().items()}
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> str:
+    from sinkviz.embedded import DEFAULT_MODEL, ensure_converted
+    return str(ensure_converted(DEFAULT_MODEL))
+
+
+@pytest.fixture
+def store(tmp_path):
+    from sinkviz.store import ResultStore
+    return ResultStore(tmp_path / "results")
+
+
+def random_words(n: int, generator: torch.Generator | None = None) -> str:
+    ids = torch.randint(0, VOCAB - 4, (n,), generator=generator)
+    return " ".join(f"w{i}" for i in ids.tolist())

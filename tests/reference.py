@@ -1,0 +1,33 @@
+"""The float64 eager reference: statistics computed from full ``output_attentions`` maps."""
+
+import math
+
+import numpy as np
+import torch
+
+
+def eager_attentions(folder, input_ids: torch.Tensor, model_class=None):
+    """([layers, heads, L, L] float64 attention, hidden_states list) from eager float64."""
+    from transformers import AutoModelForCausalLM
+    model = (model_class or AutoModelForCausalLM).from_pretrained(
+        folder, dtype=torch.float64, attn_implementation="eager").eval()
+    with torch.no_grad():
+        out = model(input_ids=input_ids, output_attentions=True, output_hidden_states=True)
+    return torch.stack(out.attentions)[:, 0].numpy(), [h[0].numpy() for h in out.hidden_states]
+
+
+def reference_stats(att: np.ndarray, map_size: int, causal: bool = True) -> dict:
+    """Every statistic of sinkviz.stats, straight from the definitions, on a full [l, h, L, L] map."""
+    L = att.shape[-1]
+    sink = np.stack([att[:, :, n:, :n].sum(-1).mean(-1) if n < L
+                     else np.full(att.shape[:2], np.nan) for n in range(1, 9)], axis=-1)
+    ent = -(att * np.log(np.where(att > 0, att, 1.0))).sum(-1).mean(-1)
+    received = np.stack([att[:, :, (j if causal else 0):, j].mean(-1) for j in range(L)], -1)
+    w = max(1, math.ceil(L / map_size))
+    bins = math.ceil(L / w)
+    maps = np.zeros(att.shape[:2] + (bins, bins))
+    for b in range(bins):
+        for c in range(bins):
+            maps[:, :, b, c] = att[:, :, b * w:(b + 1) * w, c * w:(c + 1) * w].sum(-1).mean(-1)
+    return {"sink_mass": sink, "entropy": ent, "received": received, "maps": maps,
+            "bin_width": w}

@@ -1,0 +1,106 @@
+"""Every captured statistic equals the float64 eager ``output_attentions`` reference."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import VOCAB, tiny_configs
+from reference import eager_attentions, reference_stats
+from sinkviz.capture import capture
+from sinkviz.models import load_model
+
+ATOL_FLOAT32 = 1e-5
+ATOL_FLOAT64 = 1e-7  # eager itself takes the softmax in float32, even for a float64 model
+
+
+def fresh_ids(length: int, vocab: int = VOCAB) -> tuple[torch.Tensor, int]:
+    seed = int.from_bytes(os.urandom(4), "little")
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(4, vocab, (1, length), generator=gen), seed
+
+
+def assert_matches_reference(stats, att, hidden, map_size, atol, seed):
+    ref = reference_stats(att, map_size, causal=stats.causal)
+    assert stats.bin_width == ref["bin_width"]
+    for name in ("sink_mass", "entropy", "received", "maps"):
+        np.testing.assert_allclose(getattr(stats, name), ref[name], atol=atol, rtol=0,
+                                   err_msg=f"{name}, seed {seed}")
+    # hidden_states[l + 1] is layer l's output, except the last, which HF returns after the final norm
+    hidden_ref = np.stack([np.linalg.norm(h, axis=-1) for h in hidden[1:-1]])
+    np.testing.assert_allclose(stats.hidden_norm[:-1], hidden_ref, rtol=1e-5, err_msg=f"seed {seed}")
+
+
+@pytest.mark.parametrize("arch", list(tiny_configs()))
+@pytest.mark.parametrize("length,map_size", [(37, 128), (300, 64)])
+def test_tiny_models_match_eager_float64(tiny_models, arch, length, map_size):
+    ids, seed = fresh_ids(length)
+    loaded = load_model(tiny_models[arch], device="cpu", dtype="float32")
+    stats = capture(loaded.model, ids, map_size)
+    att, hidden = eager_attentions(tiny_models[arch], ids)
+    assert stats.maps.shape[-1] == min(length, map_size) or stats.bin_width > 1
+    assert_matches_reference(stats, att, hidden, map_size, ATOL_FLOAT32, seed)
+
+
+@pytest.mark.parametrize("arch", ["llama-gqa", "gpt2", "mistral-window"])
+def test_float64_capture_is_exact(tiny_models, arch):
+    ids, seed = fresh_ids(150)
+    loaded = load_model(tiny_models[arch], device="cpu", dtype="float64")
+    stats = capture(loaded.model, ids, 32)
+    att, hidden = eager_attentions(tiny_models[arch], ids)
+    assert_matches_reference(stats, att, hidden, 32, ATOL_FLOAT64, seed)
+
+
+def test_sliding_window_is_recorded(tiny_models):
+    ids, _ = fresh_ids(40)
+    stats = capture(load_model(tiny_models["gemma3-window"], device="cpu").model, ids)
+    config = tiny_configs()["gemma3-window"]
+    expected = tuple(6 if kind == "sliding_attention" else None for kind in config.layer_types)
+    assert stats.windows == expected
+
+
+@pytest.mark.parametrize("arch", ["llama-gqa", "qwen2-gqa", "mistral-window"])
+def test_value_norms_match_v_proj(tiny_models, arch):
+    ids, seed = fresh_ids(50)
+    loaded = load_model(tiny_models[arch], device="cpu", dtype="float32")
+    cfg = loaded.model.config
+    seen = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: seen.append(out[0].detach()))
+             for name, m in loaded.model.named_modules() if name.endswith("v_proj")]
+    try:
+        stats = capture(loaded.model, ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    expected = np.stack([v.view(v.shape[0], -1, head_dim).norm(dim=-1).mean(-1).numpy() for v in seen])
+    np.testing.assert_allclose(stats.value_norm, expected, rtol=1e-5, err_msg=f"seed {seed}")
+
+
+@pytest.mark.parametrize("arch", ["llama-gqa", "gpt2"])
+def test_capture_leaves_model_output_unchanged(tiny_models, arch):
+    ids, _ = fresh_ids(60)
+    loaded = load_model(tiny_models[arch], device="cpu")
+    head = loaded.model.get_output_embeddings()
+    outputs = []
+    hook = head.register_forward_hook(lambda _m, _i, out: outputs.append(out.detach().clone()))
+    try:
+        capture(loaded.model, ids)
+        loaded.model.set_attn_implementation("sdpa")
+        with torch.no_grad():
+            loaded.model(input_ids=ids, use_cache=False, logits_to_keep=1)
+    finally:
+        hook.remove()
+        loaded.model.set_attn_implementation("sinkviz")
+    assert torch.equal(outputs[0], outputs[1])
+
+
+def test_default_model_matches_eager_float64(default_model_dir):
+    ids, seed = fresh_ids(48, vocab=49152)
+    ids[0, 0] = 1  # <|im_start|>, the default model's BOS
+    loaded = load_model("smollm2-135m-instruct", device="cpu", dtype="float32")
+    stats = capture(loaded.model, ids, 128)
+    att, hidden = eager_attentions(default_model_dir, ids)
+    assert stats.n_layers == 30 and stats.n_heads == 9
+    assert_matches_reference(stats, att, hidden, 128, ATOL_FLOAT32, seed)
