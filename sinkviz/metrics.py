@@ -35,6 +35,7 @@ class LayerSinks:
     heads_sink_mass: np.ndarray  # [layers, heads]  m_N[l, h]
     sink_mass: np.ndarray        # [layers]         mean over heads
     baseline: float              # uniform-attention value of m_N
+    max_ratio: float             # 1 / baseline: the ratio when all attention goes to the first N
     ratio: np.ndarray            # [layers]         sink_mass / baseline
     flagged: np.ndarray          # [layers] bool    ratio > ratio_flag, deep layers only
     severity: tuple[str, ...]    # per layer: "shallow", "ok", "warning", "critical"
@@ -73,7 +74,8 @@ def layer_sinks(stats: AttentionStats, first_n: int = DEFAULT_FIRST_N,
     ratio = mass / baseline
     deep = np.arange(stats.n_layers) >= thresholds.shallow_layers
     return LayerSinks(
-        first_n=first_n, heads_sink_mass=heads, sink_mass=mass, baseline=baseline, ratio=ratio,
+        first_n=first_n, heads_sink_mass=heads, sink_mass=mass, baseline=baseline,
+        max_ratio=1.0 / baseline, ratio=ratio,
         flagged=(ratio > thresholds.ratio_flag) & deep,
         severity=tuple(severity(float(m), l, thresholds) for l, m in enumerate(mass)))
 

@@ -1,4 +1,4 @@
-"""The result store: diskcache under ``cache/results`` holding JSON and npz bytes only.
+"""The result store: diskcache under ``cache/results`` (or ``$SINKVIZ_STORE_DIR``) holding JSON and npz bytes only.
 
 Each analysis is two entries: ``data:<key>`` (npz bytes, loaded with allow_pickle=False)
 written first, then ``meta:<key>`` (JSON text). An entry without both, or one that fails
@@ -8,6 +8,7 @@ to parse, counts as missing and is deleted, so a bad entry is recomputed, never 
 import io
 import json
 import logging
+import os
 import sqlite3
 
 import diskcache
@@ -34,7 +35,8 @@ class _NoPickleDisk(diskcache.Disk):
 
 class ResultStore:
     def __init__(self, directory=None):
-        self.directory = str(directory or cache_root() / "results")
+        self.directory = str(directory or os.environ.get("SINKVIZ_STORE_DIR")
+                             or cache_root() / "results")
         self._cache = diskcache.Cache(self.directory, disk=_NoPickleDisk)
 
     def get(self, key: str) -> tuple[dict, dict[str, np.ndarray]] | None:

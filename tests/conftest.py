@@ -46,7 +46,10 @@ def save_tiny_model(config, folder, seed=0, safe=True):
     with torch.no_grad():  # larger random weights give peaked, sink-like attention to test
         for p in model.parameters():
             p.mul_(3.0)
-    model.save_pretrained(folder, safe_serialization=safe)
+    model.save_pretrained(folder)
+    if not safe:  # transformers 5 always writes safetensors; make a pickle-only checkpoint by hand
+        (folder / "model.safetensors").unlink()
+        torch.save(model.state_dict(), folder / "pytorch_model.bin")
     tiny_tokenizer().save_pretrained(folder)
     return str(folder)
 

@@ -1,0 +1,59 @@
+"""The CLI: a table, one JSON object with the documented fields, exit 2 on bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sinkviz.analysis import Settings, analyze
+from sinkviz.cli import main
+from sinkviz.metrics import layer_sinks
+
+PROMPT = "You are a helpful assistant. Answer concisely."
+
+
+@pytest.fixture(autouse=True)
+def private_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("SINKVIZ_STORE_DIR", str(tmp_path / "store"))
+
+
+def test_json_holds_the_engine_numbers(capsys, default_model_dir):
+    assert main(["analyze", "--prompt", PROMPT, "--json", "--first", "5"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    engine = analyze(PROMPT, Settings())
+    sinks = layer_sinks(engine.stats, 5)
+    assert out["model"]["model_id"] == "smollm2-135m-instruct"
+    assert out["token_ids"] == list(engine.tokens.token_ids)
+    assert out["tokens"][0] == "<|im_start|>" and out["special"][0] is True
+    assert [row["layer"] for row in out["layers"]] == list(range(30))
+    np.testing.assert_allclose([r["sink_mass"] for r in out["layers"]], sinks.sink_mass, rtol=1e-12)
+    np.testing.assert_allclose([r["heads_sink_mass"] for r in out["layers"]], sinks.heads_sink_mass)
+    assert all(len(r["heads_sink_mass"]) == 9 for r in out["layers"])
+
+
+def test_table_and_template_switch(capsys, default_model_dir):
+    assert main(["analyze", "--prompt", PROMPT, "--no-template"]) == 0
+    text = capsys.readouterr().out
+    assert "position 0 = 'You'" in text
+    assert len([line for line in text.splitlines() if line[:5].strip().isdigit()]) == 30
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["analyze", "--prompt", "   "], "sinkviz: the prompt is empty"),
+    (["analyze", "--prompt", "x", "--first", "9"], "sinkviz: first N must be between 1 and 8, not 9"),
+    (["analyze", "--prompt", "x", "--device", "tpu"], "sinkviz: device 'tpu' is not available here"),
+    (["analyze", "--prompt", "x", "--model", "./missing-model"], "sinkviz: no model folder at ./missing-model"),
+])
+def test_bad_input_exits_2_with_one_line(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+
+
+def test_module_entry_point_exit_code():
+    done = subprocess.run([sys.executable, "-m", "sinkviz", "analyze", "--prompt", ""],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr == "sinkviz: the prompt is empty\n" and done.stdout == ""

@@ -1,0 +1,34 @@
+"""The block reducer gives the same sums whatever the block size, on random distributions."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from reference import reference_stats
+from sinkviz.reduce import LayerReducer, bin_width
+
+
+def random_causal_attention(heads, L, gen):
+    scores = torch.randn(heads, L, L, generator=gen, dtype=torch.float64) * 3
+    scores = scores.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), -torch.inf)
+    return torch.softmax(scores, -1)
+
+
+@pytest.mark.parametrize("L,map_size,block", [(5, 128, 2), (100, 16, 7), (257, 64, 64), (64, 64, 1)])
+def test_blocks_sum_to_reference(L, map_size, block):
+    seed = int.from_bytes(os.urandom(4), "little")
+    att = random_causal_attention(3, L, torch.Generator().manual_seed(seed))
+    reducer = LayerReducer(3, L, map_size, causal=True, device=att.device, dtype=att.dtype)
+    for start in range(0, L, block):
+        reducer.add(att[:, start:start + block], start)
+    got = reducer.finish()
+    ref = reference_stats(att[None].numpy(), map_size)
+    for name in ("sink_mass", "entropy", "received", "maps"):
+        np.testing.assert_allclose(got[name].numpy(), ref[name][0], atol=1e-12, err_msg=f"{name} {seed}")
+
+
+@pytest.mark.parametrize("L,size,width", [(1, 128, 1), (128, 128, 1), (129, 128, 2), (1000, 128, 8)])
+def test_bin_width(L, size, width):
+    assert bin_width(L, size) == width
