@@ -1,0 +1,47 @@
+"""sinkviz dashboard: ``streamlit run app.py`` (or ``./sinkviz.sh app``)."""
+
+import os
+import threading
+
+import streamlit as st
+
+from sinkviz.devices import pick_device
+from sinkviz.embedded import DEFAULT_MODEL, EMBEDDED
+
+st.set_page_config(page_title="sinkviz", page_icon="🕳️", layout="wide")
+
+
+@st.cache_resource
+def warm_default_model() -> threading.Thread:
+    """Load the default model in the background once per server, so the first run is quick."""
+    from sinkviz.models import get_model
+
+    def load():
+        try:
+            get_model(DEFAULT_MODEL)
+        except Exception:  # the page that needs it reports the error
+            pass
+    thread = threading.Thread(target=load, daemon=True, name="sinkviz-warm")
+    thread.start()
+    return thread
+
+
+if os.environ.get("SINKVIZ_WARM", "1") != "0":
+    warm_default_model()
+pages = [st.Page("pages/analyze.py", title="Analyze", icon="🔎", default=True),
+         st.Page("pages/compare.py", title="Compare", icon="⚖️"),
+         st.Page("pages/history.py", title="History", icon="🕘"),
+         st.Page("pages/method.py", title="Method", icon="📐")]
+page = st.navigation(pages)
+
+with st.sidebar:
+    st.markdown("### sinkviz")
+    info = st.session_state.get("last_model_info")
+    if info is not None:
+        st.markdown(f"**Model:** {info.label}  \n**Architecture:** {info.architecture}  \n"
+                    f"**Device:** {info.device} · **dtype:** {info.dtype}  \n"
+                    f"{info.n_layers} layers · {info.n_heads} heads · {info.n_kv_heads} KV heads  \n"
+                    f"context {info.max_context or '?'} · BOS {info.bos_token!r}")
+    else:
+        st.markdown(f"**Model:** {EMBEDDED[DEFAULT_MODEL].label}  \n**Device:** {pick_device()} (auto)")
+page.run()

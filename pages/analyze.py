@@ -1,0 +1,181 @@
+"""Analyze: one prompt -> sink bars, heatmaps, position-0 inspector, entropy, verdict, export."""
+
+import json
+
+import numpy as np
+import streamlit as st
+
+from pages.common import (EXAMPLES, device_dtype_pickers, model_picker, open_stored, run_analysis,
+                          settings_from_params, settings_to_params, threshold_inputs)
+from sinkviz import figures
+from sinkviz.analysis import Analysis, Settings
+from sinkviz.errors import SinkvizError
+from sinkviz.export import layers_csv, metadata, npz_bytes
+from sinkviz.metrics import layer_entropy, layer_sinks, norm_vs_median, sink_rate
+from sinkviz.report import report_dict
+from sinkviz.verdict import verdict
+
+URL_PROMPT_LIMIT = 4000  # longer prompts are shared by store key only
+params = st.query_params
+
+
+def init_from_url() -> None:
+    """First run of this session: widgets start from the URL's query parameters."""
+    if st.session_state.get("an_ready"):
+        return
+    s = settings_from_params(params)
+    st.session_state.update(
+        an_ready=True, an_prompt=params.get("prompt", EXAMPLES["Prompt A (seed 003)"]),
+        an_template=s.use_template, an_system=s.system or "", an_map=s.map_size,
+        an_first_n=min(8, max(1, int(params.get("n", "3")) if params.get("n", "3").isdigit() else 3)),
+        an_auto=("prompt" in params or "key" in params), an_url_model=s.model)
+
+
+def fill_example() -> None:
+    choice = st.session_state.an_example
+    if choice in EXAMPLES:
+        st.session_state.an_prompt = EXAMPLES[choice]
+
+
+init_from_url()
+st.title("Analyze a prompt")
+with st.container(border=True):
+    model = model_picker("an", st.session_state.an_url_model)
+    st.selectbox("Example prompts", ["(your own)"] + list(EXAMPLES), key="an_example", on_change=fill_example)
+    prompt = st.text_area("Prompt", key="an_prompt", height=140)
+    c1, c2, c3 = st.columns([1, 2, 1])
+    use_template = c1.toggle("Chat template", key="an_template",
+                             help="Wrap the prompt as a user turn of the model's chat template; "
+                                  "its own tokens are analysed too.")
+    first_n = c2.slider("Sink = the first N tokens", 1, 8, key="an_first_n")
+    run = c3.button("Analyze", type="primary", use_container_width=True)
+    with st.expander("More settings"):
+        system = st.text_input("System turn (chat template only; empty = the template's default)",
+                               key="an_system")
+        map_size = st.select_slider("Full L × L maps up to (tokens; pooled above)",
+                                    [32, 64, 128, 192, 256], key="an_map")
+        device, dtype = device_dtype_pickers("an", None, None)
+        thresholds = threshold_inputs("an")
+        epsilon = st.number_input("Sink-rate epsilon (Gu et al.)", 0.01, 0.99, 0.3, 0.05, key="an_eps")
+
+try:
+    settings = Settings(model=model, use_template=use_template, system=system.strip() or None,
+                        map_size=map_size, device=device, dtype=dtype)
+except SinkvizError as err:
+    st.error(str(err))
+    st.stop()
+
+result: Analysis | None = None
+if run or st.session_state.pop("an_auto", False):
+    stored = open_stored(params["key"]) if (not run and "key" in params) else None
+    result = stored or run_analysis(prompt, settings)
+    if result is not None:
+        st.session_state.an_key = result.key
+        shared = {**settings_to_params(result.settings), "n": str(first_n), "key": result.key}
+        if len(result.prompt) <= URL_PROMPT_LIMIT:
+            shared["prompt"] = result.prompt
+        st.query_params.from_dict(shared)
+elif st.session_state.get("an_key"):
+    result = open_stored(st.session_state.an_key)
+
+
+def render(a: Analysis) -> None:
+    try:
+        sinks = layer_sinks(a.stats, first_n, thresholds)
+    except SinkvizError as err:
+        st.error(str(err))
+        return
+    stats, tokens = a.stats, a.tokens.tokens
+    deep = np.arange(stats.n_layers) >= thresholds.shallow_layers
+    strongest = int(np.where(deep, sinks.sink_mass, -1).argmax())
+    m = st.columns(4)
+    m[0].metric("Tokens", stats.n_tokens, help="including template tokens" if a.tokens.templated else None)
+    m[1].metric("Position 0", repr(tokens[0]), "special token" if a.tokens.special[0] else "text token",
+                delta_color="off")
+    m[2].metric(f"Sink rate (ε = {epsilon:g})", f"{sink_rate(stats, epsilon):.1f} %",
+                help="Gu et al.: share of (layer, head) pairs whose attention to position 0 exceeds ε")
+    m[3].metric(f"Strongest layer (≥ {thresholds.shallow_layers})", f"L{strongest}",
+                f"{sinks.sink_mass[strongest]:.0%} on first {first_n}", delta_color="off")
+    st.info(verdict(sinks, stats, tokens, a.tokens.special, thresholds))
+    st.caption(f"{a.model.label} · {a.model.architecture} · {a.model.device} · {a.model.dtype} · "
+               f"key {a.key}" + (" · from the result store" if a.cached else ""))
+    tabs = st.tabs(["Sink mass per layer", "Heatmaps", "Position-0 inspector", "Entropy", "Tokens", "Export"])
+    with tabs[0]:
+        st.plotly_chart(figures.sink_bars(sinks, thresholds), key="an_bars")
+        st.caption(f"Averaged over queries i ≥ {first_n} (each query's attention to the first {first_n} "
+                   f"tokens), then over heads. Uniform attention would give {sinks.baseline:.1%}; the "
+                   f"largest possible ratio at this length is {sinks.max_ratio:.1f}×.")
+        if any(stats.windows):
+            st.warning(f"Layers {[l for l, w in enumerate(stats.windows) if w]} use a sliding window of "
+                       f"{max(w for w in stats.windows if w)} tokens: queries further away cannot see position 0 there.")
+    with tabs[1]:
+        render_heatmaps(a)
+    with tabs[2]:
+        render_position0(a)
+    with tabs[3]:
+        causal_uniform = float(np.mean(np.log(np.arange(1, stats.n_tokens + 1))))
+        st.plotly_chart(figures.entropy_lines(layer_entropy(stats), causal_uniform), key="an_entropy")
+        st.caption("Low entropy with high sink mass: the heads park their attention on the sink.")
+    with tabs[4]:
+        received = stats.received.mean(axis=(0, 1))
+        st.dataframe({"position": range(stats.n_tokens), "id": a.tokens.token_ids, "token": tokens,
+                      "special": a.tokens.special, "received (mean over layers, heads)": received},
+                     hide_index=True)
+    with tabs[5]:
+        render_export(a)
+
+
+def render_heatmaps(a: Analysis) -> None:
+    stats = a.stats
+    c = st.columns(4)
+    layer = c[0].selectbox("Layer", range(stats.n_layers), index=min(3, stats.n_layers - 1), key="an_layer")
+    head_label = c[1].selectbox("Head", ["mean over heads"] + [f"head {h}" for h in range(stats.n_heads)],
+                                key="an_head")
+    log = c[2].toggle("Log colour scale", key="an_log")
+    hide = c[3].toggle("Hide position 0", key="an_hide",
+                       help="Blank the first column so the rest of the map gets the colour range")
+    head = None if head_label.startswith("mean") else int(head_label.split()[1])
+    st.plotly_chart(figures.attention_heatmap(stats, a.tokens.tokens, layer, head, hide, log), key="an_map_big")
+    st.plotly_chart(figures.all_layers_grid(stats, hide, log), key="an_grid")
+
+
+def render_position0(a: Analysis) -> None:
+    stats, tokens = a.stats, a.tokens.tokens
+    first = min(5, stats.n_tokens)
+    hidden = norm_vs_median(stats.hidden_norm, first).mean(axis=0)
+    value = norm_vs_median(stats.value_norm, first).mean(axis=0)
+    st.dataframe({"position": range(first), "id": a.tokens.token_ids[:first], "token": tokens[:first],
+                  "special": a.tokens.special[:first],
+                  "received (mean over layers, heads)": stats.received[:, :, :first].mean(axis=(0, 1)),
+                  "hidden norm × median": hidden, "value norm × median": value}, hide_index=True)
+    pos = st.radio("Position", range(first), horizontal=True, key="an_pos",
+                   format_func=lambda p: f"{p}: {tokens[p]!r}")
+    st.plotly_chart(figures.position_heatmap(stats, pos, tokens[pos]), key="an_pos_map")
+    st.plotly_chart(figures.norm_ratio_lines(stats.hidden_norm, tokens, "Hidden-state", first), key="an_hidden")
+    st.plotly_chart(figures.norm_ratio_lines(stats.value_norm, tokens, "Value-vector", first), key="an_value")
+    st.caption("Sink tokens often carry 'massive activations' (Sun et al. 2024): a hidden-state norm many "
+               "times the median token's, with a small value vector, so attending to them changes little.")
+
+
+def render_export(a: Analysis) -> None:
+    report = report_dict(a, first_n, epsilon, thresholds)
+    stem = f"sinkviz-{a.key[:10]}"
+    c = st.columns(3)
+    c[0].download_button("Per-layer metrics (CSV)", layers_csv(report), f"{stem}-layers.csv", "text/csv")
+    c[1].download_button("Maps and statistics (NPZ)", lambda: npz_bytes(a), f"{stem}.npz",
+                         "application/octet-stream")
+    c[2].download_button("Metadata (JSON)", json.dumps(metadata(a), indent=1), f"{stem}.json",
+                         "application/json")
+    builders = {"sink mass per layer": lambda: figures.sink_bars(layer_sinks(a.stats, first_n, thresholds), thresholds),
+                "all-layer heatmaps": lambda: figures.all_layers_grid(a.stats),
+                "position-0 received": lambda: figures.position_heatmap(a.stats, 0, a.tokens.tokens[0])}
+    pick = st.selectbox("Figure as standalone HTML", list(builders), key="an_fig_pick")
+    st.download_button("Download figure (HTML)", lambda: builders[pick]().to_html(include_plotlyjs=True),
+                       f"{stem}-{pick.replace(' ', '-')}.html", "text/html")
+
+
+if result is not None:
+    render(result)
+else:
+    st.caption("Pick a model, paste a prompt and press Analyze. Results are kept on disk: "
+               "the same request later opens instantly.")

@@ -1,0 +1,117 @@
+"""Widgets and glue shared by the pages. Only calls sinkviz and renders."""
+
+import logging
+from dataclasses import replace
+
+import streamlit as st
+
+from sinkviz.analysis import Analysis, Settings, analyze, load_stored
+from sinkviz.devices import DTYPES, available_devices
+from sinkviz.embedded import DEFAULT_MODEL, EMBEDDED
+from sinkviz.errors import SinkvizError
+from sinkviz.metrics import Thresholds
+from sinkviz.store import ResultStore
+
+log = logging.getLogger("sinkviz.app")
+
+OTHER_MODEL = "Other: a Hugging Face id or a local folder"
+EXAMPLES = {
+    "Prompt A (seed 003)": "You are a helpful assistant. Answer concisely.",
+    "Prompt B (seed 003)": "Assistant: helpful and concise.\nYou are a helpful assistant. Answer concisely.",
+    "Capital of France": "What is the capital of France? Answer in one sentence.",
+    "RAG-style context": ("Use the documents below to answer.\n\nDocument 1: The Eiffel Tower was "
+                          "completed in 1889 for the World's Fair in Paris.\nDocument 2: The tower is "
+                          "330 metres tall and was the tallest man-made structure until 1930.\n\n"
+                          "Question: When was the Eiffel Tower completed?"),
+    "Placeholder at position 0": ":\nYou are a helpful assistant. Answer concisely.",
+}
+
+
+@st.cache_resource
+def store() -> ResultStore:
+    """One store per server process (diskcache is thread- and process-safe)."""
+    return ResultStore()
+
+
+def model_picker(key: str, default: str = DEFAULT_MODEL) -> str:
+    """Embedded models first (the default preselected), then free text for any other model."""
+    labels = [m.label for m in EMBEDDED.values()] + [OTHER_MODEL]
+    names = list(EMBEDDED) + [None]
+    start = names.index(default) if default in EMBEDDED else len(names) - 1
+    choice = st.selectbox("Model", labels, index=start, key=f"{key}_model_choice")
+    name = names[labels.index(choice)]
+    if name is not None:
+        return name
+    typed = st.text_input("Hugging Face id or local folder", key=f"{key}_model_text",
+                          value="" if default in EMBEDDED else default,
+                          placeholder="e.g. HuggingFaceTB/SmolLM2-360M-Instruct or /models/my-model")
+    return typed.strip() or DEFAULT_MODEL
+
+
+def device_dtype_pickers(key: str, device: str | None, dtype: str | None) -> tuple[str | None, str | None]:
+    devices = ["auto"] + available_devices()
+    dtypes = ["auto"] + list(DTYPES)
+    c1, c2 = st.columns(2)
+    dev = c1.selectbox("Device", devices, index=devices.index(device) if device in devices else 0,
+                       key=f"{key}_device", help="auto: CUDA, then Apple MPS, then CPU")
+    dt = c2.selectbox("Dtype", dtypes, index=dtypes.index(dtype) if dtype in dtypes else 0,
+                      key=f"{key}_dtype", help="auto: bfloat16 on CUDA, float32 elsewhere")
+    return (None if dev == "auto" else dev), (None if dt == "auto" else dt)
+
+
+def threshold_inputs(key: str) -> Thresholds:
+    c1, c2, c3 = st.columns(3)
+    warning = c1.number_input("Warning at", 0.0, 1.0, 0.35, 0.05, key=f"{key}_warn", format="%.2f")
+    critical = c2.number_input("Critical at", 0.0, 1.0, 0.50, 0.05, key=f"{key}_crit", format="%.2f")
+    ratio = c3.number_input("Flag above × uniform", 1.0, 100.0, 5.0, 0.5, key=f"{key}_ratio")
+    try:
+        return Thresholds(warning=warning, critical=critical, ratio_flag=ratio)
+    except SinkvizError as err:
+        st.warning(f"{err}; using the defaults")
+        return Thresholds()
+
+
+def run_analysis(prompt: str, settings: Settings, label: str = "") -> Analysis | None:
+    """analyze() with live progress and step times; errors become a message, not a crash."""
+    with st.status(f"Analyzing {label}".strip(), expanded=False) as status:
+        try:
+            result = analyze(prompt, settings, store=store(),
+                             progress=lambda step: status.update(label=f"{label} {step} …".strip()))
+        except SinkvizError as err:
+            status.update(label=f"{label} failed".strip(), state="error")
+            st.error(str(err))
+            return None
+        except Exception as err:  # a bug or an out-of-memory: say so and keep the page usable
+            log.exception("analysis failed")
+            status.update(label=f"{label} failed".strip(), state="error")
+            st.error(f"Analysis failed: {type(err).__name__}: {err}")
+            return None
+        steps = ", ".join(f"{name} {secs:.2f} s" for name, secs in result.timings)
+        source = "from the result store" if result.cached else "computed"
+        status.update(label=f"{label} done ({source}): {steps}".strip(), state="complete")
+        st.session_state["last_model_info"] = result.model
+        return result
+
+
+def open_stored(key: str) -> Analysis | None:
+    return load_stored(store(), key)
+
+
+def settings_from_params(params) -> Settings:
+    """Settings named in the URL's query parameters (unknown or bad values fall back)."""
+    base = Settings()
+    try:
+        return replace(base, model=params.get("model", base.model),
+                       use_template=params.get("template", "1") != "0",
+                       system=params.get("system") or None,
+                       map_size=int(params.get("map", base.map_size)))
+    except (ValueError, SinkvizError):
+        return base
+
+
+def settings_to_params(settings: Settings) -> dict:
+    params = {"model": settings.model, "template": "1" if settings.use_template else "0",
+              "map": str(settings.map_size)}
+    if settings.system:
+        params["system"] = settings.system
+    return params

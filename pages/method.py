@@ -1,0 +1,62 @@
+"""Method: every number's formula, source, and how to read the charts."""
+
+import streamlit as st
+
+st.title("Method")
+st.markdown(r"""
+sinkviz runs **one forward pass** of the model on your prompt. Each layer's output is computed
+as usual (SDPA), and in the same call the attention probabilities are recomputed block by block
+and reduced to the statistics below, so the full $L \times L$ attention of every layer is never
+stored. Every statistic is tested against transformers' eager `output_attentions` in float64.
+
+Notation: layer $l$, head $h$, query position $i$, key position $j$, attention
+$a_{l,h,i,j}$ (each row sums to 1; causal models see only $j \le i$), $L$ tokens.
+
+### Sink mass (first $N$ tokens)
+$$m_N[l,h] = \frac{1}{L-N}\sum_{i \ge N}\ \sum_{j<N} a_{l,h,i,j}$$
+The share of attention that queries *after* the first $N$ tokens give to the first $N$.
+The layer value is the mean over heads. $N$ = 3 by default (seed 000: "N = 3 is standard"),
+5 for the seed's monitoring metric; choose 1–8.
+
+### Uniform baseline and ratio
+If every query spread its attention evenly over the keys it sees:
+$b_N = \frac{1}{L-N}\sum_{i \ge N} \frac{N}{i+1}$ (bidirectional models: $N/L$).
+**Ratio to uniform** $= m_N / b_N$; layers beyond the first two above **5×** are flagged (seed 000).
+The ratio can never exceed $1/b_N$: at 30 tokens with $N=3$ that is 4.2×, so the flag only
+becomes meaningful on longer prompts.
+
+### Severity
+Seed 000's thresholds on sink mass in layers beyond the first two: **warning ≥ 35 %**,
+**critical ≥ 50 %**. Both are settings; the bars show them as dashed lines.
+
+### Sink rate (Gu et al., ICLR 2025)
+$\alpha_0[l,h] = \frac{1}{L}\sum_{i \ge 0} a_{l,h,i,0}$; sink rate $= 100 \times$ the share of
+$(l,h)$ pairs with $\alpha_0 > \varepsilon$ (strict), $\varepsilon = 0.3$ here and in the paper
+(others use 0.8, so the page always shows $\varepsilon$). Published values use 64 tokens, eager
+fp32: GPT2-XL 77.0, Mistral-7B 97.5, Llama-2-7B 92.5, Llama-3-8B 99.0. "First token" is a BOS
+for tokenizers that add one, a template marker with the chat template, else the first word.
+
+### Received attention, entropy, maps
+- **Received** by key $j$: $\frac{1}{L-j}\sum_{i \ge j} a_{l,h,i,j}$ — which tokens are sinks
+  (not always position 0).
+- **Entropy** of a query's row: $-\sum_j a \ln a$ in nats, averaged over queries. Uniform
+  attention over $i+1$ keys has $\ln(i+1)$.
+- **Heatmaps**: the full map up to the map size (128 tokens by default); above it, bins of
+  $\lceil L/128 \rceil$ tokens holding the mean over the bin's queries of the mass on the bin's
+  keys (rows still sum to 1). The title says when a map is pooled. Blank cells above the diagonal
+  are keys a causal query cannot see. *Hide position 0* blanks the first column so the rest of
+  the map gets the colour range; the log scale does the same for small values.
+
+### Position-0 inspector
+The first five tokens: id, string, whether special (BOS, template marker), the attention each
+receives per layer and head, and the **hidden-state norm** and **value-vector norm** per layer
+relative to the median token. Sink tokens typically carry "massive activations" (Sun et al.,
+2024): a hidden-state norm many times the median, with a small value vector.
+
+### How to read the charts
+- **Bars** high and red in most layers beyond the first two: the model parks attention on
+  the first tokens. That is normal for trained LLMs (a "no-op" for heads with nothing to do),
+  not a bug; it matters when the sink token is content you care about, or when it moves.
+- **Compare** shows whether a different opening line moves the sink (seed 003's Prompt A and B).
+- Attention weights show where probability mass goes, not the causal story of the output.
+""")

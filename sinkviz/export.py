@@ -1,0 +1,43 @@
+"""Downloads: per-layer CSV, an npz of maps and statistics, its metadata JSON."""
+
+import csv
+import io
+import json
+from dataclasses import asdict
+from datetime import datetime, timezone
+
+import numpy as np
+
+from .analysis import Analysis
+
+CSV_COLUMNS = ("layer", "sink_mass", "ratio_to_uniform", "flagged", "severity", "entropy_nats",
+               "position0_received", "top_sink_position", "top_sink_received", "window")
+
+
+def layers_csv(report: dict) -> str:
+    """One row per layer of ``report_dict``'s layers, plus one column per head's sink mass."""
+    out = io.StringIO()
+    heads = len(report["layers"][0]["heads_sink_mass"])
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS + tuple(f"head{h}_sink_mass" for h in range(heads)))
+    for row in report["layers"]:
+        writer.writerow([row[c] for c in CSV_COLUMNS] + row["heads_sink_mass"])
+    return out.getvalue()
+
+
+def metadata(analysis: Analysis) -> dict:
+    """Model, tokens, settings and capture time of an analysis."""
+    return {"model": asdict(analysis.model), "settings": asdict(analysis.settings),
+            "prompt": analysis.prompt, "token_ids": list(analysis.tokens.token_ids),
+            "tokens": list(analysis.tokens.tokens), "special": list(analysis.tokens.special),
+            "templated": analysis.tokens.templated, "key": analysis.key,
+            "created": datetime.fromtimestamp(analysis.created, timezone.utc).isoformat()}
+
+
+def npz_bytes(analysis: Analysis) -> bytes:
+    """Every statistic array, the token ids, and the metadata as a JSON string (no pickles)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **analysis.stats.to_arrays(),
+                        token_ids=np.array(analysis.tokens.token_ids),
+                        metadata_json=np.array(json.dumps(metadata(analysis))))
+    return buffer.getvalue()

@@ -1,0 +1,173 @@
+"""Plotly figures: pure functions from engine results to ``go.Figure``.
+
+Every plotted number is taken from the metrics as is (fractions, not rescaled), so a test
+can compare the figure's arrays with the engine's.
+"""
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .metrics import LayerSinks, Thresholds, norm_vs_median
+from .stats import AttentionStats
+
+SEVERITY_COLORS = {"shallow": "#9aa5b1", "ok": "#4c78a8", "warning": "#f58518", "critical": "#d62728"}
+SMALL_MAP_BINS = 32  # bins per side in the all-layers grid
+
+
+def sink_bars(sinks: LayerSinks, thresholds: Thresholds = Thresholds()) -> go.Figure:
+    """Sink mass per layer, coloured by severity, with baseline, thresholds and ratio flags."""
+    layers = np.arange(len(sinks.sink_mass))
+    fig = go.Figure(go.Bar(
+        x=layers, y=sinks.sink_mass, name="sink mass",
+        marker_color=[SEVERITY_COLORS[s] for s in sinks.severity],
+        customdata=np.stack([sinks.ratio, np.array(sinks.severity, dtype=object)], axis=-1),
+        hovertemplate="layer %{x}<br>sink mass %{y:.1%}<br>%{customdata[0]:.1f}x uniform"
+                      "<br>%{customdata[1]}<extra></extra>"))
+    for y, label, dash in [(sinks.baseline, "uniform baseline", "dot"),
+                           (thresholds.warning, "warning", "dash"),
+                           (thresholds.critical, "critical", "dash")]:
+        fig.add_hline(y=y, line_dash=dash, annotation_text=f"{label} {y:.0%}",
+                      annotation_position="top left", line_color="#555")
+    flagged = np.flatnonzero(sinks.flagged)
+    fig.add_trace(go.Scatter(
+        x=flagged, y=np.minimum(sinks.sink_mass[flagged] + 0.04, 1.04), mode="markers",
+        marker_symbol="triangle-down", marker_size=9, marker_color="black",
+        name=f"> {thresholds.ratio_flag:g}x uniform", hoverinfo="skip"))
+    fig.update_layout(
+        title=f"Attention on the first {sinks.first_n} tokens, per layer "
+              f"(mean over heads and over queries i ≥ {sinks.first_n})",
+        xaxis_title="layer", yaxis_title="sink mass", yaxis_tickformat=".0%",
+        yaxis_range=[0, 1.08], legend_orientation="h", margin_t=60, height=380)
+    return fig
+
+
+def bin_labels(tokens: tuple[str, ...], width: int) -> list[str]:
+    """One label per map bin: 'i: token' for single tokens, 'i–k' for pooled bins."""
+    if width == 1:
+        return [f"{i}: {t!r}" for i, t in enumerate(tokens)]
+    return [f"{s}–{min(s + width, len(tokens)) - 1}" for s in range(0, len(tokens), width)]
+
+
+def layer_map(stats: AttentionStats, layer: int, head: int | None = None) -> np.ndarray:
+    """[bins, bins] map of one layer: one head, or the mean over heads."""
+    maps = stats.maps[layer]
+    return maps.mean(axis=0) if head is None else maps[head]
+
+
+def map_for_display(z: np.ndarray, width: int, hide_first: bool, log: bool) -> np.ndarray:
+    """Copy of a map with invisible (causally masked) cells and, optionally, the first column
+    blanked; in log10 when ``log``."""
+    z = z.astype(float).copy()
+    if width == 1:
+        z[np.triu_indices_from(z, k=1)] = np.nan
+    if hide_first:
+        z[:, 0] = np.nan
+    return np.log10(np.clip(z, 1e-6, None)) if log else z
+
+
+def attention_heatmap(stats: AttentionStats, tokens: tuple[str, ...], layer: int,
+                      head: int | None = None, hide_first: bool = False, log: bool = False,
+                      last_queries: int | None = None) -> go.Figure:
+    """One layer's map (head mean by default), token strings on hover; ``last_queries`` keeps
+    only the last rows (to align variants on a shared suffix)."""
+    z = map_for_display(layer_map(stats, layer, head), stats.bin_width, hide_first, log)
+    labels = bin_labels(tokens, stats.bin_width)
+    rows = labels
+    if last_queries:
+        z, rows = z[-last_queries:], labels[-last_queries:]
+    who = "mean over heads" if head is None else f"head {head}"
+    pooled = (f", pooled: {stats.bin_width} tokens per bin (mean over the bin's queries of the "
+              "mass on its keys)") if stats.bin_width > 1 else ""
+    hidden = ", first column hidden" if hide_first else ""
+    fig = go.Figure(go.Heatmap(
+        z=z, x=labels, y=rows, colorscale="Viridis", hoverongaps=False,
+        colorbar_title="log10 a" if log else "attention",
+        hovertemplate="query %{y}<br>key %{x}<br>" + ("log10 a %{z:.2f}" if log else "a %{z:.3f}")
+                      + "<extra></extra>"))
+    fig.update_layout(title=f"Layer {layer}, {who}{pooled}{hidden}", height=560,
+                      xaxis_title="key", yaxis_title="query", yaxis_autorange="reversed",
+                      xaxis_showticklabels=len(labels) <= 40, yaxis_showticklabels=len(labels) <= 40)
+    return fig
+
+
+def coarsen(z: np.ndarray, factor: int) -> np.ndarray:
+    """Pool a [B, B] map by ``factor``: keys summed, queries averaged (rows still sum to 1)."""
+    if factor == 1:
+        return z
+    bins = -(-z.shape[0] // factor)
+    padded = np.full((bins * factor, bins * factor), np.nan)
+    padded[:z.shape[0], :z.shape[1]] = z
+    blocks = padded.reshape(bins, factor, bins, factor)
+    return np.nanmean(np.nansum(blocks, axis=3), axis=1)
+
+
+def all_layers_grid(stats: AttentionStats, hide_first: bool = False, log: bool = False,
+                    cols: int = 6) -> go.Figure:
+    """Small multiples: every layer's head-mean map, coarsened to at most SMALL_MAP_BINS."""
+    rows = -(-stats.n_layers // cols)
+    factor = -(-stats.maps.shape[-1] // SMALL_MAP_BINS)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"L{l}" for l in range(stats.n_layers)],
+                        horizontal_spacing=0.02, vertical_spacing=0.04)
+    for layer in range(stats.n_layers):
+        z = map_for_display(coarsen(layer_map(stats, layer), factor), stats.bin_width * factor,
+                            hide_first, log)
+        fig.add_trace(go.Heatmap(z=z, coloraxis="coloraxis", hovertemplate=
+                                 f"layer {layer}<br>query bin %{{y}}<br>key bin %{{x}}<br>%{{z:.3f}}<extra></extra>"),
+                      row=layer // cols + 1, col=layer % cols + 1)
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False, autorange="reversed")
+    fig.update_layout(coloraxis_colorscale="Viridis", height=150 * rows + 60, margin_t=50,
+                      title=f"All layers, mean over heads ({stats.bin_width * factor} token(s) per cell)")
+    return fig
+
+
+def position_heatmap(stats: AttentionStats, position: int, token: str) -> go.Figure:
+    """Attention received by one position, per layer x head (mean over queries i >= position)."""
+    z = stats.received[:, :, position]                                               # [layers, heads]
+    fig = go.Figure(go.Heatmap(z=z, x=[f"h{h}" for h in range(stats.n_heads)], colorscale="Viridis",
+                               zmin=0, zmax=1, colorbar_title="received",
+                               hovertemplate="layer %{y}, %{x}<br>%{z:.3f}<extra></extra>"))
+    fig.update_layout(title=f"Attention received by position {position} ({token!r}), per layer and head",
+                      xaxis_title="head", yaxis_title="layer", height=520)
+    return fig
+
+
+def norm_ratio_lines(norms: np.ndarray, tokens: tuple[str, ...], what: str, positions: int = 5) -> go.Figure:
+    """Norm of each first position / the layer's median norm, per layer."""
+    ratio = norm_vs_median(norms, positions)                                         # [layers, positions]
+    fig = go.Figure([go.Scatter(x=np.arange(len(ratio)), y=ratio[:, p], mode="lines+markers",
+                                name=f"{p}: {tokens[p]!r}") for p in range(ratio.shape[1])])
+    fig.add_hline(y=1.0, line_dash="dot", annotation_text="median token")
+    fig.update_layout(title=f"{what} norm of the first tokens / median token, per layer",
+                      xaxis_title="layer", yaxis_title="× median", yaxis_type="log", height=380)
+    return fig
+
+
+def entropy_lines(entropy_by_layer: np.ndarray, uniform_entropy: float) -> go.Figure:
+    """Mean attention entropy per layer, with the entropy uniform attention would have."""
+    fig = go.Figure(go.Scatter(x=np.arange(len(entropy_by_layer)), y=entropy_by_layer,
+                               mode="lines+markers", name="mean entropy"))
+    fig.add_hline(y=uniform_entropy, line_dash="dot", annotation_text="uniform attention")
+    fig.update_layout(title="Attention entropy per layer (nats, mean over heads and queries)",
+                      xaxis_title="layer", yaxis_title="nats", height=340)
+    return fig
+
+
+def compare_sink_lines(labels: list[str], sinks: list[LayerSinks]) -> go.Figure:
+    """Sink mass per layer of every variant on one chart."""
+    fig = go.Figure([go.Scatter(x=np.arange(len(s.sink_mass)), y=s.sink_mass, mode="lines+markers",
+                                name=label) for label, s in zip(labels, sinks)])
+    fig.update_layout(title=f"Sink mass per layer (first {sinks[0].first_n} tokens)",
+                      xaxis_title="layer", yaxis_title="sink mass", yaxis_tickformat=".0%", height=380)
+    return fig
+
+
+def compare_difference(labels: list[str], sinks: list[LayerSinks]) -> go.Figure:
+    """Sink mass of each variant minus the first variant's, per layer."""
+    base = sinks[0].sink_mass
+    fig = go.Figure([go.Bar(x=np.arange(len(base)), y=s.sink_mass - base, name=f"{label} − {labels[0]}")
+                     for label, s in zip(labels[1:], sinks[1:])])
+    fig.update_layout(title=f"Difference from {labels[0]} (percentage points)", xaxis_title="layer",
+                      yaxis_title="Δ sink mass", yaxis_tickformat="+.0%", barmode="group", height=340)
+    return fig

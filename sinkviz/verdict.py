@@ -1,0 +1,39 @@
+"""A plain-language verdict a stakeholder can read, built from the metrics."""
+
+import numpy as np
+
+from .metrics import LayerSinks, Thresholds
+from .stats import AttentionStats
+
+
+def verdict(sinks: LayerSinks, stats: AttentionStats, tokens: tuple[str, ...],
+            special: tuple[bool, ...], thresholds: Thresholds = Thresholds()) -> str:
+    """Which layers send how much attention to which token, how many times uniform, severity."""
+    n, deep = sinks.first_n, np.arange(stats.n_layers) >= thresholds.shallow_layers
+    if not deep.any():
+        return "The model has no layers beyond the first two; nothing to judge."
+    mass = np.where(deep, sinks.sink_mass, -1.0)
+    worst = int(mass.argmax())
+    received = stats.received[worst].mean(axis=0)                                  # [L]
+    top = int(received.argmax())
+    counts = {s: sum(1 for l, sev in enumerate(sinks.severity) if deep[l] and sev == s)
+              for s in ("critical", "warning")}
+    level = "critical" if counts["critical"] else "warning" if counts["warning"] else "ok"
+    kind = " (a special token)" if special[top] else ""
+    lines = [
+        f"Severity: {level}. In {counts['critical']} of {int(deep.sum())} layers beyond the first "
+        f"{thresholds.shallow_layers}, at least {thresholds.critical:.0%} of attention goes to the "
+        f"first {n} tokens; in {counts['warning']} more, at least {thresholds.warning:.0%}.",
+        f"The strongest is layer {worst}: {sinks.sink_mass[worst]:.0%} of its attention lands on "
+        f"the first {n} tokens, {sinks.ratio[worst]:.1f}x what uniform attention would give. "
+        f"The token that receives most there is position {top}, {tokens[top]!r}{kind}, "
+        f"with {received[top]:.0%} of the attention of the queries that see it.",
+    ]
+    flagged = int(sinks.flagged.sum())
+    if sinks.max_ratio <= thresholds.ratio_flag:
+        lines.append(f"At {stats.n_tokens} tokens the ratio to uniform cannot exceed "
+                     f"{sinks.max_ratio:.1f}x, so the {thresholds.ratio_flag:g}x flag cannot fire; "
+                     "longer prompts make it meaningful.")
+    else:
+        lines.append(f"{flagged} layer(s) exceed {thresholds.ratio_flag:g}x uniform.")
+    return " ".join(lines)

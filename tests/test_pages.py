@@ -1,0 +1,141 @@
+"""AppTest: the numbers each page plots are the engine's numbers."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ["SINKVIZ_WARM"] = "0"
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from plotly_json import array, by_title, figures  # noqa: E402
+from sinkviz.analysis import Settings, analyze  # noqa: E402
+from sinkviz.figures import layer_map, map_for_display  # noqa: E402
+from sinkviz.metrics import layer_sinks  # noqa: E402
+
+PROMPT_A = "You are a helpful assistant. Answer concisely."
+PROMPT_B = "Assistant: helpful and concise.\nYou are a helpful assistant. Answer concisely."
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="module", autouse=True)
+def page_store(tmp_path_factory, default_model_dir):
+    import streamlit as st
+    old = os.environ.get("SINKVIZ_STORE_DIR")
+    os.environ["SINKVIZ_STORE_DIR"] = str(tmp_path_factory.mktemp("page-store"))
+    st.cache_resource.clear()
+    yield
+    st.cache_resource.clear()
+    if old is None:
+        os.environ.pop("SINKVIZ_STORE_DIR")
+    else:
+        os.environ["SINKVIZ_STORE_DIR"] = old
+
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+def app() -> AppTest:
+    return AppTest.from_file(APP, default_timeout=TIMEOUT)
+
+
+def analyze_page(prompt: str, first_n: int = 3) -> AppTest:
+    at = app().run()
+    at.text_area(key="an_prompt").set_value(prompt)
+    at.slider(key="an_first_n").set_value(first_n)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+@pytest.mark.parametrize("first_n", [3, 5])
+def test_analyze_bars_equal_engine(first_n):
+    at = analyze_page(PROMPT_A, first_n)
+    engine = layer_sinks(analyze(PROMPT_A, Settings()).stats, first_n)
+    bars = by_title(at, f"Attention on the first {first_n} tokens")
+    np.testing.assert_allclose(array(bars["data"][0]["y"]), engine.sink_mass, rtol=1e-6)
+    np.testing.assert_allclose(array(bars["data"][0]["x"]), np.arange(30))
+    baseline = [s for s in bars["layout"]["shapes"] if s.get("line", {}).get("dash") == "dot"][0]
+    assert baseline["y0"] == pytest.approx(engine.baseline)
+    flagged = array(bars["data"][1]["x"]) if bars["data"][1].get("x") is not None else np.array([])
+    np.testing.assert_array_equal(flagged, np.flatnonzero(engine.flagged))
+
+
+def test_analyze_heatmaps_and_position0_equal_engine():
+    at = analyze_page(PROMPT_A)
+    stats = analyze(PROMPT_A, Settings()).stats
+    big = by_title(at, "Layer 3, mean over heads")
+    np.testing.assert_allclose(array(big["data"][0]["z"]),
+                               map_for_display(layer_map(stats, 3), 1, False, False), rtol=1e-6)
+    assert big["data"][0]["x"][0] == "0: '<|im_start|>'"
+    pos0 = by_title(at, "Attention received by position 0")
+    np.testing.assert_allclose(array(pos0["data"][0]["z"]), stats.received[:, :, 0], rtol=1e-6)
+    assert at.metric[1].value == "'<|im_start|>'"
+
+
+def test_hide_position0_and_log_scale():
+    at = analyze_page(PROMPT_A)
+    at.toggle(key="an_hide").set_value(True)
+    at.toggle(key="an_log").set_value(True).run()
+    stats = analyze(PROMPT_A, Settings()).stats
+    big = by_title(at, "Layer 3, mean over heads")
+    z = array(big["data"][0]["z"])
+    assert np.isnan(z[:, 0]).all()
+    np.testing.assert_allclose(z, map_for_display(layer_map(stats, 3), 1, True, True), rtol=1e-6)
+
+
+def test_bad_prompt_shows_message_and_page_keeps_working():
+    at = analyze_page("   ")
+    assert [e.value for e in at.error] == ["the prompt is empty"]
+    at.text_area(key="an_prompt").set_value(PROMPT_B)
+    at.button[0].click().run()
+    assert not at.error and by_title(at, "Attention on the first 3 tokens")
+
+
+def test_shared_url_reproduces_the_analysis():
+    at = app()
+    at.query_params["prompt"] = PROMPT_B
+    at.query_params["n"] = "2"
+    at.query_params["template"] = "0"
+    at.run()
+    assert not at.exception
+    result = analyze(PROMPT_B, Settings(use_template=False))
+    engine = layer_sinks(result.stats, 2)
+    bars = by_title(at, "Attention on the first 2 tokens")
+    np.testing.assert_allclose(array(bars["data"][0]["y"]), engine.sink_mass, rtol=1e-6)
+    assert at.metric[1].value == repr(result.tokens.tokens[0]) == "'Ass'"
+
+
+def test_compare_plots_every_variant_and_the_difference():
+    at = app()
+    at.switch_page("pages/compare.py").run()
+    at.button[0].click().run()
+    assert not at.exception
+    a, b = (layer_sinks(analyze(p, Settings()).stats, 3) for p in (PROMPT_A, PROMPT_B))
+    lines = by_title(at, "Sink mass per layer")
+    np.testing.assert_allclose(array(lines["data"][0]["y"]), a.sink_mass, rtol=1e-6)
+    np.testing.assert_allclose(array(lines["data"][1]["y"]), b.sink_mass, rtol=1e-6)
+    diff = by_title(at, "Difference from A")
+    np.testing.assert_allclose(array(diff["data"][0]["y"]), b.sink_mass - a.sink_mass, atol=1e-6)
+    assert len([f for f in figures(at) if "layer 3" in str(f["layout"]["title"]["text"])]) == 2
+
+
+def test_history_lists_the_store():
+    analyze_page(PROMPT_A)
+    at = app()
+    at.switch_page("pages/history.py").run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert PROMPT_A in set(table["prompt"])
+    row = table[table["prompt"] == PROMPT_A].iloc[0]
+    mass = layer_sinks(analyze(PROMPT_A, Settings()).stats, 3).sink_mass
+    assert row["worst layer (N=3)"] == int(mass.argmax())
+    assert row["its sink mass"] == pytest.approx(mass.max())
+
+
+def test_method_page_states_the_formulas():
+    at = app()
+    at.switch_page("pages/method.py").run()
+    text = " ".join(m.value for m in at.markdown)
+    assert "Sink mass" in text and "Uniform baseline" in text and "0.3" in text
