@@ -8,7 +8,7 @@ import streamlit as st
 from sinkviz.devices import pick_device
 from sinkviz.embedded import DEFAULT_MODEL, EMBEDDED
 
-st.set_page_config(page_title="sinkviz", page_icon="🕳️", layout="wide")
+st.set_page_config(page_title="sinkviz", page_icon=":material/blur_circular:", layout="wide")
 
 
 @st.cache_resource
@@ -28,13 +28,14 @@ def warm_default_model() -> threading.Thread:
 
 if os.environ.get("SINKVIZ_WARM", "1") != "0":
     warm_default_model()
-pages = [st.Page("pages/analyze.py", title="Analyze", icon="🔎", default=True),
-         st.Page("pages/compare.py", title="Compare", icon="⚖️"),
-         st.Page("pages/history.py", title="History", icon="🕘"),
-         st.Page("pages/method.py", title="Method", icon="📐")]
+pages = [st.Page("pages/analyze.py", title="Analyze", icon=":material/search:", default=True),
+         st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+         st.Page("pages/history.py", title="History", icon=":material/history:"),
+         st.Page("pages/method.py", title="Method", icon=":material/functions:")]
 page = st.navigation(pages)
 
-with st.sidebar:
+page.run()
+with st.sidebar:  # after the page, so it names the model the page just used
     st.markdown("### sinkviz")
     info = st.session_state.get("last_model_info")
     if info is not None:
@@ -44,4 +45,3 @@ with st.sidebar:
                     f"context {info.max_context or '?'} · BOS {info.bos_token!r}")
     else:
         st.markdown(f"**Model:** {EMBEDDED[DEFAULT_MODEL].label}  \n**Device:** {pick_device()} (auto)")
-page.run()

@@ -15,6 +15,7 @@ from sinkviz.metrics import layer_entropy, layer_sinks, norm_vs_median, sink_rat
 from sinkviz.report import report_dict
 from sinkviz.verdict import verdict
 
+TABS = ["Sink mass per layer", "Heatmaps", "Position-0 inspector", "Entropy", "Tokens", "Export"]
 URL_PROMPT_LIMIT = 4000  # longer prompts are shared by store key only
 params = st.query_params
 
@@ -91,38 +92,43 @@ def render(a: Analysis) -> None:
     m = st.columns(4)
     m[0].metric("Tokens", stats.n_tokens, help="including template tokens" if a.tokens.templated else None)
     m[1].metric("Position 0", repr(tokens[0]), "special token" if a.tokens.special[0] else "text token",
-                delta_color="off")
+                delta_color="off", delta_arrow="off")
     m[2].metric(f"Sink rate (ε = {epsilon:g})", f"{sink_rate(stats, epsilon):.1f} %",
                 help="Gu et al.: share of (layer, head) pairs whose attention to position 0 exceeds ε")
     m[3].metric(f"Strongest layer (≥ {thresholds.shallow_layers})", f"L{strongest}",
-                f"{sinks.sink_mass[strongest]:.0%} on first {first_n}", delta_color="off")
+                f"{sinks.sink_mass[strongest]:.0%} on first {first_n}", delta_color="off", delta_arrow="off")
     st.info(verdict(sinks, stats, tokens, a.tokens.special, thresholds))
     st.caption(f"{a.model.label} · {a.model.architecture} · {a.model.device} · {a.model.dtype} · "
                f"key {a.key}" + (" · from the result store" if a.cached else ""))
-    tabs = st.tabs(["Sink mass per layer", "Heatmaps", "Position-0 inspector", "Entropy", "Tokens", "Export"])
-    with tabs[0]:
-        st.plotly_chart(figures.sink_bars(sinks, thresholds), key="an_bars")
-        st.caption(f"Averaged over queries i ≥ {first_n} (each query's attention to the first {first_n} "
-                   f"tokens), then over heads. Uniform attention would give {sinks.baseline:.1%}; the "
-                   f"largest possible ratio at this length is {sinks.max_ratio:.1f}×.")
-        if any(stats.windows):
-            st.warning(f"Layers {[l for l, w in enumerate(stats.windows) if w]} use a sliding window of "
-                       f"{max(w for w in stats.windows if w)} tokens: queries further away cannot see position 0 there.")
-    with tabs[1]:
-        render_heatmaps(a)
-    with tabs[2]:
-        render_position0(a)
-    with tabs[3]:
-        causal_uniform = float(np.mean(np.log(np.arange(1, stats.n_tokens + 1))))
-        st.plotly_chart(figures.entropy_lines(layer_entropy(stats), causal_uniform), key="an_entropy")
-        st.caption("Low entropy with high sink mass: the heads park their attention on the sink.")
-    with tabs[4]:
-        received = stats.received.mean(axis=(0, 1))
-        st.dataframe({"position": range(stats.n_tokens), "id": a.tokens.token_ids, "token": tokens,
-                      "special": a.tokens.special, "received (mean over layers, heads)": received},
-                     hide_index=True)
-    with tabs[5]:
-        render_export(a)
+    sections = [lambda: render_bars(a, sinks), lambda: render_heatmaps(a), lambda: render_position0(a),
+                lambda: render_entropy(a), lambda: render_tokens(a), lambda: render_export(a)]
+    for tab, draw in zip(st.tabs(TABS, key="an_tab", on_change="rerun"), sections):
+        if tab.open:  # only the open tab is computed and sent to the browser
+            with tab:
+                draw()
+
+
+def render_bars(a: Analysis, sinks) -> None:
+    st.plotly_chart(figures.sink_bars(sinks, thresholds), key="an_bars")
+    st.caption(f"Averaged over queries i ≥ {first_n} (each query's attention to the first {first_n} "
+               f"tokens), then over heads. Uniform attention would give {sinks.baseline:.1%}; the "
+               f"largest possible ratio at this length is {sinks.max_ratio:.1f}×.")
+    windows = a.stats.windows
+    if any(windows):
+        st.warning(f"Layers {[l for l, w in enumerate(windows) if w]} use a sliding window of "
+                   f"{max(w for w in windows if w)} tokens: queries further away cannot see position 0 there.")
+
+
+def render_entropy(a: Analysis) -> None:
+    uniform = float(np.mean(np.log(np.arange(1, a.stats.n_tokens + 1))))
+    st.plotly_chart(figures.entropy_lines(layer_entropy(a.stats), uniform), key="an_entropy")
+    st.caption("Low entropy with high sink mass: the heads park their attention on the sink.")
+
+
+def render_tokens(a: Analysis) -> None:
+    st.dataframe({"position": range(a.stats.n_tokens), "id": a.tokens.token_ids, "token": a.tokens.tokens,
+                  "special": a.tokens.special,
+                  "received (mean over layers, heads)": a.stats.received.mean(axis=(0, 1))}, hide_index=True)
 
 
 def render_heatmaps(a: Analysis) -> None:

@@ -73,28 +73,33 @@ def threshold_inputs(key: str) -> Thresholds:
 
 def run_analysis(prompt: str, settings: Settings, label: str = "") -> Analysis | None:
     """analyze() with live progress and step times; errors become a message, not a crash."""
+    failure = None
     with st.status(f"Analyzing {label}".strip(), expanded=False) as status:
         try:
             result = analyze(prompt, settings, store=store(),
                              progress=lambda step: status.update(label=f"{label} {step} …".strip()))
         except SinkvizError as err:
-            status.update(label=f"{label} failed".strip(), state="error")
-            st.error(str(err))
-            return None
+            failure = str(err)
         except Exception as err:  # a bug or an out-of-memory: say so and keep the page usable
             log.exception("analysis failed")
+            failure = f"Analysis failed: {type(err).__name__}: {err}"
+        if failure is None:
+            steps = ", ".join(f"{name} {secs:.2f} s" for name, secs in result.timings)
+            source = "from the result store" if result.cached else "computed"
+            status.update(label=f"{label} done ({source}): {steps}".strip(), state="complete")
+        else:
             status.update(label=f"{label} failed".strip(), state="error")
-            st.error(f"Analysis failed: {type(err).__name__}: {err}")
-            return None
-        steps = ", ".join(f"{name} {secs:.2f} s" for name, secs in result.timings)
-        source = "from the result store" if result.cached else "computed"
-        status.update(label=f"{label} done ({source}): {steps}".strip(), state="complete")
-        st.session_state["last_model_info"] = result.model
-        return result
+    if failure is not None:
+        st.error(f"{label}: {failure}" if label else failure)
+        return None
+    st.session_state["last_model_info"] = result.model
+    return result
 
 
 def open_stored(key: str) -> Analysis | None:
-    return load_stored(store(), key)
+    """A stored analysis (marked as served by the store), or None."""
+    found = load_stored(store(), key)
+    return None if found is None else replace(found, cached=True)
 
 
 def settings_from_params(params) -> Settings:

@@ -16,7 +16,9 @@ with st.container(border=True):
     model = model_picker("cmp")
     c1, c2, c3 = st.columns(3)
     count = c1.number_input("Variants", 2, 4, 2, key="cmp_count")
-    use_template = c2.toggle("Chat template", True, key="cmp_template")
+    use_template = c2.toggle("Chat template", False, key="cmp_template",
+                             help="Off by default: with a template, its own tokens (and a default "
+                                  "system turn) come first, so every variant shares position 0.")
     first_n = c3.slider("Sink = the first N tokens", 1, 8, 3, key="cmp_first_n")
     defaults = [EXAMPLES["Prompt A (seed 003)"], EXAMPLES["Prompt B (seed 003)"],
                 EXAMPLES["Placeholder at position 0"], "Answer concisely. You are a helpful assistant."]
@@ -43,7 +45,7 @@ if results:
     cols = st.columns(len(results))
     for col, label, r, s in zip(cols, labels, results, sinks):
         col.metric(f"Variant {label}: position 0", repr(r.tokens.tokens[0]),
-                   f"mean sink mass {s.sink_mass.mean():.0%}", delta_color="off")
+                   f"mean sink mass {s.sink_mass.mean():.0%}", delta_color="off", delta_arrow="off")
         col.caption("first tokens: " + " · ".join(repr(t) for t in r.tokens.tokens[:6]))
     st.plotly_chart(figures.compare_sink_lines(labels, sinks), key="cmp_lines")
     st.plotly_chart(figures.compare_difference(labels, sinks), key="cmp_diff")

@@ -40,8 +40,11 @@ def app() -> AppTest:
     return AppTest.from_file(APP, default_timeout=TIMEOUT)
 
 
-def analyze_page(prompt: str, first_n: int = 3) -> AppTest:
-    at = app().run()
+def analyze_page(prompt: str, first_n: int = 3, tab: str | None = None) -> AppTest:
+    at = app()
+    if tab:
+        at.session_state["an_tab"] = tab
+    at.run()
     at.text_area(key="an_prompt").set_value(prompt)
     at.slider(key="an_first_n").set_value(first_n)
     at.button[0].click().run()
@@ -63,19 +66,22 @@ def test_analyze_bars_equal_engine(first_n):
 
 
 def test_analyze_heatmaps_and_position0_equal_engine():
-    at = analyze_page(PROMPT_A)
+    at = analyze_page(PROMPT_A, tab="Heatmaps")
     stats = analyze(PROMPT_A, Settings()).stats
+    assert not [f for f in figures(at) if "per layer" in f["layout"]["title"]["text"]]  # lazy tabs
     big = by_title(at, "Layer 3, mean over heads")
     np.testing.assert_allclose(array(big["data"][0]["z"]),
                                map_for_display(layer_map(stats, 3), 1, False, False), rtol=1e-6)
     assert big["data"][0]["x"][0] == "0: '<|im_start|>'"
+    at.session_state["an_tab"] = "Position-0 inspector"
+    at.run()
     pos0 = by_title(at, "Attention received by position 0")
     np.testing.assert_allclose(array(pos0["data"][0]["z"]), stats.received[:, :, 0], rtol=1e-6)
     assert at.metric[1].value == "'<|im_start|>'"
 
 
 def test_hide_position0_and_log_scale():
-    at = analyze_page(PROMPT_A)
+    at = analyze_page(PROMPT_A, tab="Heatmaps")
     at.toggle(key="an_hide").set_value(True)
     at.toggle(key="an_log").set_value(True).run()
     stats = analyze(PROMPT_A, Settings()).stats
