@@ -64,7 +64,7 @@ try:
                         map_size=map_size, device=device, dtype=dtype)
 except SinkvizError as err:
     st.error(str(err))
-    st.stop()
+    settings = Settings()
 
 result: Analysis | None = None
 if run or st.session_state.pop("an_auto", False):

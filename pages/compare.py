@@ -1,6 +1,5 @@
 """Compare: two to four opening variants of a prompt, side by side."""
 
-import numpy as np
 import streamlit as st
 
 from pages.common import EXAMPLES, model_picker, run_analysis
@@ -34,16 +33,19 @@ if run:
         st.session_state.cmp_keys = [r.key for r in results]
         st.session_state.cmp_results = results
 
-results = st.session_state.get("cmp_results")
-if results:
+
+
+def shared_suffix(token_ids: list[tuple[int, ...]]) -> int:
+    """How many final tokens all variants share."""
+    n = 0
+    while n < min(map(len, token_ids)) and len({ids[-1 - n] for ids in token_ids}) == 1:
+        n += 1
+    return n
+
+
+def show(results, sinks) -> None:
     labels = [chr(65 + i) for i in range(len(results))]
-    try:
-        sinks = [layer_sinks(r.stats, first_n) for r in results]
-    except SinkvizError as err:
-        st.error(str(err))
-        st.stop()
-    cols = st.columns(len(results))
-    for col, label, r, s in zip(cols, labels, results, sinks):
+    for col, label, r, s in zip(st.columns(len(results)), labels, results, sinks):
         col.metric(f"Variant {label}: position 0", repr(r.tokens.tokens[0]),
                    f"mean sink mass {s.sink_mass.mean():.0%}", delta_color="off", delta_arrow="off")
         col.caption("first tokens: " + " · ".join(repr(t) for t in r.tokens.tokens[:6]))
@@ -51,16 +53,19 @@ if results:
     st.plotly_chart(figures.compare_difference(labels, sinks), key="cmp_diff")
     n_layers = results[0].stats.n_layers
     layer = st.selectbox("Layer for the heatmaps", range(n_layers), index=min(3, n_layers - 1), key="cmp_layer")
-    ids = [r.tokens.token_ids for r in results]
-    suffix = 0
-    while suffix < min(map(len, ids)) and len({t[-1 - suffix] for t in ids}) == 1:
-        suffix += 1
-    full_maps = all(r.stats.bin_width == 1 for r in results)
-    if suffix and full_maps:
-        st.caption(f"Rows: the {suffix} query tokens all variants end with, aligned; columns: every key.")
-    cols = st.columns(len(results))
-    for i, (col, label, r) in enumerate(zip(cols, labels, results)):
-        rows = suffix if (suffix and full_maps) else None
+    suffix = shared_suffix([r.tokens.token_ids for r in results])
+    rows = suffix if suffix and all(r.stats.bin_width == 1 for r in results) else None
+    if rows:
+        st.caption(f"Rows: the {rows} query tokens all variants end with, aligned; columns: every key.")
+    for i, (col, label, r) in enumerate(zip(st.columns(len(results)), labels, results)):
         fig = figures.attention_heatmap(r.stats, r.tokens.tokens, layer, last_queries=rows)
         fig.update_layout(title=f"{label}: layer {layer}", height=480)
         col.plotly_chart(fig, key=f"cmp_map_{i}")
+
+
+results = st.session_state.get("cmp_results")
+if results:
+    try:
+        show(results, [layer_sinks(r.stats, first_n) for r in results])
+    except SinkvizError as err:
+        st.error(str(err))

@@ -12,7 +12,7 @@ from sinkviz.capture import capture
 from sinkviz.models import load_model
 
 ATOL_FLOAT32 = 1e-5
-ATOL_FLOAT64 = 1e-7  # eager itself takes the softmax in float32, even for a float64 model
+ATOL_FLOAT64 = 5e-7  # a few float32 ulps: eager takes its softmax in float32, even for a float64 model
 
 
 def fresh_ids(length: int, vocab: int = VOCAB) -> tuple[torch.Tensor, int]:

@@ -118,24 +118,25 @@ def test_compare_plots_every_variant_and_the_difference():
     at.switch_page("pages/compare.py").run()
     at.button[0].click().run()
     assert not at.exception
-    a, b = (layer_sinks(analyze(p, Settings()).stats, 3) for p in (PROMPT_A, PROMPT_B))
+    a, b = (layer_sinks(analyze(p, Settings(use_template=False)).stats, 3) for p in (PROMPT_A, PROMPT_B))
     lines = by_title(at, "Sink mass per layer")
     np.testing.assert_allclose(array(lines["data"][0]["y"]), a.sink_mass, rtol=1e-6)
     np.testing.assert_allclose(array(lines["data"][1]["y"]), b.sink_mass, rtol=1e-6)
     diff = by_title(at, "Difference from A")
     np.testing.assert_allclose(array(diff["data"][0]["y"]), b.sink_mass - a.sink_mass, atol=1e-6)
     assert len([f for f in figures(at) if "layer 3" in str(f["layout"]["title"]["text"])]) == 2
+    assert [m.value for m in at.metric] == ["'You'", "'Ass'"]   # each variant's own position 0
 
 
 def test_history_lists_the_store():
-    analyze_page(PROMPT_A)
+    prompt = f"History check {os.urandom(4).hex()}: {PROMPT_A}"
+    analyze_page(prompt)
     at = app()
     at.switch_page("pages/history.py").run()
     assert not at.exception
     table = at.dataframe[0].value
-    assert PROMPT_A in set(table["prompt"])
-    row = table[table["prompt"] == PROMPT_A].iloc[0]
-    mass = layer_sinks(analyze(PROMPT_A, Settings()).stats, 3).sink_mass
+    row = table[table["prompt"] == prompt].iloc[0]
+    mass = layer_sinks(analyze(prompt, Settings()).stats, 3).sink_mass
     assert row["worst layer (N=3)"] == int(mass.argmax())
     assert row["its sink mass"] == pytest.approx(mass.max())
 
