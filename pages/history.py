@@ -18,24 +18,27 @@ def show(metas: list[dict]) -> None:
              "worst layer (N=3)": m["worst_layer_by_n"][2][0] if len(m["worst_layer_by_n"]) > 2 else None,
              "its sink mass": m["worst_layer_by_n"][2][1] if len(m["worst_layer_by_n"]) > 2 else None,
              "prompt": m["prompt"][:80]} for m in metas]
-    st.caption(f"{len(rows)} analyses in {store().directory}. Select a row to open it.")
+    st.caption(f"{len(rows)} analyses in {store().directory}.")
     picked = st.dataframe(rows, hide_index=True, on_select="rerun", selection_mode="single-row", key="hist_table",
                           column_config={"its sink mass": st.column_config.ProgressColumn(
                               format="percent", min_value=0.0, max_value=1.0)})
     selected = picked.selection.rows if picked else []
-    if selected:
-        meta = metas[selected[0]]
-        st.write(f"**{meta['prompt'][:200]}**")
-        if st.button("Open in Analyze", type="primary"):
-            st.session_state.pop("an_ready", None)
-            st.session_state.pop("an_key", None)
-            params = {"key": meta["key"], "model": meta["settings"]["model"],
-                      "template": "1" if meta["settings"]["use_template"] else "0",
-                      "map": str(meta["settings"]["map_size"]), "prompt": meta["prompt"][:4000]}
-            if meta["settings"].get("system"):
-                params["system"] = meta["settings"]["system"]
-            st.switch_page("pages/analyze.py", query_params=params)
+    labels = [f"{r['when']} · {r['model']} · {r['prompt'][:60]!r}" for r in rows]
+    choice = st.selectbox("Analysis to open", range(len(rows)), format_func=labels.__getitem__,
+                          index=selected[0] if selected else 0, key="hist_pick")
+    if st.button("Open in Analyze", type="primary"):
+        open_in_analyze(metas[choice])
 
+
+def open_in_analyze(meta: dict) -> None:
+    st.session_state.pop("an_ready", None)
+    st.session_state.pop("an_key", None)
+    settings = meta["settings"]
+    params = {"key": meta["key"], "model": settings["model"], "map": str(settings["map_size"]),
+              "template": "1" if settings["use_template"] else "0", "prompt": meta["prompt"][:4000]}
+    if settings.get("system"):
+        params["system"] = settings["system"]
+    st.switch_page("pages/analyze.py", query_params=params)
 
 if metas:
     show(metas)

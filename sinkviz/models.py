@@ -197,8 +197,12 @@ _loaded_lock = threading.Lock()
 
 
 def get_model(spec: str, device: str | None = None, dtype: str | None = None,
-              trust_remote_code: bool = False) -> LoadedModel:
-    """``load_model`` memoised per process (thread-safe, at most MAX_LOADED kept)."""
+              trust_remote_code: bool | None = None) -> LoadedModel:
+    """``load_model`` memoised per process (thread-safe, at most MAX_LOADED kept). A failed
+    load keeps the models already loaded. ``trust_remote_code`` defaults to the operator's
+    SINKVIZ_TRUST_REMOTE_CODE=1, else off."""
+    if trust_remote_code is None:
+        trust_remote_code = os.environ.get("SINKVIZ_TRUST_REMOTE_CODE") == "1"
     key = (spec.strip(), pick_device(device), dtype or "auto", trust_remote_code)
     with _loaded_lock:
         if key in _loaded:

@@ -146,3 +146,29 @@ def test_method_page_states_the_formulas():
     at.switch_page("pages/method.py").run()
     text = " ".join(m.value for m in at.markdown)
     assert "Sink mass" in text and "Uniform baseline" in text and "0.3" in text
+
+
+def test_history_reopens_in_analyze():
+    prompt = f"Reopen check {os.urandom(4).hex()}: {PROMPT_A}"
+    analyze_page(prompt)
+    at = app()
+    at.switch_page("pages/history.py").run()
+    table = at.dataframe[0].value
+    at.selectbox(key="hist_pick").set_value(int(table.index[table["prompt"] == prompt][0]))
+    at.button[0].click().run()
+    assert not at.exception
+    assert at.query_params["key"] == analyze(prompt, Settings()).key
+    mass = layer_sinks(analyze(prompt, Settings()).stats, 3).sink_mass
+    np.testing.assert_allclose(array(by_title(at, "Attention on the first 3")["data"][0]["y"]), mass, rtol=1e-6)
+    assert "from the result store" in " ".join(c.value for c in at.caption)
+
+
+def test_failed_model_load_leaves_the_page_usable():
+    at = app().run()
+    at.selectbox(key="an_model_choice").set_value("Other: a Hugging Face id or a local folder").run()
+    at.text_input(key="an_model_text").set_value("./no/such/model")
+    at.button[0].click().run()
+    assert [e.value for e in at.error] == ["no model folder at ./no/such/model"]
+    at.selectbox(key="an_model_choice").set_value("SmolLM2-135M-Instruct (embedded, offline)")
+    at.button[0].click().run()
+    assert not at.error and by_title(at, "Attention on the first 3 tokens")
