@@ -27,7 +27,7 @@ setup() {  # $1: requirements file for this use
 case "${1:-app}" in
   app)
     setup requirements.txt
-    "$PY" -m sinkviz prepare >/dev/null  # converts the embedded model once (~20 s), then instant
+    TQDM_DISABLE=1 "$PY" -m sinkviz prepare >/dev/null  # converts the embedded model once (~20 s), then instant
     shift || true
     exec "$PY" -m streamlit run app.py "$@"
     ;;

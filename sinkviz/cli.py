@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _prepare() -> int:
-    from .embedded import DEFAULT_MODEL, ensure_converted
+    from .embedded import DEFAULT_MODEL, MARKER, converted_dir, ensure_converted
+    if not (converted_dir(DEFAULT_MODEL) / MARKER).exists():
+        print("sinkviz: converting the embedded default model once (about 20 s) ...", file=sys.stderr)
     print(ensure_converted(DEFAULT_MODEL))
     return 0
 
