@@ -17,6 +17,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from . import fused
 from .errors import UnsupportedArchitecture
 from .reduce import LayerReducer, bin_width
 from .stats import AttentionStats
@@ -72,13 +73,24 @@ class _Recorder:
         causal = kwargs.get("is_causal")
         causal = getattr(module, "is_causal", True) if causal is None else bool(causal)
         window = kwargs.get("sliding_window")
+        scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
+        bias = kwargs.get("position_bias")
+        if fused.usable(query, key, attention_mask, causal=causal, bias=bias, map_size=self.map_size):
+            self.layers.append(fused.layer_statistics(query, key, scaling, window, self.map_size))
+        else:
+            self.layers.append(self._blockwise(query, key, attention_mask, scaling, bias, causal, window))
         acc = torch.float64 if query.dtype == torch.float64 else torch.float32
-        heads, n_q, dim = query.shape[1:]
+        self.value_norms.append(torch.linalg.vector_norm(value[0], dim=-1, dtype=acc).mean(0))  # [Lk]
+        self.windows.append(window)
+        self.causal = causal
+
+    def _blockwise(self, query, key, attention_mask, scaling, bias, causal, window) -> dict:
+        """reduce.py's path: probabilities block by block in float32 (float64 for float64 models)."""
+        acc = torch.float64 if query.dtype == torch.float64 else torch.float32
+        heads, n_q = query.shape[1:3]
         q = query[0].to(acc)                                                  # [heads, Lq, D]
         k = repeat_kv(key, heads // key.shape[1])[0].to(acc)                  # [heads, Lk, D]
         n_k = k.shape[1]
-        scaling = kwargs.get("scaling") or dim ** -0.5
-        bias = kwargs.get("position_bias")
         reducer = LayerReducer(heads, n_k, self.map_size, causal=causal, device=q.device, dtype=acc)
         rows = block_rows(heads, n_k, q.device)
         for start in range(0, n_q, rows):
@@ -89,10 +101,7 @@ class _Recorder:
             scores = _apply_mask(scores, attention_mask, start, stop, n_k - n_q,
                                  causal=causal, window=window)
             reducer.add(torch.softmax(scores, dim=-1), start + n_k - n_q)
-        self.layers.append(reducer.finish())
-        self.value_norms.append(value[0].to(acc).norm(dim=-1).mean(0))       # [Lk]
-        self.windows.append(window)
-        self.causal = causal
+        return reducer.finish()
 
 
 def _apply_mask(scores, attention_mask, start, stop, offset, *, causal, window):
@@ -129,7 +138,7 @@ def _hidden_norm_hooks(model):
 
     def hook(_module, _inputs, output):
         hidden = output[0] if isinstance(output, (tuple, list)) else output   # [1, L, d]
-        norms.append(hidden[0].float().norm(dim=-1))
+        norms.append(torch.linalg.vector_norm(hidden[0], dim=-1, dtype=torch.float32))
 
     handles = [layer.register_forward_hook(hook) for layer in decoder_layers(model)]
     try:

@@ -11,9 +11,19 @@ import torch
 MAX_FIRST_N = 8  # sink mass is kept for the first N = 1..8 keys
 
 
+TILE = 64  # bins wider than this are whole multiples of it, so GPU tiles never straddle two bins
+
+
 def bin_width(n_tokens: int, map_size: int) -> int:
-    """Tokens per map bin: 1 (the full L x L map) while L <= map_size, else ceil(L / map_size)."""
-    return max(1, math.ceil(n_tokens / map_size))
+    """Tokens per map bin: 1 (the full L x L map) while L <= map_size; else ceil(L / map_size)
+    rounded up to a power of two, or to a multiple of TILE above TILE. Never more than
+    map_size bins."""
+    width = math.ceil(n_tokens / map_size)
+    if width <= 1:
+        return 1
+    if width <= TILE:
+        return 1 << (width - 1).bit_length()
+    return math.ceil(width / TILE) * TILE
 
 
 class LayerReducer:
@@ -52,19 +62,24 @@ class LayerReducer:
         self.map_sum.index_add_(1, q_pos // self.width, by_key_bin)
 
     def finish(self) -> dict[str, torch.Tensor]:
-        """Means: sink mass over queries i >= N, entropy over all queries, received over i >= j
-        (all i when bidirectional), map rows over the queries of their bin."""
-        n = self.n_keys
-        n_idx = torch.arange(1, MAX_FIRST_N + 1, device=self.sink_sum.device)
-        n_queries = (n - n_idx).to(self.sink_sum.dtype)                       # queries i >= N
-        sink_mass = torch.where(n_queries > 0, self.sink_sum / n_queries.clamp(min=1), math.nan)
-        j = torch.arange(n, device=self.column_sum.device)
-        seen_by = (n - j) if self.causal else torch.full_like(j, n)           # queries that see j
-        bin_rows = torch.bincount(torch.arange(n, device=j.device) // self.width,
-                                  minlength=self.n_bins).to(self.map_sum.dtype)
-        return {
-            "sink_mass": sink_mass,                                # [heads, N]
-            "entropy": self.entropy_sum / n,                       # [heads]
-            "received": self.column_sum / seen_by.to(self.column_sum.dtype),  # [heads, keys]
-            "maps": self.map_sum / bin_rows[None, :, None],        # [heads, bins, bins]
-        }
+        return finish_sums(self.sink_sum, self.entropy_sum, self.column_sum, self.map_sum,
+                           causal=self.causal, width=self.width)
+
+
+def finish_sums(sink_sum, entropy_sum, column_sum, map_sum, *, causal: bool, width: int) -> dict:
+    """Sums over queries -> means: sink mass over queries i >= N, entropy over all queries,
+    received over i >= j (all i when bidirectional), map rows over the queries of their bin.
+    sink_sum [heads, 8], entropy_sum [heads], column_sum [heads, L], map_sum [heads, bins, bins]."""
+    n = column_sum.shape[-1]
+    n_idx = torch.arange(1, MAX_FIRST_N + 1, device=sink_sum.device)
+    n_queries = (n - n_idx).to(sink_sum.dtype)                                # queries i >= N
+    sink_mass = torch.where(n_queries > 0, sink_sum / n_queries.clamp(min=1), math.nan)
+    j = torch.arange(n, device=column_sum.device)
+    seen_by = (n - j) if causal else torch.full_like(j, n)                    # queries that see j
+    bin_rows = torch.bincount(j // width, minlength=map_sum.shape[-1]).to(map_sum.dtype)
+    return {
+        "sink_mass": sink_mass,                                    # [heads, N]
+        "entropy": entropy_sum / n,                                # [heads]
+        "received": column_sum / seen_by.to(column_sum.dtype),     # [heads, keys]
+        "maps": map_sum / bin_rows[None, :, None],                 # [heads, bins, bins]
+    }

@@ -16,14 +16,15 @@ def eager_attentions(folder, input_ids: torch.Tensor, model_class=None):
     return torch.stack(out.attentions)[:, 0].numpy(), [h[0].numpy() for h in out.hidden_states]
 
 
-def reference_stats(att: np.ndarray, map_size: int, causal: bool = True) -> dict:
-    """Every statistic of sinkviz.stats, straight from the definitions, on a full [l, h, L, L] map."""
+def reference_stats(att: np.ndarray, map_size: int, causal: bool = True, width: int | None = None) -> dict:
+    """Every statistic of sinkviz.stats, straight from the definitions, on a full [l, h, L, L] map;
+    maps in bins of ``width`` tokens (default: ceil(L / map_size))."""
     L = att.shape[-1]
     sink = np.stack([att[:, :, n:, :n].sum(-1).mean(-1) if n < L
                      else np.full(att.shape[:2], np.nan) for n in range(1, 9)], axis=-1)
     ent = -(att * np.log(np.where(att > 0, att, 1.0))).sum(-1).mean(-1)
     received = np.stack([att[:, :, (j if causal else 0):, j].mean(-1) for j in range(L)], -1)
-    w = max(1, math.ceil(L / map_size))
+    w = width or max(1, math.ceil(L / map_size))
     bins = math.ceil(L / w)
     maps = np.zeros(att.shape[:2] + (bins, bins))
     for b in range(bins):

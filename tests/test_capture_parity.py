@@ -10,6 +10,7 @@ from conftest import VOCAB, tiny_configs
 from reference import eager_attentions, reference_stats
 from sinkviz.capture import capture
 from sinkviz.models import load_model
+from sinkviz.reduce import bin_width
 
 ATOL_FLOAT32 = 1e-5
 ATOL_FLOAT64 = 5e-7  # a few float32 ulps: eager takes its softmax in float32, even for a float64 model
@@ -22,8 +23,8 @@ def fresh_ids(length: int, vocab: int = VOCAB) -> tuple[torch.Tensor, int]:
 
 
 def assert_matches_reference(stats, att, hidden, map_size, atol, seed):
-    ref = reference_stats(att, map_size, causal=stats.causal)
-    assert stats.bin_width == ref["bin_width"]
+    ref = reference_stats(att, map_size, causal=stats.causal, width=stats.bin_width)
+    assert stats.bin_width == bin_width(att.shape[-1], map_size)
     for name in ("sink_mass", "entropy", "received", "maps"):
         np.testing.assert_allclose(getattr(stats, name), ref[name], atol=atol, rtol=0,
                                    err_msg=f"{name}, seed {seed}")

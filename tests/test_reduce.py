@@ -24,11 +24,13 @@ def test_blocks_sum_to_reference(L, map_size, block):
     for start in range(0, L, block):
         reducer.add(att[:, start:start + block], start)
     got = reducer.finish()
-    ref = reference_stats(att[None].numpy(), map_size)
+    ref = reference_stats(att[None].numpy(), map_size, width=bin_width(L, map_size))
     for name in ("sink_mass", "entropy", "received", "maps"):
         np.testing.assert_allclose(got[name].numpy(), ref[name][0], atol=1e-12, err_msg=f"{name} {seed}")
 
 
-@pytest.mark.parametrize("L,size,width", [(1, 128, 1), (128, 128, 1), (129, 128, 2), (1000, 128, 8)])
+@pytest.mark.parametrize("L,size,width", [(1, 128, 1), (128, 128, 1), (129, 128, 2), (1000, 128, 8),
+                                          (300, 64, 8), (20000, 128, 192), (131072, 128, 1024)])
 def test_bin_width(L, size, width):
     assert bin_width(L, size) == width
+    assert -(-L // width) <= size
