@@ -4,8 +4,9 @@ Pass 1 computes each query row's log-sum-exp (base 2) with an online softmax. Pa
 recomputes the scores tile by tile, p = 2^(s - lse), and accumulates in the same sweep:
 - the first 8 columns of every row        FIRST [heads, L, 8]   (sink mass for N = 1..8)
 - column sums                              COLS  [heads, L]      (received attention)
-- sum_j p s per row, so that               ENT = ln2 (lse - sum_j p s)   (row entropy, nats)
+- sum_ij p s per head, so that the entropy summed over rows is ln2 (sum_i lse_i - sum_ij p s)
 - the pooled map                           MAP   [heads, bins, bins]
+Pass 2 runs one program per key block, so column sums need no atomics.
 ``finish_sums`` then turns the sums into the same means as the CPU path (reduce.py).
 Used for causal prefill on CUDA with no explicit mask; everything else takes reduce.py
 (SINKVIZ_FUSED=0 forces that path, for comparison).
@@ -16,7 +17,7 @@ import os
 
 import torch
 
-from .reduce import MAX_FIRST_N, TILE, bin_width, finish_sums
+from .reduce import MAX_FIRST_N, bin_width, finish_sums
 
 try:
     import triton
@@ -24,11 +25,12 @@ try:
 except ImportError:  # CPU-only installs: the fused path is simply unavailable
     triton = None
 
-BLOCK_M = TILE
-BLOCK_N = TILE
+# Tile shape and launch settings; BLOCK_M and BLOCK_N are powers of two, so with bin widths
+# that are powers of two or multiples of TILE (reduce.bin_width), gcd(width, block) tokens of a
+# tile always share one bin.
+CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
 NO_WINDOW = 1 << 30
-LN2 = math.log(2.0)
-LOG2E = 1.0 / LN2
+LOG2E = 1.0 / math.log(2.0)
 
 
 def usable(query, key, attention_mask, *, causal: bool, bias, map_size: int) -> bool:
@@ -76,33 +78,40 @@ if triton is not None:
         tl.store(LSE + head * L + rows, m_i + tl.log2(l_i), mask=rows < L)
 
     @triton.jit
-    def _stats(Q, K, LSE, FIRST, COLS, ENT, MAP, sqh, sqm, skh, skn, L, GROUPS, WINDOW, scale_log2,
+    def _stats(Q, K, LSE, FIRST, COLS, PS, MAP, sqh, sqm, skh, skn, L, GROUPS, WINDOW, scale_log2,
                WIDTH, BINS, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
                PREC: tl.constexpr, RW: tl.constexpr, CW: tl.constexpr, NFIRST: tl.constexpr):
-        pid_m = tl.program_id(0)
+        """One program per (key block, head), sweeping the query blocks that can see it: column
+        sums stay in registers; sum p*s over the sweep is one atomic per program."""
+        pid_n = tl.program_id(0)
         head = tl.program_id(1)
-        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         dims = tl.arange(0, D)
-        q = tl.load(Q + head * sqh + rows[:, None] * sqm + dims[None, :], mask=rows[:, None] < L, other=0.0)
-        lse = tl.load(LSE + head * L + rows, mask=rows < L, other=0.0)
+        k = tl.load(K + (head // GROUPS) * skh + cols[:, None] * skn + dims[None, :],
+                    mask=cols[:, None] < L, other=0.0)
+        col_sum = tl.zeros([BLOCK_N], tl.float32)
         p_dot_s = tl.zeros([BLOCK_M], tl.float32)
-        row_bins = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M // RW) * RW) // WIDTH
-        lo = tl.maximum(0, pid_m * BLOCK_M - WINDOW + 1) // BLOCK_N * BLOCK_N
-        hi = tl.minimum((pid_m + 1) * BLOCK_M, L)
-        for start in range(lo, hi, BLOCK_N):
-            s, ok, cols = _scores(q, K, head // GROUPS, skh, skn, start, rows, L, WINDOW, scale_log2,
-                                  BLOCK_N, D, PREC)
+        col_bins = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N // CW) * CW) // WIDTH
+        lo = pid_n * BLOCK_N // BLOCK_M * BLOCK_M
+        hi = tl.minimum(L, pid_n * BLOCK_N + BLOCK_N + WINDOW - 1)
+        for start in range(lo, hi, BLOCK_M):
+            rows = start + tl.arange(0, BLOCK_M)
+            q = tl.load(Q + head * sqh + rows[:, None] * sqm + dims[None, :], mask=rows[:, None] < L, other=0.0)
+            lse = tl.load(LSE + head * L + rows, mask=rows < L, other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale_log2
+            ok = (cols[None, :] <= rows[:, None]) & (rows[:, None] < L) & (rows[:, None] - cols[None, :] < WINDOW)
             p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
             p_dot_s += tl.sum(tl.where(ok, p * s, 0.0), 1)
-            tl.atomic_add(COLS + head * L + cols, tl.sum(p, 0), mask=cols < L)
-            if start == 0:
+            col_sum += tl.sum(p, 0)
+            if pid_n == 0:
                 tl.store(FIRST + (head * L + rows[:, None]) * NFIRST + cols[None, :], p,
                          mask=(rows[:, None] < L) & (cols[None, :] < NFIRST))
             pooled = tl.sum(tl.sum(tl.reshape(p, [BLOCK_M // RW, RW, BLOCK_N // CW, CW]), 3), 1)
-            col_bins = (start + tl.arange(0, BLOCK_N // CW) * CW) // WIDTH
+            row_bins = (start + tl.arange(0, BLOCK_M // RW) * RW) // WIDTH
             tl.atomic_add(MAP + head * BINS * BINS + row_bins[:, None] * BINS + col_bins[None, :], pooled,
                           mask=(row_bins[:, None] < BINS) & (col_bins[None, :] < BINS))
-        tl.store(ENT + head * L + rows, LN2 * (lse - p_dot_s), mask=rows < L)
+        tl.store(COLS + head * L + cols, col_sum, mask=cols < L)
+        tl.atomic_add(PS + head, tl.sum(p_dot_s, 0).to(tl.float64))
 
 
 def layer_statistics(query: torch.Tensor, key: torch.Tensor, scaling: float, window: int | None,
@@ -117,20 +126,22 @@ def layer_statistics(query: torch.Tensor, key: torch.Tensor, scaling: float, win
     width = bin_width(n, map_size)
     bins = -(-n // width)
     f32 = dict(device=q.device, dtype=torch.float32)
-    lse, ent = torch.empty(heads, n, **f32), torch.empty(heads, n, **f32)
+    lse, cols = torch.empty(heads, n, **f32), torch.empty(heads, n, **f32)
     first = torch.zeros(heads, n, MAX_FIRST_N, **f32)
-    cols = torch.zeros(heads, n, **f32)
+    p_dot_s = torch.zeros(heads, device=q.device, dtype=torch.float64)
     maps = torch.zeros(heads, bins, bins, **f32)
+    block_m, block_n = CONFIG["BLOCK_M"], CONFIG["BLOCK_N"]
     common = dict(sqh=q.stride(0), sqm=q.stride(1), skh=k.stride(0), skn=k.stride(1), L=n,
                   GROUPS=heads // k.shape[0], WINDOW=window or NO_WINDOW, scale_log2=scaling * LOG2E,
-                  BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, D=dim,
-                  PREC="ieee" if q.dtype == torch.float32 else "tf32")
-    grid = (triton.cdiv(n, BLOCK_M), heads)
-    _row_lse[grid](q, k, lse, **common)
-    step = min(width, TILE)
-    _stats[grid](q, k, lse, first, cols, ent, maps, **common, WIDTH=width, BINS=bins,
-                 RW=step, CW=step, NFIRST=MAX_FIRST_N)
+                  BLOCK_M=block_m, BLOCK_N=block_n, D=dim,
+                  PREC="ieee" if q.dtype == torch.float32 else "tf32",
+                  num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"])
+    _row_lse[(triton.cdiv(n, block_m), heads)](q, k, lse, **common)
+    _stats[(triton.cdiv(n, block_n), heads)](
+        q, k, lse, first, cols, p_dot_s, maps, **common, WIDTH=width, BINS=bins,
+        RW=math.gcd(width, block_m), CW=math.gcd(width, block_n), NFIRST=MAX_FIRST_N)
     positions = torch.arange(n, device=q.device)
     valid = (positions[:, None] >= torch.arange(1, MAX_FIRST_N + 1, device=q.device)[None, :])
     sink_sum = (first.cumsum(-1) * valid).sum(1)                                # [heads, 8]
-    return finish_sums(sink_sum, ent.sum(-1), cols, maps, causal=True, width=width)
+    entropy_sum = (math.log(2.0) * (lse.double().sum(-1) - p_dot_s)).float()  # sum_i -sum_j p ln p, nats
+    return finish_sums(sink_sum, entropy_sum, cols, maps, causal=True, width=width)
