@@ -5,8 +5,9 @@ import json
 import numpy as np
 import streamlit as st
 
-from pages.common import (EXAMPLES, device_dtype_pickers, model_picker, open_stored, run_analysis,
-                          settings_from_params, settings_to_params, threshold_inputs)
+from pages.common import (EXAMPLES, URL_PROMPT_LIMIT, device_dtype_pickers, first_n_from_params,
+                          model_picker, open_stored, run_analysis, settings_from_params,
+                          settings_to_params, threshold_inputs)
 from sinkviz import figures
 from sinkviz.analysis import Analysis, Settings
 from sinkviz.errors import SinkvizError
@@ -16,7 +17,6 @@ from sinkviz.report import report_dict
 from sinkviz.verdict import verdict
 
 TABS = ["Sink mass per layer", "Heatmaps", "Position-0 inspector", "Entropy", "Tokens", "Export"]
-URL_PROMPT_LIMIT = 4000  # longer prompts are shared by store key only
 params = st.query_params
 
 
@@ -28,7 +28,7 @@ def init_from_url() -> None:
     st.session_state.update(
         an_ready=True, an_prompt=params.get("prompt", EXAMPLES["Prompt A (seed 003)"]),
         an_template=s.use_template, an_system=s.system or "", an_map=s.map_size,
-        an_first_n=min(8, max(1, int(params.get("n", "3")) if params.get("n", "3").isdigit() else 3)),
+        an_first_n=first_n_from_params(params),
         an_auto=("prompt" in params or "key" in params), an_url_model=s.model)
 
 

@@ -15,6 +15,7 @@ from sinkviz.store import ResultStore
 log = logging.getLogger("sinkviz.app")
 
 OTHER_MODEL = "Other: a Hugging Face id or a local folder"
+URL_PROMPT_LIMIT = 4000  # longer prompts are shared by store key only
 EXAMPLES = {
     "Prompt A (seed 003)": "You are a helpful assistant. Answer concisely.",
     "Prompt B (seed 003)": "Assistant: helpful and concise.\nYou are a helpful assistant. Answer concisely.",
@@ -100,6 +101,12 @@ def open_stored(key: str) -> Analysis | None:
     """A stored analysis (marked as served by the store), or None."""
     found = load_stored(store(), key)
     return None if found is None else replace(found, cached=True)
+
+
+def first_n_from_params(params, default: int = 3) -> int:
+    """The URL's n (1..8), or the default when absent or not a number."""
+    value = params.get("n", "")
+    return min(8, max(1, int(value))) if value.isdigit() else default
 
 
 def settings_from_params(params) -> Settings:

@@ -4,7 +4,8 @@ from datetime import datetime
 
 import streamlit as st
 
-from pages.common import store
+from pages.common import URL_PROMPT_LIMIT, settings_to_params, store
+from sinkviz.analysis import Settings
 
 st.title("History")
 metas = store().metas()
@@ -33,11 +34,8 @@ def show(metas: list[dict]) -> None:
 def open_in_analyze(meta: dict) -> None:
     st.session_state.pop("an_ready", None)
     st.session_state.pop("an_key", None)
-    settings = meta["settings"]
-    params = {"key": meta["key"], "model": settings["model"], "map": str(settings["map_size"]),
-              "template": "1" if settings["use_template"] else "0", "prompt": meta["prompt"][:4000]}
-    if settings.get("system"):
-        params["system"] = settings["system"]
+    params = {**settings_to_params(Settings(**meta["settings"])), "key": meta["key"],
+              "prompt": meta["prompt"][:URL_PROMPT_LIMIT]}
     st.switch_page("pages/analyze.py", query_params=params)
 
 if metas:

@@ -79,8 +79,7 @@ class _Recorder:
             self.layers.append(fused.layer_statistics(query, key, scaling, window, self.map_size))
         else:
             self.layers.append(self._blockwise(query, key, attention_mask, scaling, bias, causal, window))
-        acc = torch.float64 if query.dtype == torch.float64 else torch.float32
-        self.value_norms.append(torch.linalg.vector_norm(value[0], dim=-1, dtype=acc).mean(0))  # [Lk]
+        self.value_norms.append(row_norms(value[0]).mean(0))                   # [Lk]
         self.windows.append(window)
         self.causal = causal
 
@@ -102,6 +101,12 @@ class _Recorder:
                                  causal=causal, window=window)
             reducer.add(torch.softmax(scores, dim=-1), start + n_k - n_q)
         return reducer.finish()
+
+
+def row_norms(x: torch.Tensor) -> torch.Tensor:
+    """L2 norm over the last dim, accumulated in float32 (float64 for float64), without an
+    upcast copy of x: [..., d] -> [...]."""
+    return torch.linalg.vector_norm(x, dim=-1, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
 
 
 def _apply_mask(scores, attention_mask, start, stop, offset, *, causal, window):
@@ -138,7 +143,7 @@ def _hidden_norm_hooks(model):
 
     def hook(_module, _inputs, output):
         hidden = output[0] if isinstance(output, (tuple, list)) else output   # [1, L, d]
-        norms.append(torch.linalg.vector_norm(hidden[0], dim=-1, dtype=torch.float32))
+        norms.append(row_norms(hidden[0]))
 
     handles = [layer.register_forward_hook(hook) for layer in decoder_layers(model)]
     try:

@@ -46,6 +46,11 @@ def usable(query, key, attention_mask, *, causal: bool, bias, map_size: int) -> 
 if triton is not None:
 
     @triton.jit
+    def _visible(rows, cols, L, WINDOW):
+        """[rows, cols] True where query row sees key col: causal, inside the window, in range."""
+        return (cols[None, :] <= rows[:, None]) & (rows[:, None] < L) & (rows[:, None] - cols[None, :] < WINDOW)
+
+    @triton.jit
     def _scores(q, K, kv_head, skh, skn, start, rows, L, WINDOW, scale_log2,
                 BLOCK_N: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
         """Scores of one tile in log2 units, -inf where causality or the window hides the key."""
@@ -53,8 +58,7 @@ if triton is not None:
         dims = tl.arange(0, D)
         k = tl.load(K + kv_head * skh + cols[:, None] * skn + dims[None, :], mask=cols[:, None] < L, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale_log2
-        ok = (cols[None, :] <= rows[:, None]) & (rows[:, None] < L) & (rows[:, None] - cols[None, :] < WINDOW)
-        return tl.where(ok, s, float("-inf")), ok, cols
+        return tl.where(_visible(rows, cols, L, WINDOW), s, float("-inf"))
 
     @triton.jit
     def _row_lse(Q, K, LSE, sqh, sqm, skh, skn, L, GROUPS, WINDOW, scale_log2,
@@ -69,8 +73,7 @@ if triton is not None:
         lo = tl.maximum(0, pid_m * BLOCK_M - WINDOW + 1) // BLOCK_N * BLOCK_N
         hi = tl.minimum((pid_m + 1) * BLOCK_M, L)
         for start in range(lo, hi, BLOCK_N):
-            s, ok, cols = _scores(q, K, head // GROUPS, skh, skn, start, rows, L, WINDOW, scale_log2,
-                                  BLOCK_N, D, PREC)
+            s = _scores(q, K, head // GROUPS, skh, skn, start, rows, L, WINDOW, scale_log2, BLOCK_N, D, PREC)
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(s - m_safe[:, None]), 1)
@@ -99,7 +102,7 @@ if triton is not None:
             q = tl.load(Q + head * sqh + rows[:, None] * sqm + dims[None, :], mask=rows[:, None] < L, other=0.0)
             lse = tl.load(LSE + head * L + rows, mask=rows < L, other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale_log2
-            ok = (cols[None, :] <= rows[:, None]) & (rows[:, None] < L) & (rows[:, None] - cols[None, :] < WINDOW)
+            ok = _visible(rows, cols, L, WINDOW)
             p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
             p_dot_s += tl.sum(tl.where(ok, p * s, 0.0), 1)
             col_sum += tl.sum(p, 0)

@@ -1,17 +1,35 @@
 """The float64 eager reference: statistics computed from full ``output_attentions`` maps."""
 
+import contextlib
 import math
 
 import numpy as np
 import torch
 
 
+@contextlib.contextmanager
+def float64_softmax():
+    """Eager attention calls softmax(..., dtype=float32) even for float64 models; keep float64."""
+    original = torch.nn.functional.softmax
+
+    def softmax(x, dim=None, _stacklevel=3, dtype=None):
+        if x.dtype == torch.float64:
+            dtype = None
+        return original(x, dim=dim, dtype=dtype)
+    torch.nn.functional.softmax = softmax
+    try:
+        yield
+    finally:
+        torch.nn.functional.softmax = original
+
+
 def eager_attentions(folder, input_ids: torch.Tensor, model_class=None):
-    """([layers, heads, L, L] float64 attention, hidden_states list) from eager float64."""
+    """([layers, heads, L, L] float64 attention, hidden_states list) from eager float64,
+    softmax included."""
     from transformers import AutoModelForCausalLM
     model = (model_class or AutoModelForCausalLM).from_pretrained(
         folder, dtype=torch.float64, attn_implementation="eager").eval()
-    with torch.no_grad():
+    with torch.no_grad(), float64_softmax():
         out = model(input_ids=input_ids, output_attentions=True, output_hidden_states=True)
     return torch.stack(out.attentions)[:, 0].numpy(), [h[0].numpy() for h in out.hidden_states]
 

@@ -13,7 +13,7 @@ from sinkviz.models import load_model
 from sinkviz.reduce import bin_width
 
 ATOL_FLOAT32 = 1e-5
-ATOL_FLOAT64 = 5e-7  # a few float32 ulps: eager takes its softmax in float32, even for a float64 model
+ATOL_FLOAT64 = 1e-10  # the reference keeps eager's softmax in float64 (reference.float64_softmax)
 
 
 def fresh_ids(length: int, vocab: int = VOCAB) -> tuple[torch.Tensor, int]:
@@ -98,10 +98,13 @@ def test_capture_leaves_model_output_unchanged(tiny_models, arch):
 
 
 def test_default_model_matches_eager_float64(default_model_dir):
+    """Capture in float64 against the float64 reference. (A float32 forward of this model on random
+    ids differs from the float64 one by up to ~4e-5 in a few map cells: the massive activations
+    of sink tokens amplify float32 rounding in the model itself, not in the capture.)"""
     ids, seed = fresh_ids(48, vocab=49152)
     ids[0, 0] = 1  # <|im_start|>, the default model's BOS
-    loaded = load_model("smollm2-135m-instruct", device="cpu", dtype="float32")
+    loaded = load_model("smollm2-135m-instruct", device="cpu", dtype="float64")
     stats = capture(loaded.model, ids, 128)
     att, hidden = eager_attentions(default_model_dir, ids)
     assert stats.n_layers == 30 and stats.n_heads == 9
-    assert_matches_reference(stats, att, hidden, 128, ATOL_FLOAT32, seed)
+    assert_matches_reference(stats, att, hidden, 128, ATOL_FLOAT64, seed)
