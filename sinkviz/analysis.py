@@ -19,6 +19,7 @@ import torch
 from . import capture, models
 from .embedded import DEFAULT_MODEL
 from .errors import BadPrompt, BadSetting
+from .memory import check_fits
 from .metrics import layer_sinks
 from .prompts import TokenizedPrompt, check_prompt, tokenize
 from .reduce import MAX_FIRST_N
@@ -113,6 +114,7 @@ def analyze(prompt: str, settings: Settings = Settings(), *, store: ResultStore 
             if len(tokens.token_ids) < 2:
                 raise BadPrompt("the prompt has 1 token; sink statistics need at least 2")
         with steps("forward pass"):
+            check_fits(loaded.model, len(tokens.token_ids), settings.map_size)
             ids = torch.tensor([tokens.token_ids], device=loaded.model.device)
             with loaded.lock:
                 stats = capture.capture(loaded.model, ids, settings.map_size)

@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+import numpy as np
+
 from .errors import SinkvizError
 
 EXIT_BAD_INPUT = 2
@@ -32,6 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-tokens", type=int, help="refuse prompts longer than this")
     run.add_argument("--epsilon", type=float, default=0.3, help="sink-rate threshold (default 0.3)")
     run.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    sweep = sub.add_parser("sweep", help="sink mass per layer as the context grows")
+    text = sweep.add_mutually_exclusive_group()
+    text.add_argument("--text", help="the text (default: the shipped Declaration of Independence)")
+    text.add_argument("--file", help="read the text from this file ('-' for stdin)")
+    sweep.add_argument("--model", default=DEFAULT_MODEL, help="as for analyze")
+    sweep.add_argument("--first", type=int, default=3, metavar="N", help="sink = the first N tokens (1..8)")
+    sweep.add_argument("--max-tokens", type=int, help="longest prefix to analyse")
+    sweep.add_argument("--device", help="cuda, mps or cpu (default: best available)")
+    sweep.add_argument("--dtype", help="as for analyze")
+    sweep.add_argument("--json", action="store_true", help="one JSON object on stdout")
     sub.add_parser("prepare", help="convert the embedded default model once (about 20 s)")
     return parser
 
@@ -41,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "prepare":
             return _prepare()
+        if args.command == "sweep":
+            return _sweep(args)
         return _analyze(args)
     except SinkvizError as err:
         print(f"sinkviz: {err}", file=sys.stderr)
@@ -55,17 +69,45 @@ def _prepare() -> int:
     return 0
 
 
-def _read_prompt(args) -> str:
-    if args.prompt is not None:
-        return args.prompt
+def _read_text(text: str | None, path: str | None) -> str:
+    if text is not None:
+        return text
     try:
-        if args.prompt_file == "-":
+        if path == "-":
             return sys.stdin.read()
-        with open(args.prompt_file, encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             return f.read()
     except (OSError, UnicodeDecodeError) as err:
         from .errors import BadPrompt
-        raise BadPrompt(f"cannot read {args.prompt_file}: {err}") from None
+        raise BadPrompt(f"cannot read {path}: {err}") from None
+
+
+def _sweep(args) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from .analysis import Settings
+    from .metrics import check_first_n
+    from .sweep import run_sweep, shipped_text
+
+    hf_logging.set_verbosity_error()
+    check_first_n(args.first, 10**9)
+    text = shipped_text() if args.text is None and args.file is None else _read_text(args.text, args.file)
+    settings = Settings(model=args.model, use_template=False, device=args.device, dtype=args.dtype)
+    points = run_sweep(text, settings, max_tokens=args.max_tokens,
+                       progress=lambda step: print(f"sinkviz: sweep {step}", file=sys.stderr))
+    n = args.first - 1
+    if args.json:
+        print(json.dumps({"first_n": args.first, "points": [
+            {"n_tokens": p.n_tokens, "key": p.key, "cached": p.cached,
+             "sink_mass": [None if m != m else float(m) for m in p.sink_mass[:, n]]} for p in points]}))
+        return 0
+    print(f"sink mass (first {args.first} tokens, mean over heads) by context length")
+    print(f"{'tokens':>7}  {'mean':>6}  {'max':>6} {'layer':>5}")
+    for p in points:
+        mass = p.sink_mass[:, n]
+        print(f"{p.n_tokens:>7}  {np.nanmean(mass):>6.3f}  {np.nanmax(mass):>6.3f} {int(np.nanargmax(mass)):>5}"
+              + ("  (store)" if p.cached else ""))
+    return 0
 
 
 def _analyze(args) -> int:
@@ -76,7 +118,7 @@ def _analyze(args) -> int:
     from .report import report_dict
 
     hf_logging.set_verbosity_error()
-    prompt = _read_prompt(args)
+    prompt = _read_text(args.prompt, args.prompt_file)
     settings = Settings(model=args.model, use_template=not args.no_template, system=args.system,
                         device=args.device, dtype=args.dtype, max_tokens=args.max_tokens)
     check_first_n(args.first, 10**9)  # range check before any model work

@@ -171,3 +171,15 @@ def compare_difference(labels: list[str], sinks: list[LayerSinks]) -> go.Figure:
     fig.update_layout(title=f"Difference from {labels[0]} (percentage points)", xaxis_title="layer",
                       yaxis_title="Δ sink mass", yaxis_tickformat="+.0%", barmode="group", height=340)
     return fig
+
+
+def sweep_lines(lengths: list[int], sink_mass: np.ndarray, first_n: int) -> go.Figure:
+    """Sink mass vs context length (log x), one line per layer; sink_mass is [lengths, layers]."""
+    fig = go.Figure([go.Scatter(x=lengths, y=sink_mass[:, layer], mode="lines+markers", name=f"L{layer}",
+                                line_width=1, opacity=0.6) for layer in range(sink_mass.shape[1])])
+    fig.add_trace(go.Scatter(x=lengths, y=np.nanmean(sink_mass, axis=1), mode="lines+markers",
+                             name="mean over layers", line=dict(color="black", width=4)))
+    fig.update_layout(title=f"Sink mass (first {first_n} tokens) as the context grows, per layer",
+                      xaxis_title="context length (tokens)", xaxis_type="log", yaxis_title="sink mass",
+                      yaxis_tickformat=".0%", height=480)
+    return fig

@@ -146,3 +146,13 @@ def test_bad_input_in_the_browser(server, browser):
     page.screenshot(path=ARTIFACTS / "bad-input.png", full_page=True)
     analyze_in_page(page, "Short and fine.")
     assert page.locator("text=Severity:").count() == 1
+
+
+def test_sweep_page(server, browser):
+    page = new_page(browser)
+    page.goto(server)
+    page.get_by_role("link", name="Sweep").click()
+    page.get_by_role("button", name="Run sweep").click()
+    page.wait_for_selector("text=as the context grows", timeout=300_000)
+    page.wait_for_selector("text=done: 4 lengths")
+    page.screenshot(path=ARTIFACTS / "sweep.png", full_page=True)

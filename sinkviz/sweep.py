@@ -1,0 +1,71 @@
+"""Context-length sweep: sink mass per layer as the same text grows.
+
+Each length is the first n tokens of the text (raw, no chat template), analysed through the
+store, so a repeated sweep, or one that was interrupted, recomputes nothing it has.
+"""
+
+from dataclasses import dataclass, replace
+
+from pathlib import Path
+
+import numpy as np
+
+from .analysis import Analysis, Progress, Settings, analyze, token_limit
+from .errors import BadPrompt
+from .models import get_model
+from .prompts import check_prompt
+from .store import ResultStore
+
+START = 256
+SHIPPED_TEXT = Path(__file__).resolve().parent / "data" / "declaration_of_independence.txt"
+
+
+def shipped_text() -> str:
+    """The US Declaration of Independence (1776, public domain): ~1,700 tokens of plain prose."""
+    return SHIPPED_TEXT.read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    n_tokens: int
+    key: str
+    sink_mass: np.ndarray   # [layers, 8] head mean of m_N for N = 1..8
+    cached: bool
+
+
+def sweep_lengths(available: int, start: int = START) -> list[int]:
+    """start, 2 start, 4 start, ... below ``available``, then ``available`` itself."""
+    if available < 2:
+        raise BadPrompt(f"the text has {available} token(s); a sweep needs at least 2")
+    lengths, n = [], min(start, available)
+    while n < available:
+        lengths.append(n)
+        n *= 2
+    return lengths + [available]
+
+
+def prefix_prompts(text: str, settings: Settings) -> list[str]:
+    """The text cut after each sweep length (in tokens of the model's tokenizer), as strings;
+    the longest is capped by the same limit analyze() applies."""
+    check_prompt(text)
+    loaded = get_model(settings.model, settings.device, settings.dtype)
+    tokenizer = loaded.tokenizer
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    special = 1 if ids and ids[0] == tokenizer.bos_token_id else 0   # the tokenizer adds it again
+    limit = min(len(ids), token_limit(settings, loaded.info) or len(ids))
+    return [tokenizer.decode(ids[special:n], skip_special_tokens=False) for n in sweep_lengths(limit)]
+
+
+def run_sweep(text: str, settings: Settings, *, max_tokens: int | None = None,
+              store: ResultStore | None = None, progress: Progress | None = None) -> list[SweepPoint]:
+    """Analyse every prefix of ``text``; ``progress`` gets 'n/total: tokens' before each."""
+    settings = replace(settings, use_template=False, max_tokens=max_tokens or settings.max_tokens)
+    prompts = prefix_prompts(text, settings)
+    points = []
+    for i, prompt in enumerate(prompts, start=1):
+        if progress:
+            progress(f"{i}/{len(prompts)}")
+        result: Analysis = analyze(prompt, settings, store=store)
+        points.append(SweepPoint(result.stats.n_tokens, result.key,
+                                 result.stats.sink_mass.mean(axis=1), result.cached))
+    return points
