@@ -104,12 +104,12 @@ def test_analyze_compare_history_and_shared_url(server, browser):
     page.wait_for_selector("text=Attention received by position 0")
     page.screenshot(path=ARTIFACTS / "position0.png", full_page=True)
 
-    page.get_by_role("link", name="Compare").click()
+    page.get_by_role("link", name="Compare", exact=True).click()
     page.get_by_role("button", name="Compare").click()
     page.wait_for_selector("text=Difference from A", timeout=120_000)
     page.screenshot(path=ARTIFACTS / "compare.png", full_page=True)
 
-    page.get_by_role("link", name="History").click()
+    page.get_by_role("link", name="History", exact=True).click()
     page.wait_for_selector("text=analyses in")
     page.screenshot(path=ARTIFACTS / "history.png", full_page=True)
     page.get_by_label("Analysis to open").click()           # newest first: Compare's variant B
@@ -151,8 +151,10 @@ def test_bad_input_in_the_browser(server, browser):
 def test_sweep_page(server, browser):
     page = new_page(browser)
     page.goto(server)
-    page.get_by_role("link", name="Sweep").click()
+    page.wait_for_selector("text=Analyze a prompt")   # st.navigation's menu, not the transient file list
+    page.get_by_role("link", name="Sweep", exact=True).click()
     page.get_by_role("button", name="Run sweep").click()
     page.wait_for_selector("text=as the context grows", timeout=300_000)
     page.wait_for_selector("text=done: 4 lengths")
+    assert page.get_by_role("link", name="common").count() == 0   # no file-based page list
     page.screenshot(path=ARTIFACTS / "sweep.png", full_page=True)
