@@ -5,6 +5,7 @@ pass, save. A repeated request is answered from the store without running the mo
 the same request made twice at once is computed once.
 """
 
+import gc
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ import torch
 
 from . import capture, models
 from .embedded import DEFAULT_MODEL
-from .errors import BadPrompt, BadSetting
+from .errors import BadPrompt, BadSetting, OutOfMemory
 from .memory import check_fits
 from .metrics import layer_sinks
 from .prompts import TokenizedPrompt, check_prompt, tokenize
@@ -117,11 +118,23 @@ def analyze(prompt: str, settings: Settings = Settings(), *, store: ResultStore 
             check_fits(loaded.model, len(tokens.token_ids), settings.map_size)
             ids = torch.tensor([tokens.token_ids], device=loaded.model.device)
             with loaded.lock:
-                stats = capture.capture(loaded.model, ids, settings.map_size)
+                stats = _capture_or_release(loaded.model, ids, settings.map_size)
         analysis = Analysis(key, prompt, settings, loaded.info, tokens, stats, time.time(), ())
         with steps("saving"):
             store.put(key, to_meta(analysis), stats.to_arrays())
         return replace(analysis, timings=tuple(steps.timings))
+
+
+def _capture_or_release(model, ids: torch.Tensor, map_size: int):
+    """capture(), with an out-of-memory turned into OutOfMemory after releasing what it held."""
+    try:
+        return capture.capture(model, ids, map_size)
+    except (torch.OutOfMemoryError, MemoryError):
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise OutOfMemory(f"{model.device.type} ran out of memory on a {ids.shape[1]:,}-token prompt; "
+                          "memory was released, try a shorter prompt") from None
 
 
 def token_limit(settings: Settings, info: models.ModelInfo) -> int | None:

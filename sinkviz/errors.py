@@ -23,3 +23,7 @@ class UnsupportedArchitecture(SinkvizError):
 
 class BadSetting(SinkvizError):
     """A setting is out of its allowed range."""
+
+
+class OutOfMemory(SinkvizError):
+    """The device ran out of memory; memory was released and the next request can run."""

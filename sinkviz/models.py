@@ -49,8 +49,17 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)  # one forward pass at a time
 
 
+def check_allowed(spec: str) -> None:
+    """Refuse models outside the operator's SINKVIZ_ALLOWED_MODELS (comma-separated ids or
+    folders; unset = any model)."""
+    allowed = os.environ.get("SINKVIZ_ALLOWED_MODELS", "").strip()
+    if allowed and spec.strip() not in {a.strip() for a in allowed.split(",")}:
+        raise ModelNotFound(f"model {spec.strip()!r} is not in this server's allowlist")
+
+
 def resolve(spec: str) -> tuple[Path, str, str | None]:
     """(local folder, label, revision) for an embedded name, a folder, or a hub id."""
+    check_allowed(spec)
     spec = spec.strip()
     if spec in embedded.EMBEDDED:
         return embedded.ensure_converted(spec), embedded.EMBEDDED[spec].label, None
@@ -125,6 +134,9 @@ def load_model(spec: str, device: str | None = None, dtype: str | None = None,
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, **source)
     except (ValueError, KeyError, OSError) as err:
+        if "custom code" in str(err) or "trust_remote_code" in str(err):
+            raise UnsupportedArchitecture(f"{spec} needs its own Python code to load; sinkviz runs it only "
+                                          "if the operator sets SINKVIZ_TRUST_REMOTE_CODE=1") from None
         raise UnsupportedArchitecture(f"{spec}: transformers cannot read this model's config "
                                       f"({_first_line(err)})") from None
     auto = AutoModelForCausalLM if _is_causal_lm(config) else AutoModel

@@ -37,7 +37,15 @@ class ResultStore:
     def __init__(self, directory=None):
         self.directory = str(directory or os.environ.get("SINKVIZ_STORE_DIR")
                              or cache_root() / "results")
-        self._cache = diskcache.Cache(self.directory, disk=_NoPickleDisk)
+        self._opened = diskcache.Cache(self.directory, disk=_NoPickleDisk)
+
+    @property
+    def _cache(self) -> diskcache.Cache:
+        """The open cache, reopened afresh if its folder was deleted while we ran."""
+        if not os.path.exists(os.path.join(self.directory, diskcache.core.DBNAME)):
+            log.warning("result store %s disappeared; starting a new one", self.directory)
+            self._opened = diskcache.Cache(self.directory, disk=_NoPickleDisk)
+        return self._opened
 
     def get(self, key: str) -> tuple[dict, dict[str, np.ndarray]] | None:
         """(meta, arrays) of a complete, readable entry, else None."""

@@ -101,7 +101,7 @@ def test_planted_pickle_is_never_loaded(store, tmp_path):
 def test_disk_full_still_returns_the_analysis(llama, store, monkeypatch, caplog):
     def full(*_a, **_k):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(store._cache, "set", full)
+    monkeypatch.setattr(store._opened, "set", full)
     result = analyze(random_words(20), llama, store=store)
     assert result.stats.n_layers == 3 and result.key not in store
     assert "could not store analysis" in caplog.text

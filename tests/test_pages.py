@@ -172,3 +172,29 @@ def test_failed_model_load_leaves_the_page_usable():
     at.selectbox(key="an_model_choice").set_value("SmolLM2-135M-Instruct (embedded, offline)")
     at.button[0].click().run()
     assert not at.error and by_title(at, "Attention on the first 3 tokens")
+
+
+def test_megabyte_paste_is_refused_with_a_message():
+    at = analyze_page("x" * 1_000_001)
+    assert [e.value for e in at.error] == ["the prompt has 1,000,001 characters; the limit is 1,000,000"]
+
+
+def test_out_of_memory_shows_a_message_and_the_next_run_works(monkeypatch):
+    import torch
+
+    from sinkviz import capture
+    real = capture.capture
+    monkeypatch.setattr(capture, "capture", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")))
+    prompt = f"OOM check {os.urandom(4).hex()}"
+    at = analyze_page(prompt)
+    assert [e.value for e in at.error] == [
+        f"cpu ran out of memory on a {len(analyze_tokens(prompt))}-token prompt; memory was released, try a shorter prompt"]
+    monkeypatch.setattr(capture, "capture", real)
+    at.button[0].click().run()
+    assert not at.error and by_title(at, "Attention on the first 3 tokens")
+
+
+def analyze_tokens(prompt: str) -> tuple[int, ...]:
+    from sinkviz.models import get_model
+    from sinkviz.prompts import tokenize
+    return tokenize(get_model("smollm2-135m-instruct").tokenizer, prompt).token_ids
