@@ -31,6 +31,7 @@ if os.environ.get("SINKVIZ_WARM", "1") != "0":
 pages = [st.Page("pages/analyze.py", title="Analyze", icon=":material/search:", default=True),
          st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
          st.Page("pages/sweep.py", title="Sweep", icon=":material/show_chart:"),
+         st.Page("pages/audit.py", title="Audit", icon=":material/checklist:"),
          st.Page("pages/history.py", title="History", icon=":material/history:"),
          st.Page("pages/method.py", title="Method", icon=":material/functions:")]
 page = st.navigation(pages)

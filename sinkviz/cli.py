@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--device", help="cuda, mps or cpu (default: best available)")
     sweep.add_argument("--dtype", help="as for analyze")
     sweep.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    audit = sub.add_parser("audit", help="audit every prompt of a CSV or JSONL file")
+    audit.add_argument("file", help="CSV (column 'prompt', else the first) or JSONL (field 'prompt')")
+    audit.add_argument("--model", default=DEFAULT_MODEL, help="as for analyze")
+    audit.add_argument("--first", type=int, default=3, metavar="N", help="sink = the first N tokens (1..8)")
+    audit.add_argument("--no-template", action="store_true", help="do not apply the chat template")
+    audit.add_argument("--csv", metavar="OUT", help="also write the table as CSV to OUT")
     sub.add_parser("prepare", help="convert the embedded default model once (about 20 s)")
     return parser
 
@@ -55,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             return _prepare()
         if args.command == "sweep":
             return _sweep(args)
+        if args.command == "audit":
+            return _audit(args)
         return _analyze(args)
     except SinkvizError as err:
         print(f"sinkviz: {err}", file=sys.stderr)
@@ -107,6 +115,34 @@ def _sweep(args) -> int:
         mass = p.sink_mass[:, n]
         print(f"{p.n_tokens:>7}  {np.nanmean(mass):>6.3f}  {np.nanmax(mass):>6.3f} {int(np.nanargmax(mass)):>5}"
               + ("  (store)" if p.cached else ""))
+    return 0
+
+
+def _audit(args) -> int:
+    from pathlib import Path
+
+    from transformers.utils import logging as hf_logging
+
+    from .analysis import Settings
+    from .audit import audit, audit_csv, read_prompts
+    from .errors import BadPrompt
+    from .metrics import check_first_n
+
+    hf_logging.set_verbosity_error()
+    check_first_n(args.first, 10**9)
+    try:
+        data = Path(args.file).read_bytes()
+    except OSError as err:
+        raise BadPrompt(f"cannot read {args.file}: {err.strerror}") from None
+    prompts = read_prompts(data, Path(args.file).name)
+    rows = audit(prompts, Settings(model=args.model, use_template=not args.no_template), args.first,
+                 progress=lambda step: print(f"sinkviz: audit {step}", file=sys.stderr))
+    if args.csv:
+        Path(args.csv).write_text(audit_csv(rows), encoding="utf-8")
+    print(f"{'row':>4}  {'worst':>5}  {'sink mass':>9}  {'x uniform':>9}  {'severity':<9} first tokens / error")
+    for r in rows:
+        print(f"{r.row:>4}  {r.worst_layer:>5}  {r.worst_sink_mass:>9.3f}  {r.ratio_to_uniform:>8.1f}x  "
+              f"{r.severity:<9} {r.error or r.first_tokens}")
     return 0
 
 

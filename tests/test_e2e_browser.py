@@ -158,3 +158,21 @@ def test_sweep_page(server, browser):
     page.wait_for_selector("text=done: 4 lengths")
     assert page.get_by_role("link", name="common").count() == 0   # no file-based page list
     page.screenshot(path=ARTIFACTS / "sweep.png", full_page=True)
+
+
+def test_audit_page_and_open_a_row(server, browser):
+    page = new_page(browser)
+    page.goto(server)
+    page.wait_for_selector("text=Analyze a prompt")
+    page.get_by_role("link", name="Audit", exact=True).click()
+    box = page.get_by_label("…or paste prompts, one per line")
+    box.fill("You are a helpful assistant. Answer concisely.\n:\nYou are a helpful assistant.\n   \nHi")
+    box.press("Control+Enter")
+    page.get_by_role("button", name="Run audit").click()
+    page.wait_for_selector("text=done: 4 prompts", timeout=180_000)
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
+    page.wait_for_selector('[data-testid="stDataFrame"]')
+    page.screenshot(path=ARTIFACTS / "audit.png", full_page=True)
+    page.get_by_role("button", name="Open in Analyze").click()
+    page.wait_for_selector("text=from the result store")
+    assert page.get_by_label("Prompt", exact=True).input_value() == "You are a helpful assistant. Answer concisely."

@@ -1,0 +1,124 @@
+"""Batch prompt audit: one row per prompt with its first tokens, worst layer and flags.
+
+Every prompt goes through the result store, so a re-run is instant and an interrupted audit
+resumes where it stopped. A prompt that fails gets its reason in its row; the others go on.
+"""
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .analysis import Progress, Settings, analyze
+from .errors import BadPrompt, SinkvizError
+from .metrics import Thresholds, layer_sinks
+from .store import ResultStore
+
+MAX_FILE_BYTES = 5 * 2**20
+MAX_ROWS = 500
+COLUMNS = ("row", "prompt", "first_tokens", "n_tokens", "worst_layer", "worst_sink_mass",
+           "ratio_to_uniform", "flagged_layers", "severity", "key", "error")
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    row: int
+    prompt: str
+    first_tokens: str = ""
+    n_tokens: int = 0
+    worst_layer: int = -1            # deep layer with the highest sink mass
+    worst_sink_mass: float = float("nan")
+    ratio_to_uniform: float = float("nan")
+    flagged_layers: int = 0          # deep layers over the ratio flag
+    severity: str = ""               # of the worst layer: ok / warning / critical
+    key: str = ""                    # store key, to open the analysis
+    error: str = ""                  # why this prompt has no numbers
+
+
+def read_prompts(data: bytes, filename: str) -> list[str]:
+    """Prompts from a CSV (column 'prompt', else the first) or JSONL (field 'prompt', or a string
+    per line). Raises BadPrompt past MAX_FILE_BYTES or MAX_ROWS, or on an unreadable file."""
+    if len(data) > MAX_FILE_BYTES:
+        raise BadPrompt(f"{filename} has {len(data):,} bytes; the limit is {MAX_FILE_BYTES:,}")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise BadPrompt(f"{filename} is not UTF-8 text") from None
+    prompts = _jsonl(text, filename) if filename.lower().endswith((".jsonl", ".json")) else _csv(text, filename)
+    return _checked(prompts, filename)
+
+
+def prompts_from_lines(text: str) -> list[str]:
+    """Pasted prompts: one per non-blank line, taken as they are (commas included)."""
+    if len(text.encode()) > MAX_FILE_BYTES:
+        raise BadPrompt(f"the pasted text has {len(text.encode()):,} bytes; the limit is {MAX_FILE_BYTES:,}")
+    return _checked([line for line in text.splitlines() if line.strip()], "the pasted text")
+
+
+def _checked(prompts: list[str], filename: str) -> list[str]:
+    if not prompts:
+        raise BadPrompt(f"{filename} holds no prompts")
+    if len(prompts) > MAX_ROWS:
+        raise BadPrompt(f"{filename} has {len(prompts):,} prompts; the limit is {MAX_ROWS:,}")
+    return prompts
+
+
+def _csv(text: str, filename: str) -> list[str]:
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        return []
+    column = rows[0].index("prompt") if "prompt" in rows[0] else 0
+    body = rows[1:] if "prompt" in rows[0] else rows
+    return [r[column] for r in body if len(r) > column]
+
+
+def _jsonl(text: str, filename: str) -> list[str]:
+    prompts = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            raise BadPrompt(f"{filename} line {number} is not JSON") from None
+        prompt = item.get("prompt") if isinstance(item, dict) else item
+        if not isinstance(prompt, str):
+            raise BadPrompt(f"{filename} line {number} has no 'prompt' string")
+        prompts.append(prompt)
+    return prompts
+
+
+def audit_row(index: int, prompt: str, settings: Settings, first_n: int, thresholds: Thresholds,
+              store: ResultStore | None) -> AuditRow:
+    try:
+        result = analyze(prompt, settings, store=store)
+        sinks = layer_sinks(result.stats, first_n, thresholds)
+    except SinkvizError as err:
+        return AuditRow(index, prompt, error=str(err))
+    deep = np.arange(len(sinks.sink_mass)) >= thresholds.shallow_layers
+    worst = int(np.where(deep, sinks.sink_mass, -1.0).argmax())
+    return AuditRow(index, prompt, " · ".join(repr(t) for t in result.tokens.tokens[:4]),
+                    result.stats.n_tokens, worst, float(sinks.sink_mass[worst]), float(sinks.ratio[worst]),
+                    int(sinks.flagged.sum()), sinks.severity[worst], result.key)
+
+
+def audit(prompts: list[str], settings: Settings, first_n: int = 3, thresholds: Thresholds = Thresholds(),
+          *, store: ResultStore | None = None, progress: Progress | None = None) -> list[AuditRow]:
+    """One row per prompt; ``progress`` gets 'i/total' before each."""
+    rows = []
+    for i, prompt in enumerate(prompts, start=1):
+        if progress:
+            progress(f"{i}/{len(prompts)}")
+        rows.append(audit_row(i, prompt, settings, first_n, thresholds, store))
+    return rows
+
+
+def audit_csv(rows: list[AuditRow]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(asdict(row))
+    return out.getvalue()

@@ -1,0 +1,114 @@
+"""Batch audit: known rows for a known file, resume without recompute, limits, CLI and page."""
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import random_words
+from sinkviz import capture
+from sinkviz.analysis import Settings, analyze
+from sinkviz.audit import MAX_ROWS, audit, audit_csv, prompts_from_lines, read_prompts
+from sinkviz.cli import main
+from sinkviz.errors import BadPrompt
+from sinkviz.metrics import layer_sinks
+
+
+@pytest.fixture
+def settings(tiny_models):
+    return Settings(model=tiny_models["llama-gqa"], map_size=16)
+
+
+def test_known_file_gives_known_rows(settings, store):
+    prompts = [random_words(20), "   ", random_words(35)]
+    data = ("prompt\n" + "\n".join(f'"{p}"' for p in prompts)).encode()
+    rows = audit(read_prompts(data, "p.csv"), settings, 2, store=store)
+    assert [r.row for r in rows] == [1, 2, 3] and rows[1].error == "the prompt is empty"
+    for row, prompt in zip([rows[0], rows[2]], [prompts[0], prompts[2]]):
+        result = analyze(prompt, settings, store=store)
+        mass = layer_sinks(result.stats, 2).sink_mass
+        assert row.key == result.key and row.n_tokens == len(prompt.split()) + 1
+        assert row.worst_layer == 2 + int(mass[2:].argmax()) and row.worst_sink_mass == pytest.approx(mass[row.worst_layer])
+    table = list(csv.DictReader(io.StringIO(audit_csv(rows))))
+    assert [t["error"] for t in table] == ["", "the prompt is empty", ""]
+    assert float(table[0]["worst_sink_mass"]) == pytest.approx(rows[0].worst_sink_mass)
+
+
+def test_interrupted_audit_resumes_without_recomputing(settings, store, monkeypatch):
+    prompts = [random_words(15 + i) for i in range(5)]
+
+    def stop_at_4(step):
+        if step == "4/5":
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        audit(prompts, settings, store=store, progress=stop_at_4)
+    calls = []
+    real = capture.capture
+    monkeypatch.setattr(capture, "capture", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rows = audit(prompts, settings, store=store)
+    assert len(calls) == 2 and all(r.key for r in rows)      # only prompts 4 and 5 ran
+
+
+@pytest.mark.parametrize("data,name,message", [
+    (b"x" * (5 * 2**20 + 1), "big.csv", "big.csv has 5,242,881 bytes; the limit is 5,242,880"),
+    (("\n".join(["p"] * (MAX_ROWS + 1))).encode(), "many.csv", f"many.csv has {MAX_ROWS + 1} prompts; the limit is {MAX_ROWS}"),
+    (b'{"prompt": "a"}\nnot json\n', "bad.jsonl", "bad.jsonl line 2 is not JSON"),
+    (b'{"text": "a"}\n', "bad.jsonl", "bad.jsonl line 1 has no 'prompt' string"),
+    (b"\xff\xfe", "bin.csv", "bin.csv is not UTF-8 text"),
+    (b"", "empty.csv", "empty.csv holds no prompts"),
+])
+def test_file_limits_and_errors(data, name, message):
+    with pytest.raises(BadPrompt) as info:
+        read_prompts(data, name)
+    assert str(info.value) == message
+
+
+def test_pasted_lines_keep_commas():
+    assert prompts_from_lines("a, b\n\n  \nc") == ["a, b", "c"]
+
+
+def test_jsonl_and_headerless_csv():
+    assert read_prompts(b'{"prompt": "a b"}\n"c d"\n\n', "x.jsonl") == ["a b", "c d"]
+    assert read_prompts(b"first,other\nsecond,x\n", "x.csv") == ["first", "second"]
+
+
+def test_cli_audit_writes_csv(tiny_models, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SINKVIZ_STORE_DIR", str(tmp_path / "store"))
+    src = tmp_path / "prompts.jsonl"
+    prompts = [random_words(12), random_words(18)]
+    src.write_text("\n".join(json.dumps({"prompt": p}) for p in prompts))
+    out = tmp_path / "audit.csv"
+    assert main(["audit", str(src), "--model", tiny_models["gpt2"], "--csv", str(out)]) == 0
+    table = list(csv.DictReader(out.open()))
+    assert [t["prompt"] for t in table] == prompts
+    assert main(["audit", str(tmp_path / "missing.csv")]) == 2
+    assert capsys.readouterr().err.endswith("sinkviz: cannot read " + str(tmp_path / "missing.csv") +
+                                            ": No such file or directory\n")
+
+
+def test_audit_page_rows_equal_engine(tmp_path):
+    os.environ["SINKVIZ_WARM"] = "0"
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+    st.cache_resource.clear()
+    old = os.environ.get("SINKVIZ_STORE_DIR")
+    os.environ["SINKVIZ_STORE_DIR"] = str(tmp_path / "store")
+    try:
+        at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=300)
+        at.switch_page("pages/audit.py").run()
+        prompts = ["You are a helpful assistant.", "Assistant: be brief, and then, be kind."]  # commas kept
+        at.text_area(key="au_text").set_value("\n".join(prompts))
+        at.button[0].click().run()
+        assert not at.exception and not at.error
+        table = at.dataframe[0].value
+        for prompt, (_, row) in zip(prompts, table.iterrows()):
+            mass = layer_sinks(analyze(prompt, Settings()).stats, 3).sink_mass
+            assert row["worst layer"] == 2 + int(np.argmax(mass[2:]))
+            assert row["sink mass"] == pytest.approx(mass[2:].max())
+    finally:
+        st.cache_resource.clear()
+        os.environ.pop("SINKVIZ_STORE_DIR") if old is None else os.environ.__setitem__("SINKVIZ_STORE_DIR", old)
