@@ -32,6 +32,7 @@ pages = [st.Page("pages/analyze.py", title="Analyze", icon=":material/search:", 
          st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
          st.Page("pages/sweep.py", title="Sweep", icon=":material/show_chart:"),
          st.Page("pages/audit.py", title="Audit", icon=":material/checklist:"),
+         st.Page("pages/lab.py", title="Lab", icon=":material/science:"),
          st.Page("pages/history.py", title="History", icon=":material/history:"),
          st.Page("pages/method.py", title="Method", icon=":material/functions:")]
 page = st.navigation(pages)

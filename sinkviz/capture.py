@@ -28,6 +28,18 @@ CPU_BLOCK_ROWS = 128              # on CPU, 128-query blocks were twice as fast 
 UNSUPPORTED_KWARGS = ("softcap", "s_aux", "sinks")  # change the softmax in ways SDPA ignores
 
 _recorder: ContextVar["_Recorder | None"] = ContextVar("sinkviz_recorder", default=None)
+_first_key_scale: ContextVar["tuple[int, float] | None"] = ContextVar("sinkviz_key_scale", default=None)
+
+
+@contextlib.contextmanager
+def scaled_first_keys(k: int, gamma: float):
+    """Within this block, every layer multiplies the attention logits of keys j < k by gamma
+    (seed 000's mitigation). gamma = 1 is the identity and leaves SDPA in charge."""
+    token = _first_key_scale.set(None if gamma == 1.0 else (k, gamma))
+    try:
+        yield
+    finally:
+        _first_key_scale.reset(token)
 
 
 def register() -> None:
@@ -45,10 +57,44 @@ def sinkviz_attention(module, query, key, value, attention_mask, **kwargs):
                 raise UnsupportedArchitecture(
                     f"{type(module).__name__} uses '{name}' in its attention softmax, "
                     "which sinkviz cannot capture exactly yet")
+    scale = _first_key_scale.get()
+    if scale is not None:
+        return _scaled_attention(query, key, value, attention_mask, kwargs, scale, recorder)
     output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if recorder is not None:
         recorder.record(module, query, key, value, attention_mask, kwargs)
     return output, None
+
+
+def _scaled_attention(query, key, value, attention_mask, kwargs, scale, recorder):
+    """Attention with the first keys' logits scaled, block by block; its statistics when recording.
+    Returns (output [1, L, heads, D], None)."""
+    first, gamma = scale
+    heads, n_q, dim = query.shape[1:]
+    acc = torch.float64 if query.dtype == torch.float64 else torch.float32
+    q = query[0].to(acc)
+    k = repeat_kv(key, heads // key.shape[1])[0].to(acc)
+    v = repeat_kv(value, heads // value.shape[1])[0].to(acc)
+    n_k, causal = k.shape[1], kwargs.get("is_causal", True) is not False
+    scaling = kwargs.get("scaling") or dim ** -0.5
+    reducer = LayerReducer(heads, n_k, recorder.map_size, causal=causal, device=q.device, dtype=acc) if recorder else None
+    out = torch.empty(heads, n_q, v.shape[-1], device=q.device, dtype=acc)          # [heads, L, D]
+    for start in range(0, n_q, CPU_BLOCK_ROWS):
+        stop = min(n_q, start + CPU_BLOCK_ROWS)
+        scores = torch.matmul(q[:, start:stop], k.transpose(-1, -2)) * scaling       # [heads, b, Lk]
+        scores[..., :first] *= gamma
+        scores = _apply_mask(scores, attention_mask, start, stop, n_k - n_q, causal=causal,
+                             window=kwargs.get("sliding_window"))
+        probs = torch.softmax(scores, dim=-1)
+        out[:, start:stop] = torch.matmul(probs, v)
+        if reducer is not None:
+            reducer.add(probs, start + n_k - n_q)
+    if recorder is not None:
+        recorder.layers.append(reducer.finish())
+        recorder.value_norms.append(row_norms(value[0]).mean(0))
+        recorder.windows.append(kwargs.get("sliding_window"))
+        recorder.causal = causal
+    return out.to(query.dtype).transpose(0, 1)[None], None
 
 
 def block_rows(heads: int, keys: int, device: torch.device) -> int:
@@ -163,13 +209,23 @@ def forward_kwargs(model) -> dict:
 
 def capture(model, input_ids: torch.Tensor, map_size: int = 128) -> AttentionStats:
     """Run one forward pass on input_ids [1, L] and return its attention statistics."""
+    return _captured_forward(model, input_ids, map_size, forward_kwargs(model))[0]
+
+
+def capture_with_logits(model, input_ids: torch.Tensor, map_size: int = 128) -> tuple[AttentionStats, torch.Tensor]:
+    """capture(), plus the next-token logits of every position: [L, vocab] float32."""
+    stats, out = _captured_forward(model, input_ids, map_size, {"use_cache": False})
+    return stats, out.logits[0].float()
+
+
+def _captured_forward(model, input_ids, map_size, kwargs):
     if model.config._attn_implementation != ATTN_NAME:
         raise UnsupportedArchitecture(f"model was not loaded with attn_implementation={ATTN_NAME!r}")
     recorder = _Recorder(map_size)
     token = _recorder.set(recorder)
     try:
         with _hidden_norm_hooks(model) as hidden_norms, torch.no_grad():
-            model(input_ids=input_ids, **forward_kwargs(model))
+            out = model(input_ids=input_ids, **kwargs)
     finally:
         _recorder.reset(token)
     n_layers = len(hidden_norms)
@@ -177,7 +233,7 @@ def capture(model, input_ids: torch.Tensor, map_size: int = 128) -> AttentionSta
         raise UnsupportedArchitecture(
             f"{type(model).__name__} sent {len(recorder.layers)} of {n_layers} layers through the "
             "attention interface; its attention cannot be captured exactly")
-    return _to_stats(recorder, hidden_norms)
+    return _to_stats(recorder, hidden_norms), out
 
 
 def _to_stats(recorder: _Recorder, hidden_norms: list[torch.Tensor]) -> AttentionStats:

@@ -50,6 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--first", type=int, default=3, metavar="N", help="sink = the first N tokens (1..8)")
     audit.add_argument("--no-template", action="store_true", help="do not apply the chat template")
     audit.add_argument("--csv", metavar="OUT", help="also write the table as CSV to OUT")
+    lab = sub.add_parser("lab", help="mitigation lab: attention scaling, sink tokens")
+    lab_sub = lab.add_subparsers(dest="experiment", required=True)
+    scale = lab_sub.add_parser("scale", help="scale the attention logits of the first K keys")
+    scale.add_argument("--prompt", required=True)
+    scale.add_argument("--k", type=int, default=10, help="keys to scale (default 10)")
+    scale.add_argument("--gamma", type=float, default=0.85, help="logit factor (default 0.85)")
+    window = lab_sub.add_parser("window", help="windowed attention with and without sink tokens")
+    window.add_argument("--text", help="the text (default: the shipped Declaration of Independence)")
+    window.add_argument("--file", help="read the text from this file")
+    window.add_argument("--window", type=int, default=256)
+    window.add_argument("--sinks", type=int, default=4)
+    window.add_argument("--max-tokens", type=int)
+    for p in (scale, window):
+        p.add_argument("--model", default=DEFAULT_MODEL, help="as for analyze")
+        p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     sub.add_parser("prepare", help="convert the embedded default model once (about 20 s)")
     return parser
 
@@ -63,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sweep(args)
         if args.command == "audit":
             return _audit(args)
+        if args.command == "lab":
+            return _lab(args)
         return _analyze(args)
     except SinkvizError as err:
         print(f"sinkviz: {err}", file=sys.stderr)
@@ -143,6 +160,38 @@ def _audit(args) -> int:
     for r in rows:
         print(f"{r.row:>4}  {r.worst_layer:>5}  {r.worst_sink_mass:>9.3f}  {r.ratio_to_uniform:>8.1f}x  "
               f"{r.severity:<9} {r.error or r.first_tokens}")
+    return 0
+
+
+def _lab(args) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from .analysis import Settings
+    from .metrics import layer_sinks
+    from .mitigation import WindowResult, attention_scaling, sink_token_experiment
+    from .sweep import shipped_text
+
+    hf_logging.set_verbosity_error()
+    if args.experiment == "scale":
+        r = attention_scaling(args.prompt, Settings(model=args.model), args.k, args.gamma)
+        report = {"k": r.first_keys, "gamma": r.gamma, "perplexity_before": r.perplexity_before,
+                  "perplexity_after": r.perplexity_after, "kl_max": float(r.kl.max()),
+                  "kl_mean": float(r.kl.mean()), "top5_before": r.top5_before, "top5_after": r.top5_after,
+                  "sink_mass_before": layer_sinks(r.before, 3).sink_mass.tolist(),
+                  "sink_mass_after": layer_sinks(r.after, 3).sink_mass.tolist()}
+    else:
+        text = shipped_text() if args.text is None and args.file is None else _read_text(args.text, args.file)
+        r = sink_token_experiment(text, Settings(model=args.model), args.window, args.sinks, args.max_tokens)
+        report = {"window": r.window, "sinks": r.sinks, "tokens": len(r.loss_full) + 1,
+                  "perplexity_full": WindowResult.perplexity(r.loss_full),
+                  "perplexity_with_sinks": WindowResult.perplexity(r.loss_sinks),
+                  "perplexity_without_sinks": WindowResult.perplexity(r.loss_no_sinks)}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for name, value in report.items():
+            if not name.startswith("sink_mass"):
+                print(f"{name:>26}: {value}")
     return 0
 
 

@@ -183,3 +183,39 @@ def sweep_lines(lengths: list[int], sink_mass: np.ndarray, first_n: int) -> go.F
                       xaxis_title="context length (tokens)", xaxis_type="log", yaxis_title="sink mass",
                       yaxis_tickformat=".0%", height=480)
     return fig
+
+
+def before_after_bars(labels: tuple[str, str], sinks: tuple[LayerSinks, LayerSinks]) -> go.Figure:
+    """Sink mass per layer before and after a change, side by side."""
+    fig = go.Figure([go.Bar(x=np.arange(len(s.sink_mass)), y=s.sink_mass, name=label)
+                     for label, s in zip(labels, sinks)])
+    fig.update_layout(title=f"Sink mass per layer (first {sinks[0].first_n} tokens), before and after",
+                      xaxis_title="layer", yaxis_title="sink mass", yaxis_tickformat=".0%",
+                      barmode="group", height=380)
+    return fig
+
+
+def kl_by_position(kl: np.ndarray, tokens: tuple[str, ...]) -> go.Figure:
+    """KL divergence of each position's next-token distribution, before vs after (nats)."""
+    fig = go.Figure(go.Bar(x=np.arange(len(kl)), y=kl, customdata=[repr(t) for t in tokens],
+                           hovertemplate="position %{x} %{customdata}<br>KL %{y:.4f} nats<extra></extra>"))
+    fig.update_layout(title="KL(before ‖ after) of the next-token distribution at each position",
+                      xaxis_title="position", yaxis_title="nats", height=340)
+    return fig
+
+
+def rolling_mean(values: np.ndarray, width: int) -> np.ndarray:
+    """Mean of the last ``width`` values at each index (fewer at the start)."""
+    sums = np.cumsum(np.insert(values, 0, 0.0))
+    idx = np.arange(1, len(values) + 1)
+    return (sums[idx] - sums[np.maximum(0, idx - width)]) / np.minimum(idx, width)
+
+
+def window_losses(curves: dict[str, np.ndarray], window: int, smooth: int = 32) -> go.Figure:
+    """Per-token loss against position (rolling mean over ``smooth`` tokens), one line per setup."""
+    fig = go.Figure([go.Scatter(x=np.arange(1, len(loss) + 1), y=rolling_mean(loss, smooth), name=name,
+                                mode="lines") for name, loss in curves.items()])
+    fig.add_vline(x=window, line_dash="dot", annotation_text="window full")
+    fig.update_layout(title=f"Per-token loss by position (nats, rolling mean over {smooth} tokens)",
+                      xaxis_title="position of the predicted token", yaxis_title="loss (nats)", height=420)
+    return fig

@@ -1,7 +1,9 @@
 """Shared fixtures: tiny random models of real architectures (saved as safetensors with a
 word-level tokenizer built in code), the embedded default model, and a private store."""
 
+import contextlib
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -71,6 +73,35 @@ def default_model_dir() -> str:
 def store(tmp_path):
     from sinkviz.store import ResultStore
     return ResultStore(tmp_path / "results")
+
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+@contextlib.contextmanager
+def app_store(directory):
+    """Pages use a private result store in ``directory`` (streamlit's cached store is reset)."""
+    import streamlit as st
+    os.environ["SINKVIZ_WARM"] = "0"
+    old = os.environ.get("SINKVIZ_STORE_DIR")
+    os.environ["SINKVIZ_STORE_DIR"] = str(directory)
+    st.cache_resource.clear()
+    try:
+        yield
+    finally:
+        st.cache_resource.clear()
+        if old is None:
+            os.environ.pop("SINKVIZ_STORE_DIR")
+        else:
+            os.environ["SINKVIZ_STORE_DIR"] = old
+
+
+@pytest.fixture
+def app_test(tmp_path):
+    """A factory of AppTests of app.py on a private store."""
+    from streamlit.testing.v1 import AppTest
+    with app_store(tmp_path / "page-store"):
+        yield lambda: AppTest.from_file(APP, default_timeout=300)
 
 
 def random_words(n: int, generator: torch.Generator | None = None) -> str:

@@ -3,9 +3,6 @@
 import csv
 import io
 import json
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -90,25 +87,15 @@ def test_cli_audit_writes_csv(tiny_models, tmp_path, monkeypatch, capsys):
                                             ": No such file or directory\n")
 
 
-def test_audit_page_rows_equal_engine(tmp_path):
-    os.environ["SINKVIZ_WARM"] = "0"
-    import streamlit as st
-    from streamlit.testing.v1 import AppTest
-    st.cache_resource.clear()
-    old = os.environ.get("SINKVIZ_STORE_DIR")
-    os.environ["SINKVIZ_STORE_DIR"] = str(tmp_path / "store")
-    try:
-        at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=300)
-        at.switch_page("pages/audit.py").run()
-        prompts = ["You are a helpful assistant.", "Assistant: be brief, and then, be kind."]  # commas kept
-        at.text_area(key="au_text").set_value("\n".join(prompts))
-        at.button[0].click().run()
-        assert not at.exception and not at.error
-        table = at.dataframe[0].value
-        for prompt, (_, row) in zip(prompts, table.iterrows()):
-            mass = layer_sinks(analyze(prompt, Settings()).stats, 3).sink_mass
-            assert row["worst layer"] == 2 + int(np.argmax(mass[2:]))
-            assert row["sink mass"] == pytest.approx(mass[2:].max())
-    finally:
-        st.cache_resource.clear()
-        os.environ.pop("SINKVIZ_STORE_DIR") if old is None else os.environ.__setitem__("SINKVIZ_STORE_DIR", old)
+def test_audit_page_rows_equal_engine(app_test):
+    at = app_test()
+    at.switch_page("pages/audit.py").run()
+    prompts = ["You are a helpful assistant.", "Assistant: be brief, and then, be kind."]  # commas kept
+    at.text_area(key="au_text").set_value("\n".join(prompts))
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    table = at.dataframe[0].value
+    for prompt, (_, row) in zip(prompts, table.iterrows()):
+        mass = layer_sinks(analyze(prompt, Settings()).stats, 3).sink_mass
+        assert row["worst layer"] == 2 + int(np.argmax(mass[2:]))
+        assert row["sink mass"] == pytest.approx(mass[2:].max())

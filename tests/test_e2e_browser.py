@@ -176,3 +176,22 @@ def test_audit_page_and_open_a_row(server, browser):
     page.get_by_role("button", name="Open in Analyze").click()
     page.wait_for_selector("text=from the result store")
     assert page.get_by_label("Prompt", exact=True).input_value() == "You are a helpful assistant. Answer concisely."
+
+
+def test_lab_page(server, browser):
+    page = new_page(browser)
+    page.goto(server)
+    page.wait_for_selector("text=Analyze a prompt")
+    page.get_by_role("link", name="Lab", exact=True).click()
+    page.get_by_role("button", name="Run scaling").click()
+    page.wait_for_selector("text=KL(before", timeout=180_000)
+    page.get_by_role("tab", name="Sink tokens for windowed attention").click()
+    tokens = page.get_by_label("Tokens of the shipped text")
+    tokens.fill("192")
+    tokens.press("Enter")
+    page.get_by_role("button", name="Run windowed perplexity").click()
+    page.wait_for_selector("text=Per-token loss by position", timeout=300_000)
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
+    page.screenshot(path=ARTIFACTS / "lab-window.png", full_page=True)
+    page.get_by_role("tab", name="Attention scaling").click()
+    page.screenshot(path=ARTIFACTS / "lab-scaling.png", full_page=True)

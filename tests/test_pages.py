@@ -1,7 +1,6 @@
 """AppTest: the numbers each page plots are the engine's numbers."""
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +8,7 @@ import pytest
 os.environ["SINKVIZ_WARM"] = "0"
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from conftest import APP, app_store  # noqa: E402
 from plotly_json import array, by_title, figures  # noqa: E402
 from sinkviz.analysis import Settings, analyze  # noqa: E402
 from sinkviz.figures import layer_map, map_for_display  # noqa: E402
@@ -21,19 +21,8 @@ TIMEOUT = 120
 
 @pytest.fixture(scope="module", autouse=True)
 def page_store(tmp_path_factory, default_model_dir):
-    import streamlit as st
-    old = os.environ.get("SINKVIZ_STORE_DIR")
-    os.environ["SINKVIZ_STORE_DIR"] = str(tmp_path_factory.mktemp("page-store"))
-    st.cache_resource.clear()
-    yield
-    st.cache_resource.clear()
-    if old is None:
-        os.environ.pop("SINKVIZ_STORE_DIR")
-    else:
-        os.environ["SINKVIZ_STORE_DIR"] = old
-
-
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+    with app_store(tmp_path_factory.mktemp("page-store")):
+        yield
 
 
 def app() -> AppTest:

@@ -1,8 +1,6 @@
 """Context-length sweep (engine, CLI, page) and the memory guard."""
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ from sinkviz.analysis import Settings, analyze
 from sinkviz.cli import main
 from sinkviz.errors import BadPrompt
 from sinkviz.models import load_model
-from sinkviz.sweep import run_sweep, sweep_lengths
+from sinkviz.sweep import run_sweep, shipped_text, sweep_lengths
 
 
 @pytest.mark.parametrize("available,lengths", [(2, [2]), (256, [256]), (257, [256, 257]),
@@ -50,30 +48,18 @@ def test_cli_sweep_json(tiny_models, tmp_path, monkeypatch, capsys):
     np.testing.assert_allclose(out["points"][0]["sink_mass"], first.stats.sink_mass.mean(axis=1)[:, 0])
 
 
-def test_sweep_page_plots_the_engine_numbers(tiny_models, tmp_path):
-    os.environ["SINKVIZ_WARM"] = "0"
-    import streamlit as st
-    from streamlit.testing.v1 import AppTest
-
+def test_sweep_page_plots_the_engine_numbers(app_test):
     from plotly_json import array, by_title
-    st.cache_resource.clear()
-    old = os.environ.get("SINKVIZ_STORE_DIR")
-    os.environ["SINKVIZ_STORE_DIR"] = str(tmp_path / "store")
-    try:
-        at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=300)
-        at.switch_page("pages/sweep.py").run()
-        at.number_input(key="sw_max").set_value(600)
-        at.button[0].click().run()
-        assert not at.exception and not at.error
-        fig = by_title(at, "Sink mass (first 3 tokens) as the context grows")
-        points = run_sweep(open(Path(__file__).resolve().parent.parent / "sinkviz/data/declaration_of_independence.txt").read(),
-                           Settings(), max_tokens=600)
-        assert all(p.cached for p in points)
-        np.testing.assert_allclose(array(fig["data"][0]["x"]), [p.n_tokens for p in points])
-        np.testing.assert_allclose(array(fig["data"][5]["y"]), [p.sink_mass[5, 2] for p in points], rtol=1e-6)
-    finally:
-        st.cache_resource.clear()
-        os.environ.pop("SINKVIZ_STORE_DIR") if old is None else os.environ.__setitem__("SINKVIZ_STORE_DIR", old)
+    at = app_test()
+    at.switch_page("pages/sweep.py").run()
+    at.number_input(key="sw_max").set_value(600)
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    fig = by_title(at, "Sink mass (first 3 tokens) as the context grows")
+    points = run_sweep(shipped_text(), Settings(), max_tokens=600)
+    assert all(p.cached for p in points)
+    np.testing.assert_allclose(array(fig["data"][0]["x"]), [p.n_tokens for p in points])
+    np.testing.assert_allclose(array(fig["data"][5]["y"]), [p.sink_mass[5, 2] for p in points], rtol=1e-6)
 
 
 def test_estimate_grows_with_length_and_longest_fit_is_tight():

@@ -1,0 +1,125 @@
+"""Mitigation lab: what attention scaling and StreamingLLM-style sink tokens do to a model.
+
+- Attention scaling (seed 000): multiply the attention logits of the first K keys by gamma
+  in every layer; compare sink mass, per-position KL divergence of the next-token
+  distributions, prompt perplexity and the top-5 next tokens, before and after.
+- Sink tokens for windowed attention (Xiao et al. 2023, StreamingLLM): per-token loss on a long
+  text decoded with a KV cache of W entries, with and without the first S tokens kept, against
+  full attention.
+"""
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from . import capture
+from .analysis import Settings
+from .errors import BadSetting
+from .models import get_model
+from .prompts import TokenizedPrompt, tokenize
+from .stats import AttentionStats
+
+
+@dataclass(frozen=True)
+class ScalingResult:
+    first_keys: int
+    gamma: float
+    tokens: TokenizedPrompt
+    before: AttentionStats
+    after: AttentionStats
+    kl: np.ndarray                    # [L] KL(p_before || p_after) of each position's next token, nats
+    perplexity_before: float          # exp(mean NLL of tokens 1..L-1 of the prompt)
+    perplexity_after: float
+    top5_before: tuple[tuple[str, float], ...]   # next token after the prompt, with probability
+    top5_after: tuple[tuple[str, float], ...]
+
+
+def perplexity(logits: torch.Tensor, ids: torch.Tensor) -> float:
+    """exp(mean_{t>=1} -log p(ids[t] | ids[:t])) from logits [L, vocab] and ids [L]."""
+    nll = -torch.log_softmax(logits[:-1].double(), -1).gather(1, ids[1:, None])
+    return float(torch.exp(nll.mean()))
+
+
+def top5(tokenizer, logits: torch.Tensor) -> tuple[tuple[str, float], ...]:
+    probs, ids = torch.softmax(logits.double(), -1).topk(5)
+    return tuple((tokenizer.decode([int(i)]), float(p)) for p, i in zip(probs, ids))
+
+
+def attention_scaling(prompt: str, settings: Settings = Settings(), first_keys: int = 10,
+                      gamma: float = 0.85) -> ScalingResult:
+    """Run the prompt twice, plain and with the first ``first_keys`` keys' logits times gamma."""
+    if first_keys < 1 or not 0.0 < gamma <= 4.0:
+        raise BadSetting("K must be at least 1 and gamma between 0 and 4")
+    loaded = get_model(settings.model, settings.device, settings.dtype)
+    tokens = tokenize(loaded.tokenizer, prompt, settings.use_template, settings.system)
+    ids = torch.tensor([tokens.token_ids], device=loaded.model.device)
+    with loaded.lock:
+        before, logits_b = capture.capture_with_logits(loaded.model, ids, settings.map_size)
+        with capture.scaled_first_keys(first_keys, gamma):
+            after, logits_a = capture.capture_with_logits(loaded.model, ids, settings.map_size)
+    log_b, log_a = torch.log_softmax(logits_b.double(), -1), torch.log_softmax(logits_a.double(), -1)
+    kl = (log_b.exp() * (log_b - log_a)).sum(-1)
+    return ScalingResult(first_keys, gamma, tokens, before, after, kl.cpu().numpy(),
+                         perplexity(logits_b, ids[0]), perplexity(logits_a, ids[0]),
+                         top5(loaded.tokenizer, logits_b[-1]), top5(loaded.tokenizer, logits_a[-1]))
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    window: int                 # KV-cache entries each prediction may see, sink tokens included
+    sinks: int                  # first tokens always kept in the cache
+    loss_full: np.ndarray       # [T-1] NLL of tokens 1..T-1, full attention
+    loss_sinks: np.ndarray      # [T-1] window with the first `sinks` tokens kept
+    loss_no_sinks: np.ndarray   # [T-1] window alone
+
+    @staticmethod
+    def perplexity(loss: np.ndarray) -> float:
+        return float(np.exp(loss.mean()))
+
+
+def full_losses(model, ids: torch.Tensor) -> np.ndarray:
+    """[T-1] NLL of ids[1:] with full attention (one forward pass)."""
+    with torch.no_grad():
+        logits = model(input_ids=ids[None], use_cache=False).logits[0, :-1].double()
+    return (-torch.log_softmax(logits, -1).gather(1, ids[1:, None])[:, 0]).cpu().numpy()
+
+
+def cached_window_losses(model, ids: torch.Tensor, window: int, sinks: int,
+                         progress=None) -> np.ndarray:
+    """[T-1] NLL of ids[1:], decoding token by token with a KV cache that holds at most ``window``
+    entries: the first ``sinks`` tokens and the most recent ones (StreamingLLM's cache; keys keep
+    their original positions). Entries are evicted, never recomputed."""
+    from transformers import DynamicCache
+    cache = DynamicCache(config=model.config)
+    losses = np.empty(ids.shape[0] - 1)
+    with torch.no_grad():
+        for t in range(ids.shape[0] - 1):
+            out = model(input_ids=ids[None, t:t + 1], position_ids=torch.tensor([[t]], device=ids.device),
+                        past_key_values=cache, use_cache=True)
+            losses[t] = float(-torch.log_softmax(out.logits[0, -1].double(), -1)[ids[t + 1]])
+            if progress and t % 32 == 0:
+                progress(t / (ids.shape[0] - 1))
+            for layer in cache.layers:
+                if layer.keys.shape[-2] > window:          # evict the oldest non-sink entry
+                    keep = lambda x: torch.cat([x[..., :sinks, :], x[..., sinks + 1:, :]], dim=-2)  # noqa: E731
+                    layer.keys, layer.values = keep(layer.keys), keep(layer.values)
+    return losses
+
+
+def sink_token_experiment(text: str, settings: Settings = Settings(), window: int = 256, sinks: int = 4,
+                          max_tokens: int | None = None, progress=None) -> WindowResult:
+    """Per-token loss with full attention, a window KV cache with sink tokens, and one without."""
+    if not 0 <= sinks < window:
+        raise BadSetting("need 0 <= sinks < window")
+    loaded = get_model(settings.model, settings.device, settings.dtype)
+    tokens = tokenize(loaded.tokenizer, text, use_template=False)
+    ids = torch.tensor(tokens.token_ids[:max_tokens] if max_tokens else tokens.token_ids,
+                       device=loaded.model.device)
+    with loaded.lock:
+        full = full_losses(loaded.model, ids)
+        with_sinks = cached_window_losses(loaded.model, ids, window, sinks,
+                                          progress and (lambda f: progress(f / 2)))
+        without = cached_window_losses(loaded.model, ids, window, 0,
+                                       progress and (lambda f: progress(0.5 + f / 2)))
+    return WindowResult(window, sinks, full, with_sinks, without)
