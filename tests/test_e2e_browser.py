@@ -75,6 +75,16 @@ def new_page(browser):
     return page
 
 
+def open_app(browser, server: str, link: str | None = None):
+    """A new page on the app, once st.navigation's menu is there; then on ``link``'s page."""
+    page = new_page(browser)
+    page.goto(server)
+    page.wait_for_selector("text=Analyze a prompt")   # the menu, not the transient file list
+    if link:
+        page.get_by_role("link", name=link, exact=True).click()
+    return page
+
+
 def analyze_in_page(page, prompt: str) -> float:
     """Type a prompt, press Analyze, wait for the bars; seconds from click to rendered chart."""
     box = page.get_by_label("Prompt", exact=True)
@@ -88,9 +98,7 @@ def analyze_in_page(page, prompt: str) -> float:
 
 
 def test_analyze_compare_history_and_shared_url(server, browser):
-    page = new_page(browser)
-    page.goto(server)
-    page.wait_for_selector("text=Analyze a prompt")
+    page = open_app(browser, server)
     first = analyze_in_page(page, LONG_PROMPT)
     assert page.locator("text=Severity:").count() == 1
     page.screenshot(path=ARTIFACTS / "analyze.png", full_page=True)
@@ -135,9 +143,7 @@ def test_analyze_compare_history_and_shared_url(server, browser):
 
 
 def test_bad_input_in_the_browser(server, browser):
-    page = new_page(browser)
-    page.goto(server)
-    page.wait_for_selector("text=Analyze a prompt")
+    page = open_app(browser, server)
     box = page.get_by_label("Prompt", exact=True)
     box.fill("   ")
     box.press("Control+Enter")
@@ -149,10 +155,7 @@ def test_bad_input_in_the_browser(server, browser):
 
 
 def test_sweep_page(server, browser):
-    page = new_page(browser)
-    page.goto(server)
-    page.wait_for_selector("text=Analyze a prompt")   # st.navigation's menu, not the transient file list
-    page.get_by_role("link", name="Sweep", exact=True).click()
+    page = open_app(browser, server, "Sweep")
     page.get_by_role("button", name="Run sweep").click()
     page.wait_for_selector("text=as the context grows", timeout=300_000)
     page.wait_for_selector("text=done: 4 lengths")
@@ -161,10 +164,7 @@ def test_sweep_page(server, browser):
 
 
 def test_audit_page_and_open_a_row(server, browser):
-    page = new_page(browser)
-    page.goto(server)
-    page.wait_for_selector("text=Analyze a prompt")
-    page.get_by_role("link", name="Audit", exact=True).click()
+    page = open_app(browser, server, "Audit")
     box = page.get_by_label("…or paste prompts, one per line")
     box.fill("You are a helpful assistant. Answer concisely.\n:\nYou are a helpful assistant.\n   \nHi")
     box.press("Control+Enter")
@@ -179,10 +179,7 @@ def test_audit_page_and_open_a_row(server, browser):
 
 
 def test_lab_page(server, browser):
-    page = new_page(browser)
-    page.goto(server)
-    page.wait_for_selector("text=Analyze a prompt")
-    page.get_by_role("link", name="Lab", exact=True).click()
+    page = open_app(browser, server, "Lab")
     page.get_by_role("button", name="Run scaling").click()
     page.wait_for_selector("text=KL(before", timeout=180_000)
     page.get_by_role("tab", name="Sink tokens for windowed attention").click()
