@@ -1,0 +1,1 @@
+"""sinkviz: see attention sinks. The engine; it never imports streamlit (see README)."""
