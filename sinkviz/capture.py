@@ -69,30 +69,24 @@ def sinkviz_attention(module, query, key, value, attention_mask, **kwargs):
 def _scaled_attention(query, key, value, attention_mask, kwargs, scale, recorder):
     """Attention with the first keys' logits scaled, block by block; its statistics when recording.
     Returns (output [1, L, heads, D], None)."""
-    first, gamma = scale
     heads, n_q, dim = query.shape[1:]
     acc = torch.float64 if query.dtype == torch.float64 else torch.float32
     q = query[0].to(acc)
     k = repeat_kv(key, heads // key.shape[1])[0].to(acc)
     v = repeat_kv(value, heads // value.shape[1])[0].to(acc)
-    n_k, causal = k.shape[1], kwargs.get("is_causal", True) is not False
-    scaling = kwargs.get("scaling") or dim ** -0.5
-    reducer = LayerReducer(heads, n_k, recorder.map_size, causal=causal, device=q.device, dtype=acc) if recorder else None
+    n_k, causal, window = k.shape[1], kwargs.get("is_causal", True) is not False, kwargs.get("sliding_window")
+    reducer = (LayerReducer(heads, n_k, recorder.map_size, causal=causal, device=q.device, dtype=acc)
+               if recorder else None)
     out = torch.empty(heads, n_q, v.shape[-1], device=q.device, dtype=acc)          # [heads, L, D]
-    for start in range(0, n_q, CPU_BLOCK_ROWS):
-        stop = min(n_q, start + CPU_BLOCK_ROWS)
-        scores = torch.matmul(q[:, start:stop], k.transpose(-1, -2)) * scaling       # [heads, b, Lk]
-        scores[..., :first] *= gamma
-        scores = _apply_mask(scores, attention_mask, start, stop, n_k - n_q, causal=causal,
-                             window=kwargs.get("sliding_window"))
-        probs = torch.softmax(scores, dim=-1)
+    for start, stop, probs in probability_blocks(q, k, attention_mask, kwargs.get("scaling") or dim ** -0.5,
+                                                 causal=causal, window=window, first_key_scale=scale):
         out[:, start:stop] = torch.matmul(probs, v)
         if reducer is not None:
             reducer.add(probs, start + n_k - n_q)
     if recorder is not None:
         recorder.layers.append(reducer.finish())
         recorder.value_norms.append(row_norms(value[0]).mean(0))
-        recorder.windows.append(kwargs.get("sliding_window"))
+        recorder.windows.append(window)
         recorder.causal = causal
     return out.to(query.dtype).transpose(0, 1)[None], None
 
@@ -135,17 +129,10 @@ class _Recorder:
         heads, n_q = query.shape[1:3]
         q = query[0].to(acc)                                                  # [heads, Lq, D]
         k = repeat_kv(key, heads // key.shape[1])[0].to(acc)                  # [heads, Lk, D]
-        n_k = k.shape[1]
-        reducer = LayerReducer(heads, n_k, self.map_size, causal=causal, device=q.device, dtype=acc)
-        rows = block_rows(heads, n_k, q.device)
-        for start in range(0, n_q, rows):
-            stop = min(n_q, start + rows)
-            scores = torch.matmul(q[:, start:stop], k.transpose(-1, -2)) * scaling  # [heads, b, Lk]
-            if bias is not None:
-                scores = scores + bias[0, :, start:stop].to(acc)
-            scores = _apply_mask(scores, attention_mask, start, stop, n_k - n_q,
-                                 causal=causal, window=window)
-            reducer.add(torch.softmax(scores, dim=-1), start + n_k - n_q)
+        reducer = LayerReducer(heads, k.shape[1], self.map_size, causal=causal, device=q.device, dtype=acc)
+        for start, _, probs in probability_blocks(q, k, attention_mask, scaling, causal=causal,
+                                                  window=window, bias=bias):
+            reducer.add(probs, start + k.shape[1] - n_q)
         return reducer.finish()
 
 
@@ -153,6 +140,22 @@ def row_norms(x: torch.Tensor) -> torch.Tensor:
     """L2 norm over the last dim, accumulated in float32 (float64 for float64), without an
     upcast copy of x: [..., d] -> [...]."""
     return torch.linalg.vector_norm(x, dim=-1, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+
+
+def probability_blocks(q, k, attention_mask, scaling, *, causal, window, bias=None, first_key_scale=None):
+    """Yield (start, stop, probs [heads, b, Lk]) of attention rows, block by block: scores, the
+    first keys' logits scaled by (k, gamma) if asked, the mask, softmax. q, k: [heads, L, D]."""
+    n_q, n_k = q.shape[1], k.shape[1]
+    rows = block_rows(q.shape[0], n_k, q.device)
+    for start in range(0, n_q, rows):
+        stop = min(n_q, start + rows)
+        scores = torch.matmul(q[:, start:stop], k.transpose(-1, -2)) * scaling      # [heads, b, Lk]
+        if bias is not None:
+            scores = scores + bias[0, :, start:stop].to(scores.dtype)
+        if first_key_scale is not None:
+            scores[..., :first_key_scale[0]] *= first_key_scale[1]
+        scores = _apply_mask(scores, attention_mask, start, stop, n_k - n_q, causal=causal, window=window)
+        yield start, stop, torch.softmax(scores, dim=-1)
 
 
 def _apply_mask(scores, attention_mask, start, stop, offset, *, causal, window):
