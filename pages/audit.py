@@ -2,10 +2,9 @@
 
 import streamlit as st
 
-from pages.common import URL_PROMPT_LIMIT, log, model_picker, settings_to_params, store
+from pages.common import guarded, model_picker, open_in_analyze, step_progress, store
 from sinkviz.analysis import Settings
 from sinkviz.audit import MAX_FILE_BYTES, MAX_ROWS, audit, audit_csv, prompts_from_lines, read_prompts
-from sinkviz.errors import SinkvizError
 
 st.title("Batch prompt audit")
 st.caption(f"Upload a CSV (column 'prompt', else the first column; quote prompts that hold commas) or JSONL (field 'prompt'), or paste "
@@ -29,23 +28,14 @@ def load_prompts() -> list[str]:
 
 if run:
     bar = st.progress(0.0, text="reading prompts …")
-    try:
-        prompts = load_prompts()
-
-        def progress(step: str) -> None:
-            done, total = (int(x) for x in step.split("/"))
-            bar.progress((done - 1) / total, text=f"prompt {done} of {total} …")
-        settings = Settings(model=model, use_template=use_template)
-        st.session_state.au_rows = audit(prompts, settings, first_n, store=store(), progress=progress)
-        st.session_state.au_settings = settings
-        bar.progress(1.0, text=f"done: {len(prompts)} prompts")
-    except SinkvizError as err:
+    settings = Settings(model=model, use_template=use_template)
+    audited = guarded(lambda: audit(load_prompts(), settings, first_n, store=store(),
+                                    progress=step_progress(bar, "prompt")), "Audit")
+    if audited is None:
         bar.empty()
-        st.error(str(err))
-    except Exception as err:  # keep the page usable whatever happens
-        log.exception("audit failed")
-        bar.empty()
-        st.error(f"Audit failed: {type(err).__name__}: {err}")
+    else:
+        st.session_state.au_rows, st.session_state.au_settings = audited, settings
+        bar.progress(1.0, text=f"done: {len(audited)} prompts")
 
 rows = st.session_state.get("au_rows")
 if rows:
@@ -66,8 +56,4 @@ if rows:
                             format_func=lambda i: f"row {openable[i].row}: {openable[i].prompt[:70]!r}")
         if st.button("Open in Analyze"):
             chosen = openable[pick]
-            st.session_state.pop("an_ready", None)
-            st.session_state.pop("an_key", None)
-            st.switch_page("pages/analyze.py", query_params={
-                **settings_to_params(st.session_state.au_settings), "key": chosen.key, "n": str(first_n),
-                "prompt": chosen.prompt[:URL_PROMPT_LIMIT]})
+            open_in_analyze(st.session_state.au_settings, chosen.key, chosen.prompt, first_n)

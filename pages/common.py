@@ -97,6 +97,37 @@ def run_analysis(prompt: str, settings: Settings, label: str = "") -> Analysis |
     return result
 
 
+def guarded(run, what: str):
+    """run(); a SinkvizError becomes its message, anything else '<what> failed: ...' (logged).
+    Returns run()'s result, or None after an error: the page stays usable."""
+    try:
+        return run()
+    except SinkvizError as err:
+        st.error(str(err))
+    except Exception as err:  # out of memory or a bug
+        log.exception("%s failed", what)
+        st.error(f"{what} failed: {type(err).__name__}: {err}")
+    return None
+
+
+def step_progress(bar, noun: str):
+    """A progress callback for engine steps named 'i/total', shown on ``bar``."""
+    def progress(step: str) -> None:
+        done, total = (int(x) for x in step.split("/"))
+        bar.progress((done - 1) / total, text=f"{noun} {done} of {total} …")
+    return progress
+
+
+def open_in_analyze(settings: Settings, key: str, prompt: str, first_n: int | None = None) -> None:
+    """Switch to Analyze on a stored analysis, through the same URL a shared link uses."""
+    st.session_state.pop("an_ready", None)
+    st.session_state.pop("an_key", None)
+    params = {**settings_to_params(settings), "key": key, "prompt": prompt[:URL_PROMPT_LIMIT]}
+    if first_n is not None:
+        params["n"] = str(first_n)
+    st.switch_page("pages/analyze.py", query_params=params)
+
+
 def open_stored(key: str) -> Analysis | None:
     """A stored analysis (marked as served by the store), or None."""
     found = load_stored(store(), key)

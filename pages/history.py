@@ -4,7 +4,7 @@ from datetime import datetime
 
 import streamlit as st
 
-from pages.common import URL_PROMPT_LIMIT, settings_to_params, store
+from pages.common import open_in_analyze, store
 from sinkviz.analysis import Settings
 
 st.title("History")
@@ -28,15 +28,9 @@ def show(metas: list[dict]) -> None:
     choice = st.selectbox("Analysis to open", range(len(rows)), format_func=labels.__getitem__,
                           index=selected[0] if selected else 0, key="hist_pick")
     if st.button("Open in Analyze", type="primary"):
-        open_in_analyze(metas[choice])
+        meta = metas[choice]
+        open_in_analyze(Settings(**meta["settings"]), meta["key"], meta["prompt"])
 
-
-def open_in_analyze(meta: dict) -> None:
-    st.session_state.pop("an_ready", None)
-    st.session_state.pop("an_key", None)
-    params = {**settings_to_params(Settings(**meta["settings"])), "key": meta["key"],
-              "prompt": meta["prompt"][:URL_PROMPT_LIMIT]}
-    st.switch_page("pages/analyze.py", query_params=params)
 
 if metas:
     show(metas)

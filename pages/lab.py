@@ -2,10 +2,9 @@
 
 import streamlit as st
 
-from pages.common import EXAMPLES, log, model_picker
+from pages.common import EXAMPLES, guarded, model_picker
 from sinkviz import figures
 from sinkviz.analysis import Settings
-from sinkviz.errors import SinkvizError
 from sinkviz.metrics import layer_sinks
 from sinkviz.mitigation import WindowResult, attention_scaling, sink_token_experiment
 from sinkviz.sweep import shipped_text
@@ -13,18 +12,6 @@ from sinkviz.sweep import shipped_text
 st.title("Mitigation lab")
 model = model_picker("lab")
 scale_tab, window_tab = st.tabs(["Attention scaling", "Sink tokens for windowed attention"])
-
-
-def guarded(run):
-    """Run an experiment; its errors become a message and the page stays usable."""
-    try:
-        return run()
-    except SinkvizError as err:
-        st.error(str(err))
-    except Exception as err:
-        log.exception("lab experiment failed")
-        st.error(f"Experiment failed: {type(err).__name__}: {err}")
-    return None
 
 
 with scale_tab:
@@ -36,7 +23,8 @@ with scale_tab:
     gamma = c2.number_input("γ (logit factor)", 0.05, 4.0, 0.85, 0.05, key="lab_gamma")
     if st.button("Run scaling", type="primary"):
         with st.spinner("two forward passes …"):
-            st.session_state.lab_scale = guarded(lambda: attention_scaling(prompt, Settings(model=model), k, gamma))
+            st.session_state.lab_scale = guarded(
+                lambda: attention_scaling(prompt, Settings(model=model), k, gamma), "Experiment")
     r = st.session_state.get("lab_scale")
     if r is not None:
         m = st.columns(3)
@@ -62,7 +50,7 @@ with window_tab:
         bar = st.progress(0.0, text="full attention …")
         st.session_state.lab_window_result = guarded(lambda: sink_token_experiment(
             shipped_text(), Settings(model=model), window, sinks_n, limit,
-            progress=lambda f: bar.progress(f, text=f"window KV cache … {f:.0%}")))
+            progress=lambda f: bar.progress(f, text=f"window KV cache … {f:.0%}")), "Experiment")
         bar.empty()
     w = st.session_state.get("lab_window_result")
     if w is not None:

@@ -3,10 +3,9 @@
 import numpy as np
 import streamlit as st
 
-from pages.common import log, model_picker, store
+from pages.common import guarded, model_picker, step_progress, store
 from sinkviz import figures
 from sinkviz.analysis import Settings
-from sinkviz.errors import SinkvizError
 from sinkviz.sweep import run_sweep, shipped_text
 
 st.title("Context-length sweep")
@@ -30,22 +29,13 @@ with st.container(border=True):
 
 if run:
     bar = st.progress(0.0, text="tokenizing …")
-
-    def progress(step: str) -> None:
-        done, total = (int(x) for x in step.split("/"))
-        bar.progress((done - 1) / total, text=f"length {done} of {total} …")
-    try:
-        points = run_sweep(text, Settings(model=model), max_tokens=max_tokens or None, store=store(),
-                           progress=progress)
+    points = guarded(lambda: run_sweep(text, Settings(model=model), max_tokens=max_tokens or None,
+                                       store=store(), progress=step_progress(bar, "length")), "Sweep")
+    if points is None:
+        bar.empty()
+    else:
         bar.progress(1.0, text=f"done: {len(points)} lengths, {sum(p.cached for p in points)} from the store")
         st.session_state.sw_points = points
-    except SinkvizError as err:
-        bar.empty()
-        st.error(str(err))
-    except Exception as err:  # out of memory or a bug: say so, keep the page usable
-        log.exception("sweep failed")
-        bar.empty()
-        st.error(f"Sweep failed: {type(err).__name__}: {err}")
 
 points = st.session_state.get("sw_points")
 if points:

@@ -1,6 +1,5 @@
 """Hard to break: odd prompts, faults, operator limits, and properties over random input."""
 
-import os
 import shutil
 
 import numpy as np
