@@ -84,10 +84,7 @@ def _scaled_attention(query, key, value, attention_mask, kwargs, scale, recorder
         if reducer is not None:
             reducer.add(probs, start + n_k - n_q)
     if recorder is not None:
-        recorder.layers.append(reducer.finish())
-        recorder.value_norms.append(row_norms(value[0]).mean(0))
-        recorder.windows.append(window)
-        recorder.causal = causal
+        recorder.append(reducer.finish(), value, window, causal)
     return out.to(query.dtype).transpose(0, 1)[None], None
 
 
@@ -116,9 +113,14 @@ class _Recorder:
         scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
         bias = kwargs.get("position_bias")
         if fused.usable(query, key, attention_mask, causal=causal, bias=bias, map_size=self.map_size):
-            self.layers.append(fused.layer_statistics(query, key, scaling, window, self.map_size))
+            layer = fused.layer_statistics(query, key, scaling, window, self.map_size)
         else:
-            self.layers.append(self._blockwise(query, key, attention_mask, scaling, bias, causal, window))
+            layer = self._blockwise(query, key, attention_mask, scaling, bias, causal, window)
+        self.append(layer, value, window, causal)
+
+    def append(self, layer: dict, value, window, causal: bool) -> None:
+        """Keep one layer's statistics, its value norms [Lk] and its attention pattern."""
+        self.layers.append(layer)
         self.value_norms.append(row_norms(value[0]).mean(0))                   # [Lk]
         self.windows.append(window)
         self.causal = causal
