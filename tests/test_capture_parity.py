@@ -13,6 +13,7 @@ from sinkviz.models import load_model
 from sinkviz.reduce import bin_width
 
 ATOL_FLOAT32 = 1e-5
+ATOL_DEFAULT_MODEL = 1e-6  # still 10x tighter than the 1e-5 asked for; see the default-model test
 ATOL_FLOAT64 = 1e-10  # the reference keeps eager's softmax in float64 (reference.float64_softmax)
 
 
@@ -98,13 +99,14 @@ def test_capture_leaves_model_output_unchanged(tiny_models, arch):
 
 
 def test_default_model_matches_eager_float64(default_model_dir):
-    """Capture in float64 against the float64 reference. (A float32 forward of this model on random
-    ids differs from the float64 one by up to ~4e-5 in a few map cells: the massive activations
-    of sink tokens amplify float32 rounding in the model itself, not in the capture.)"""
+    """Capture in float64 against the float64 reference, to ATOL_DEFAULT_MODEL. Even in float64 the
+    SDPA and eager forwards of this model differ by rounding that its massive activations amplify
+    through 30 layers: measured up to 2.2e-7 (maps) over 25 seeds, so 1e-10 failed on a few
+    percent of seeds. (In float32 the same amplification reaches ~4e-5.)"""
     ids, seed = fresh_ids(48, vocab=49152)
     ids[0, 0] = 1  # <|im_start|>, the default model's BOS
     loaded = load_model("smollm2-135m-instruct", device="cpu", dtype="float64")
     stats = capture(loaded.model, ids, 128)
     att, hidden = eager_attentions(default_model_dir, ids)
     assert stats.n_layers == 30 and stats.n_heads == 9
-    assert_matches_reference(stats, att, hidden, 128, ATOL_FLOAT64, seed)
+    assert_matches_reference(stats, att, hidden, 128, ATOL_DEFAULT_MODEL, seed)
