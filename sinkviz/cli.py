@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command != "prepare":
+            from transformers.utils import logging as hf_logging
+
+            from .metrics import check_first_n
+            hf_logging.set_verbosity_error()
+            if getattr(args, "first", None) is not None:
+                check_first_n(args.first, 10**9)  # range check before any model work
         if args.command == "prepare":
             return _prepare()
         if args.command == "sweep":
@@ -108,14 +115,9 @@ def _read_text(text: str | None, path: str | None) -> str:
 
 
 def _sweep(args) -> int:
-    from transformers.utils import logging as hf_logging
-
     from .analysis import Settings
-    from .metrics import check_first_n
     from .sweep import run_sweep, shipped_text
 
-    hf_logging.set_verbosity_error()
-    check_first_n(args.first, 10**9)
     text = shipped_text() if args.text is None and args.file is None else _read_text(args.text, args.file)
     settings = Settings(model=args.model, use_template=False, device=args.device, dtype=args.dtype)
     points = run_sweep(text, settings, max_tokens=args.max_tokens,
@@ -138,15 +140,10 @@ def _sweep(args) -> int:
 def _audit(args) -> int:
     from pathlib import Path
 
-    from transformers.utils import logging as hf_logging
-
     from .analysis import Settings
     from .audit import audit, audit_csv, read_prompts
     from .errors import BadPrompt
-    from .metrics import check_first_n
 
-    hf_logging.set_verbosity_error()
-    check_first_n(args.first, 10**9)
     try:
         data = Path(args.file).read_bytes()
     except OSError as err:
@@ -164,14 +161,11 @@ def _audit(args) -> int:
 
 
 def _lab(args) -> int:
-    from transformers.utils import logging as hf_logging
-
     from .analysis import Settings
     from .metrics import layer_sinks
     from .mitigation import WindowResult, attention_scaling, sink_token_experiment
     from .sweep import shipped_text
 
-    hf_logging.set_verbosity_error()
     if args.experiment == "scale":
         r = attention_scaling(args.prompt, Settings(model=args.model), args.k, args.gamma)
         report = {"k": r.first_keys, "gamma": r.gamma, "perplexity_before": r.perplexity_before,
@@ -196,17 +190,12 @@ def _lab(args) -> int:
 
 
 def _analyze(args) -> int:
-    from transformers.utils import logging as hf_logging
-
     from .analysis import Settings, analyze
-    from .metrics import check_first_n
     from .report import report_dict
 
-    hf_logging.set_verbosity_error()
     prompt = _read_text(args.prompt, args.prompt_file)
     settings = Settings(model=args.model, use_template=not args.no_template, system=args.system,
                         device=args.device, dtype=args.dtype, max_tokens=args.max_tokens)
-    check_first_n(args.first, 10**9)  # range check before any model work
     analysis = analyze(prompt, settings)
     report = report_dict(analysis, args.first, args.epsilon)
     print(json.dumps(report, allow_nan=False) if args.json else _table(report))
