@@ -17,19 +17,12 @@ from sinkviz.report import report_dict
 from sinkviz.verdict import verdict
 
 TABS = ["Sink mass per layer", "Heatmaps", "Position-0 inspector", "Entropy", "Tokens", "Export"]
+MAP_SIZES = [32, 64, 128, 192, 256]
+# Every widget starts from the URL (a shared link, or the last analysis of this session) through
+# its default value, not through st.session_state: Streamlit drops widget keys that the browser
+# did not report when it sees a page change, and a seeded widget then fell to its minimum.
 params = st.query_params
-
-
-def init_from_url() -> None:
-    """First run of this session: widgets start from the URL's query parameters."""
-    if st.session_state.get("an_ready"):
-        return
-    s = settings_from_params(params)
-    st.session_state.update(
-        an_ready=True, an_prompt=params.get("prompt", EXAMPLES["Prompt A (seed 003)"]),
-        an_template=s.use_template, an_system=s.system or "", an_map=s.map_size,
-        an_first_n=first_n_from_params(params),
-        an_auto=("prompt" in params or "key" in params), an_url_model=s.model)
+url_settings = settings_from_params(params)
 
 
 def fill_example() -> None:
@@ -38,23 +31,27 @@ def fill_example() -> None:
         st.session_state.an_prompt = EXAMPLES[choice]
 
 
-init_from_url()
+if not st.session_state.get("an_ready"):  # this session's first run here, or open_in_analyze
+    st.session_state.update(an_ready=True, an_auto=("prompt" in params or "key" in params))
+
 st.title("Analyze a prompt")
 with st.container(border=True):
-    model = model_picker("an", st.session_state.an_url_model)
+    model = model_picker("an", url_settings.model)
     st.selectbox("Example prompts", ["(your own)"] + list(EXAMPLES), key="an_example", on_change=fill_example)
-    prompt = st.text_area("Prompt", key="an_prompt", height=140)
+    prompt = st.text_area("Prompt", params.get("prompt", EXAMPLES["Prompt A (seed 003)"]), key="an_prompt",
+                          height=140)
     c1, c2, c3 = st.columns([1, 2, 1])
-    use_template = c1.toggle("Chat template", key="an_template",
+    use_template = c1.toggle("Chat template", url_settings.use_template, key="an_template",
                              help="Wrap the prompt as a user turn of the model's chat template; "
                                   "its own tokens are analysed too.")
-    first_n = c2.slider("Sink = the first N tokens", 1, 8, key="an_first_n")
+    first_n = c2.slider("Sink = the first N tokens", 1, 8, first_n_from_params(params), key="an_first_n")
     run = c3.button("Analyze", type="primary", use_container_width=True)
     with st.expander("More settings"):
         system = st.text_input("System turn (chat template only; empty = the template's default)",
-                               key="an_system")
-        map_size = st.select_slider("Full L × L maps up to (tokens; pooled above)",
-                                    [32, 64, 128, 192, 256], key="an_map")
+                               url_settings.system or "", key="an_system")
+        map_size = st.select_slider("Full L × L maps up to (tokens; pooled above)", MAP_SIZES,
+                                    url_settings.map_size if url_settings.map_size in MAP_SIZES
+                                    else Settings().map_size, key="an_map")
         device, dtype = device_dtype_pickers("an", None, None)
         thresholds = threshold_inputs("an")
         epsilon = st.number_input("Sink-rate epsilon (Gu et al.)", 0.01, 0.99, 0.3, 0.05, key="an_eps")

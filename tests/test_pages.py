@@ -102,6 +102,21 @@ def test_shared_url_reproduces_the_analysis():
     assert at.metric[1].value == repr(result.tokens.tokens[0]) == "'Ass'"
 
 
+def test_settings_survive_streamlit_dropping_widget_state():
+    """Streamlit drops widget keys the browser did not report when it sees a page change; the
+    settings must come back from the URL, not fall to the widgets' minimum (what the load test
+    caught: map=32, n=1, template off)."""
+    at = app()
+    at.query_params.update(prompt=PROMPT_A, n="5", map="256", template="1", system="Be brief.")
+    at.session_state["an_ready"] = True  # a later run of this session whose widget keys were dropped
+    at.run()
+    at.button[0].click().run()
+    assert (at.slider(key="an_first_n").value, at.select_slider(key="an_map").value,
+            at.toggle(key="an_template").value, at.text_input(key="an_system").value,
+            at.text_area(key="an_prompt").value) == (5, 256, True, "Be brief.", PROMPT_A)
+    assert at.query_params["key"] == analyze(PROMPT_A, Settings(system="Be brief.", map_size=256)).key
+
+
 def test_compare_plots_every_variant_and_the_difference():
     at = app()
     at.switch_page("pages/compare.py").run()
