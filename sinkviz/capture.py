@@ -60,9 +60,9 @@ def sinkviz_attention(module, query, key, value, attention_mask, **kwargs):
     scale = _first_key_scale.get()
     if scale is not None:
         return _scaled_attention(query, key, value, attention_mask, kwargs, scale, recorder)
-    output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    if recorder is not None:
-        recorder.record(module, query, key, value, attention_mask, kwargs)
+    output = recorder.record(module, query, key, value, attention_mask, kwargs) if recorder else None
+    if output is None:
+        output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     return output, None
 
 
@@ -103,8 +103,10 @@ class _Recorder:
         self.windows: list[int | None] = []
         self.causal = True
 
-    def record(self, module, query, key, value, attention_mask, kwargs) -> None:
-        """query: [1, heads, L, D]; key, value: [1, kv_heads, L, D] (not yet expanded for GQA)."""
+    def record(self, module, query, key, value, attention_mask, kwargs) -> torch.Tensor | None:
+        """Keep this layer's statistics. query: [1, heads, L, D]; key, value: [1, kv_heads, L, D]
+        (not yet expanded for GQA). Returns the attention output where the fused path had to
+        compute it for its log-sum-exp (the same kernel and numbers as SDPA), else None."""
         if query.shape[0] != 1:
             raise ValueError("sinkviz captures one prompt at a time (batch size 1)")
         causal = kwargs.get("is_causal")
@@ -112,11 +114,15 @@ class _Recorder:
         window = kwargs.get("sliding_window")
         scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
         bias = kwargs.get("position_bias")
+        output, lse = None, None
         if fused.usable(query, key, attention_mask, causal=causal, bias=bias, map_size=self.map_size):
-            layer = fused.layer_statistics(query, key, scaling, window, self.map_size)
+            if window is None and not kwargs.get("dropout"):
+                output, lse = fused.attention_with_lse(query, key, value, scaling) or (None, None)
+            layer = fused.layer_statistics(query, key, scaling, window, self.map_size, lse)
         else:
             layer = self._blockwise(query, key, attention_mask, scaling, bias, causal, window)
         self.append(layer, value, window, causal)
+        return output
 
     def append(self, layer: dict, value, window, causal: bool) -> None:
         """Keep one layer's statistics, its value norms [Lk] and its attention pattern."""

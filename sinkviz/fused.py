@@ -1,12 +1,13 @@
 """Fused GPU statistics (Triton): one layer's attention statistics without L x L tensors.
 
-Pass 1 computes each query row's log-sum-exp (base 2) with an online softmax. Pass 2
-recomputes the scores tile by tile, p = 2^(s - lse), and accumulates in the same sweep:
+Each query row's log-sum-exp comes from the forward's own flash attention where SDPA runs
+flash (``attention_with_lse``), else from a pass with an online softmax (``_row_lse``). Then
+the scores are recomputed tile by tile, p = 2^(s - lse), into:
 - the first 8 columns of every row        FIRST [heads, L, 8]   (sink mass for N = 1..8)
 - column sums                              COLS  [heads, L]      (received attention)
 - sum_ij p s per head, so that the entropy summed over rows is ln2 (sum_i lse_i - sum_ij p s)
 - the pooled map                           MAP   [heads, bins, bins]
-Pass 2 runs one program per key block, so column sums need no atomics.
+The sweep runs one program per key block, so column sums need no atomics.
 ``finish_sums`` then turns the sums into the same means as the CPU path (reduce.py).
 Used for causal prefill on CUDA with no explicit mask; everything else takes reduce.py
 (SINKVIZ_FUSED=0 forces that path, for comparison).
@@ -16,6 +17,7 @@ import math
 import os
 
 import torch
+from torch.nn.attention import SDPBackend
 
 from .reduce import MAX_FIRST_N, bin_width, finish_sums
 
@@ -81,45 +83,134 @@ if triton is not None:
         tl.store(LSE + head * L + rows, m_i + tl.log2(l_i), mask=rows < L)
 
     @triton.jit
-    def _stats(Q, K, LSE, FIRST, COLS, PS, MAP, sqh, sqm, skh, skn, L, GROUPS, WINDOW, scale_log2,
+    def _first_columns(Q, K, LSE, FIRST, sqh, sqm, skh, skn, L, GROUPS, WINDOW, scale_log2,
+                       BLOCK_M: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, NFIRST: tl.constexpr):
+        """FIRST[head, i, j] = p_ij for the first NFIRST keys j, one program per query block."""
+        pid_m = tl.program_id(0)
+        head = tl.program_id(1)
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        dims = tl.arange(0, D)
+        q = tl.load(Q + head * sqh + rows[:, None] * sqm + dims[None, :], mask=rows[:, None] < L, other=0.0)
+        lse = tl.load(LSE + head * L + rows, mask=rows < L, other=float("inf"))
+        s = _scores(q, K, head // GROUPS, skh, skn, 0, rows, L, WINDOW, scale_log2, 16, D, PREC)  # [M, 16]
+        p = tl.exp2(s - lse[:, None])
+        cols = tl.arange(0, 16)
+        tl.store(FIRST + (head * L + rows[:, None]) * NFIRST + cols[None, :], p,
+                 mask=(rows[:, None] < L) & (cols[None, :] < NFIRST))
+
+    @triton.jit
+    def _probs_t(Q, LSE, k, head, sqh, sqm, start, key0, L, WINDOW, scale_log2, MASK: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
+        """(p, s) of one tile transposed, [keys, queries], s in log2 units. Rows past L get
+        lse = inf, so p = 0 there without a mask; MASK applies causality and the window."""
+        keys = key0 + tl.arange(0, BLOCK_N)
+        rows = start + tl.arange(0, BLOCK_M)
+        dims = tl.arange(0, D)
+        q = tl.load(Q + head * sqh + rows[:, None] * sqm + dims[None, :], mask=rows[:, None] < L, other=0.0)
+        lse = tl.load(LSE + head * L + rows, mask=rows < L, other=float("inf"))
+        s = tl.dot(k, tl.trans(q), input_precision=PREC) * scale_log2
+        p = tl.exp2(s - lse[None, :])
+        if MASK:
+            ok = (keys[:, None] <= rows[None, :]) & (rows[None, :] - keys[:, None] < WINDOW)
+            p = tl.where(ok, p, 0.0)
+            s = tl.where(ok, s, 0.0)
+        return p, s
+
+    @triton.jit
+    def _pooled_tile(Q, LSE, k, MAP, head, sqh, sqm, start, key0, key_sum, p_dot_s, L, WINDOW, scale_log2,
+                     WIDTH, BINS, MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     D: tl.constexpr, PREC: tl.constexpr, RW: tl.constexpr, CW: tl.constexpr):
+        """One tile into the key sums, sum p*s, and the pooled map (bins of RW x CW within the tile)."""
+        p, s = _probs_t(Q, LSE, k, head, sqh, sqm, start, key0, L, WINDOW, scale_log2, MASK,
+                        BLOCK_M, BLOCK_N, D, PREC)
+        pooled = tl.sum(tl.sum(tl.reshape(p, [BLOCK_N // CW, CW, BLOCK_M // RW, RW]), 3), 1)
+        row_bins = (start + tl.arange(0, BLOCK_M // RW) * RW) // WIDTH
+        col_bins = (key0 + tl.arange(0, BLOCK_N // CW) * CW) // WIDTH
+        tl.atomic_add(MAP + head * BINS * BINS + row_bins[None, :] * BINS + col_bins[:, None], pooled,
+                      mask=(row_bins[None, :] < BINS) & (col_bins[:, None] < BINS))
+        return key_sum + tl.sum(p, 1), p_dot_s + tl.sum(p * s, 1)
+
+    @triton.jit
+    def _stats(Q, K, LSE, COLS, PS, MAP, sqh, sqm, skh, skn, L, GROUPS, WINDOW, scale_log2,
                WIDTH, BINS, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-               PREC: tl.constexpr, RW: tl.constexpr, CW: tl.constexpr, NFIRST: tl.constexpr):
-        """One program per (key block, head), sweeping the query blocks that can see it: column
-        sums stay in registers; sum p*s over the sweep is one atomic per program."""
+               PREC: tl.constexpr, RW: tl.constexpr, CW: tl.constexpr, BIN_LOOP: tl.constexpr,
+               HAS_WINDOW: tl.constexpr):
+        """One program per (key block, head), sweeping the query blocks that see it, with tiles
+        transposed ([keys, queries]) so that key sums reduce within a warp. Tiles on the
+        diagonal are masked; the rest only where a window is. With BIN_LOOP (bins a multiple of
+        both blocks) the sweep goes bin by bin and adds each pooled cell with one atomic."""
         pid_n = tl.program_id(0)
         head = tl.program_id(1)
-        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        key0 = pid_n * BLOCK_N
+        keys = key0 + tl.arange(0, BLOCK_N)
         dims = tl.arange(0, D)
-        k = tl.load(K + (head // GROUPS) * skh + cols[:, None] * skn + dims[None, :],
-                    mask=cols[:, None] < L, other=0.0)
-        col_sum = tl.zeros([BLOCK_N], tl.float32)
-        p_dot_s = tl.zeros([BLOCK_M], tl.float32)
-        col_bins = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N // CW) * CW) // WIDTH
-        lo = pid_n * BLOCK_N // BLOCK_M * BLOCK_M
-        hi = tl.minimum(L, pid_n * BLOCK_N + BLOCK_N + WINDOW - 1)
-        for start in range(lo, hi, BLOCK_M):
-            rows = start + tl.arange(0, BLOCK_M)
-            q = tl.load(Q + head * sqh + rows[:, None] * sqm + dims[None, :], mask=rows[:, None] < L, other=0.0)
-            lse = tl.load(LSE + head * L + rows, mask=rows < L, other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale_log2
-            ok = _visible(rows, cols, L, WINDOW)
-            p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
-            p_dot_s += tl.sum(tl.where(ok, p * s, 0.0), 1)
-            col_sum += tl.sum(p, 0)
-            if pid_n == 0:
-                tl.store(FIRST + (head * L + rows[:, None]) * NFIRST + cols[None, :], p,
-                         mask=(rows[:, None] < L) & (cols[None, :] < NFIRST))
-            pooled = tl.sum(tl.sum(tl.reshape(p, [BLOCK_M // RW, RW, BLOCK_N // CW, CW]), 3), 1)
-            row_bins = (start + tl.arange(0, BLOCK_M // RW) * RW) // WIDTH
-            tl.atomic_add(MAP + head * BINS * BINS + row_bins[:, None] * BINS + col_bins[None, :], pooled,
-                          mask=(row_bins[:, None] < BINS) & (col_bins[None, :] < BINS))
-        tl.store(COLS + head * L + cols, col_sum, mask=cols < L)
+        k = tl.load(K + (head // GROUPS) * skh + keys[:, None] * skn + dims[None, :],
+                    mask=keys[:, None] < L, other=0.0)
+        key_sum = tl.zeros([BLOCK_N], tl.float32)
+        p_dot_s = tl.zeros([BLOCK_N], tl.float32)
+        lo = key0 // BLOCK_M * BLOCK_M
+        hi = tl.minimum(L, key0 + BLOCK_N + WINDOW - 1)
+        full = tl.minimum(hi, tl.cdiv(key0 + BLOCK_N - 1, BLOCK_M) * BLOCK_M)  # first row that sees every key
+        for start in range(lo, full, BLOCK_M):
+            key_sum, p_dot_s = _pooled_tile(Q, LSE, k, MAP, head, sqh, sqm, start, key0, key_sum, p_dot_s,
+                                            L, WINDOW, scale_log2, WIDTH, BINS, True, BLOCK_M, BLOCK_N, D,
+                                            PREC, RW, CW)
+        if BIN_LOOP:
+            col_bin = key0 // WIDTH
+            for bin_start in range(full // WIDTH * WIDTH, hi, WIDTH):
+                in_bin = tl.zeros([BLOCK_N], tl.float32)
+                for start in range(tl.maximum(bin_start, full), tl.minimum(bin_start + WIDTH, hi), BLOCK_M):
+                    p, s = _probs_t(Q, LSE, k, head, sqh, sqm, start, key0, L, WINDOW, scale_log2,
+                                    HAS_WINDOW, BLOCK_M, BLOCK_N, D, PREC)
+                    in_bin += tl.sum(p, 1)
+                    p_dot_s += tl.sum(p * s, 1)
+                key_sum += in_bin
+                tl.atomic_add(MAP + head * BINS * BINS + (bin_start // WIDTH) * BINS + col_bin, tl.sum(in_bin, 0))
+        else:
+            for start in range(full, hi, BLOCK_M):
+                key_sum, p_dot_s = _pooled_tile(Q, LSE, k, MAP, head, sqh, sqm, start, key0, key_sum, p_dot_s,
+                                                L, WINDOW, scale_log2, WIDTH, BINS, HAS_WINDOW, BLOCK_M,
+                                                BLOCK_N, D, PREC, RW, CW)
+        tl.store(COLS + head * L + keys, key_sum, mask=keys < L)
         tl.atomic_add(PS + head, tl.sum(p_dot_s, 0).to(tl.float64))
 
 
+# SDPA's fused kernels, called through the ops that also return the log-sum-exp (natural log).
+_WITH_LSE = {
+    SDPBackend.FLASH_ATTENTION.value: lambda q, k, v, scale: torch.ops.aten._scaled_dot_product_flash_attention(
+        q, k, v, 0.0, True, False, scale=scale),
+    SDPBackend.CUDNN_ATTENTION.value: lambda q, k, v, scale: torch.ops.aten._scaled_dot_product_cudnn_attention(
+        q, k, v, None, True, 0.0, True, False, scale=scale),
+    SDPBackend.EFFICIENT_ATTENTION.value: lambda q, k, v, scale: torch.ops.aten._scaled_dot_product_efficient_attention(
+        q, k, v, None, True, 0.0, True, scale=scale),
+}
+
+
+def sdpa_backend(query, key, value, scaling: float) -> int:
+    """The SDPBackend value SDPA picks for causal attention on these inputs."""
+    gqa = query.shape[1] != key.shape[1]
+    return torch._fused_sdp_choice(query, key, value, None, 0.0, True, scale=scaling, enable_gqa=gqa)
+
+
+def attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                       scaling: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Causal attention from the kernel SDPA itself picks, called through the op that also
+    returns its log-sum-exp: (output [1, L, heads, D] as transformers' SDPA returns it,
+    lse [heads, L] in natural log). None where SDPA would take another path (its math
+    fallback, or memory-efficient attention with GQA, which it runs on expanded keys)."""
+    backend = sdpa_backend(query, key, value, scaling)
+    gqa = query.shape[1] != key.shape[1]
+    if backend not in _WITH_LSE or (gqa and backend == SDPBackend.EFFICIENT_ATTENTION.value):
+        return None
+    out, lse = _WITH_LSE[backend](query, key, value, scaling)[:2]
+    n = query.shape[2]
+    return out.transpose(1, 2).contiguous(), lse.reshape(lse.shape[0], lse.shape[1], -1)[0, :, :n]
+
+
 def layer_statistics(query: torch.Tensor, key: torch.Tensor, scaling: float, window: int | None,
-                     map_size: int) -> dict[str, torch.Tensor]:
-    """query [1, heads, L, D], key [1, kv_heads, L, D] -> the dict of reduce.finish_sums."""
+                     map_size: int, lse: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """query [1, heads, L, D], key [1, kv_heads, L, D] -> the dict of reduce.finish_sums.
+    ``lse`` [heads, L] (natural log, from the forward's attention) saves the pass that computes it."""
     q, k = query[0], key[0]
     if q.stride(-1) != 1:
         q = q.contiguous()
@@ -129,20 +220,26 @@ def layer_statistics(query: torch.Tensor, key: torch.Tensor, scaling: float, win
     width = bin_width(n, map_size)
     bins = -(-n // width)
     f32 = dict(device=q.device, dtype=torch.float32)
-    lse, cols = torch.empty(heads, n, **f32), torch.empty(heads, n, **f32)
-    first = torch.zeros(heads, n, MAX_FIRST_N, **f32)
+    cols = torch.empty(heads, n, **f32)
+    first = torch.empty(heads, n, MAX_FIRST_N, **f32)
     p_dot_s = torch.zeros(heads, device=q.device, dtype=torch.float64)
     maps = torch.zeros(heads, bins, bins, **f32)
     block_m, block_n = CONFIG["BLOCK_M"], CONFIG["BLOCK_N"]
     common = dict(sqh=q.stride(0), sqm=q.stride(1), skh=k.stride(0), skn=k.stride(1), L=n,
                   GROUPS=heads // k.shape[0], WINDOW=window or NO_WINDOW, scale_log2=scaling * LOG2E,
-                  BLOCK_M=block_m, BLOCK_N=block_n, D=dim,
-                  PREC="ieee" if q.dtype == torch.float32 else "tf32",
+                  D=dim, PREC="ieee" if q.dtype == torch.float32 else "tf32",
                   num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"])
-    _row_lse[(triton.cdiv(n, block_m), heads)](q, k, lse, **common)
+    if lse is None:
+        lse = torch.empty(heads, n, **f32)
+        _row_lse[(triton.cdiv(n, block_m), heads)](q, k, lse, **common, BLOCK_M=block_m, BLOCK_N=block_n)
+    else:
+        lse = (lse.float() * LOG2E).contiguous()                                # [heads, L], log2 units
+    _first_columns[(triton.cdiv(n, block_m), heads)](q, k, lse, first, **common, BLOCK_M=block_m,
+                                                     NFIRST=MAX_FIRST_N)
     _stats[(triton.cdiv(n, block_n), heads)](
-        q, k, lse, first, cols, p_dot_s, maps, **common, WIDTH=width, BINS=bins,
-        RW=math.gcd(width, block_m), CW=math.gcd(width, block_n), NFIRST=MAX_FIRST_N)
+        q, k, lse, cols, p_dot_s, maps, **common, BLOCK_M=block_m, BLOCK_N=block_n, WIDTH=width, BINS=bins,
+        RW=math.gcd(width, block_m), CW=math.gcd(width, block_n),
+        BIN_LOOP=width % block_m == 0 and width % block_n == 0, HAS_WINDOW=window is not None)
     positions = torch.arange(n, device=q.device)
     valid = (positions[:, None] >= torch.arange(1, MAX_FIRST_N + 1, device=q.device)[None, :])
     sink_sum = (first.cumsum(-1) * valid).sum(1)                                # [heads, 8]
