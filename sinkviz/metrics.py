@@ -86,6 +86,14 @@ def sink_rate(stats: AttentionStats, epsilon: float = SINK_RATE_EPSILON) -> floa
     return float(100.0 * np.mean(stats.received[:, :, 0] > epsilon))
 
 
+def uniform_entropy(n_tokens: int, causal: bool = True) -> float:
+    """Mean row entropy (nats) if every query spread attention evenly over the keys it sees.
+    Causal: mean_{i=0}^{L-1} ln(i + 1). Bidirectional: ln L."""
+    if not causal:
+        return float(np.log(n_tokens))
+    return float(np.mean(np.log(np.arange(1, n_tokens + 1))))
+
+
 def layer_entropy(stats: AttentionStats) -> np.ndarray:
     """[layers] mean over heads and queries of -sum_j a log a, in nats."""
     return stats.entropy.mean(axis=1)

@@ -15,7 +15,7 @@ import torch
 
 from . import capture
 from .analysis import Settings
-from .errors import BadSetting
+from .errors import BadSetting, UnsupportedArchitecture
 from .models import get_model
 from .prompts import TokenizedPrompt, tokenize
 from .stats import AttentionStats
@@ -46,12 +46,22 @@ def top5(tokenizer, logits: torch.Tensor) -> tuple[tuple[str, float], ...]:
     return tuple((tokenizer.decode([int(i)]), float(p)) for p, i in zip(probs, ids))
 
 
+def language_model(settings: Settings):
+    """The loaded model, refused unless it predicts next tokens (both experiments need logits)."""
+    loaded = get_model(settings.model, settings.device, settings.dtype)
+    if loaded.model.get_output_embeddings() is None:
+        raise UnsupportedArchitecture(f"{loaded.info.label} ({loaded.info.architecture}) has no language-model "
+                                      "head: these experiments measure next-token loss, so they need a "
+                                      "causal language model")
+    return loaded
+
+
 def attention_scaling(prompt: str, settings: Settings = Settings(), first_keys: int = 10,
                       gamma: float = 0.85) -> ScalingResult:
     """Run the prompt twice, plain and with the first ``first_keys`` keys' logits times gamma."""
     if first_keys < 1 or not 0.0 < gamma <= 4.0:
         raise BadSetting("K must be at least 1 and gamma between 0 and 4")
-    loaded = get_model(settings.model, settings.device, settings.dtype)
+    loaded = language_model(settings)
     tokens = tokenize(loaded.tokenizer, prompt, settings.use_template, settings.system)
     ids = torch.tensor([tokens.token_ids], device=loaded.model.device)
     with loaded.lock:
@@ -112,7 +122,7 @@ def sink_token_experiment(text: str, settings: Settings = Settings(), window: in
     """Per-token loss with full attention, a window KV cache with sink tokens, and one without."""
     if not 0 <= sinks < window:
         raise BadSetting("need 0 <= sinks < window")
-    loaded = get_model(settings.model, settings.device, settings.dtype)
+    loaded = language_model(settings)
     tokens = tokenize(loaded.tokenizer, text, use_template=False)
     ids = torch.tensor(tokens.token_ids[:max_tokens] if max_tokens else tokens.token_ids,
                        device=loaded.model.device)

@@ -45,15 +45,16 @@ def sweep_lengths(available: int, start: int = START) -> list[int]:
 
 
 def prefix_prompts(text: str, settings: Settings) -> list[str]:
-    """The text cut after each sweep length (in tokens of the model's tokenizer), as strings;
-    the longest is capped by the same limit analyze() applies."""
+    """The text cut after each sweep length (in tokens of the model's tokenizer, counting the
+    special tokens it adds, such as a BOS or [CLS] ... [SEP]), as strings; the longest is capped
+    by the same limit analyze() applies."""
     check_prompt(text)
     loaded = get_model(settings.model, settings.device, settings.dtype)
     tokenizer = loaded.tokenizer
-    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-    special = 1 if ids and ids[0] == tokenizer.bos_token_id else 0   # the tokenizer adds it again
-    limit = min(len(ids), token_limit(settings, loaded.info) or len(ids))
-    return [tokenizer.decode(ids[special:n], skip_special_tokens=False) for n in sweep_lengths(limit)]
+    extra = tokenizer.num_special_tokens_to_add()                 # analyze() adds them again
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    limit = min(len(ids) + extra, token_limit(settings, loaded.info) or len(ids) + extra)
+    return [tokenizer.decode(ids[:n - extra]) for n in sweep_lengths(limit)]
 
 
 def run_sweep(text: str, settings: Settings, *, max_tokens: int | None = None,

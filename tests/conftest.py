@@ -41,10 +41,10 @@ def tiny_configs() -> dict:
     }
 
 
-def save_tiny_model(config, folder, seed=0, safe=True):
+def save_tiny_model(config, folder, seed=0, safe=True, model_class=None):
     from transformers import AutoModelForCausalLM
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
+    model = (model_class or AutoModelForCausalLM).from_config(config)
     with torch.no_grad():  # larger random weights give peaked, sink-like attention to test
         for p in model.parameters():
             p.mul_(3.0)

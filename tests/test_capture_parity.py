@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import VOCAB, tiny_configs
+from conftest import VOCAB, save_tiny_model, tiny_configs
 from reference import eager_attentions, reference_stats
 from sinkviz.capture import capture
+from sinkviz.metrics import layer_sinks
 from sinkviz.models import load_model
 from sinkviz.reduce import bin_width
 
@@ -52,6 +53,36 @@ def test_float64_capture_is_exact(tiny_models, arch):
     stats = capture(loaded.model, ids, 32)
     att, hidden = eager_attentions(tiny_models[arch], ids)
     assert_matches_reference(stats, att, hidden, 32, ATOL_FLOAT64, seed)
+
+
+@pytest.mark.parametrize("dtype,atol", [("float32", ATOL_FLOAT32), ("float64", ATOL_FLOAT64)])
+def test_bidirectional_encoder_matches_eager(tmp_path, dtype, atol):
+    """A BERT-style encoder (all-MiniLM's architecture): every query sees every key."""
+    from transformers import AutoModel, BertConfig
+    config = BertConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                        num_attention_heads=4, max_position_embeddings=512)
+    folder = save_tiny_model(config, tmp_path / "bert", model_class=AutoModel)
+    ids, seed = fresh_ids(300)
+    loaded = load_model(folder, device="cpu", dtype=dtype)
+    stats = capture(loaded.model, ids, 64)
+    assert (loaded.info.architecture, stats.causal) == ("BertModel", False)
+    att, hidden = eager_attentions(folder, ids, AutoModel)
+    assert_matches_reference(stats, att, hidden, 64, atol, seed)
+    assert layer_sinks(stats, 3).baseline == pytest.approx(3 / 300)
+
+
+def test_embedded_encoder_matches_eager_float64():
+    """all-MiniLM-L6-v2 from its PyPI package: [CLS] first, [SEP] last, bidirectional statistics."""
+    from transformers import AutoModel
+    from sinkviz.embedded import ensure_converted
+    folder = ensure_converted("all-minilm-l6-v2")
+    loaded = load_model("all-minilm-l6-v2", device="cpu", dtype="float64")
+    ids = loaded.tokenizer("Attention sinks soak up attention in encoders too.", return_tensors="pt")["input_ids"]
+    stats = capture(loaded.model, ids, 32)
+    tokens = loaded.tokenizer.convert_ids_to_tokens(ids[0])
+    assert (tokens[0], tokens[-1], stats.causal, loaded.info.n_layers) == ("[CLS]", "[SEP]", False, 6)
+    att, hidden = eager_attentions(folder, ids, AutoModel)
+    assert_matches_reference(stats, att, hidden, 32, ATOL_FLOAT64, "fixed prompt")
 
 
 def test_sliding_window_is_recorded(tiny_models):

@@ -6,7 +6,7 @@ import pytest
 from reference import reference_stats
 from sinkviz.errors import BadPrompt, BadSetting
 from sinkviz.metrics import (Thresholds, layer_entropy, layer_sinks, norm_vs_median, sink_rate,
-                             top_sink, uniform_baseline)
+                             top_sink, uniform_baseline, uniform_entropy)
 from sinkviz.stats import AttentionStats
 
 
@@ -90,6 +90,10 @@ def test_entropy_of_uniform_rows():
     L = 16
     stats = stats_from(uniform_causal(1, 1, L))
     assert layer_entropy(stats)[0] == pytest.approx(np.mean(np.log(np.arange(1, L + 1))))
+    assert uniform_entropy(L) == pytest.approx(layer_entropy(stats)[0], rel=1e-12)
+    bidirectional = stats_from(np.full((1, 1, L, L), 1.0 / L), causal=False)
+    assert uniform_entropy(L, causal=False) == pytest.approx(layer_entropy(bidirectional)[0], rel=1e-12)
+    assert uniform_entropy(L, causal=False) == pytest.approx(np.log(16))
 
 
 def test_norm_vs_median():

@@ -10,7 +10,7 @@ from conftest import random_words
 from sinkviz import capture
 from sinkviz.analysis import Settings
 from sinkviz.cli import main
-from sinkviz.errors import BadSetting
+from sinkviz.errors import BadSetting, UnsupportedArchitecture
 from sinkviz.metrics import layer_sinks
 from sinkviz.mitigation import attention_scaling, cached_window_losses, full_losses, sink_token_experiment
 from sinkviz.models import load_model
@@ -88,3 +88,13 @@ def test_lab_page_plots_the_engine_numbers(app_test):
     np.testing.assert_allclose(array(bars["data"][0]["y"]), layer_sinks(r.before, 3).sink_mass, rtol=1e-6)
     np.testing.assert_allclose(array(bars["data"][1]["y"]), layer_sinks(r.after, 3).sink_mass, rtol=1e-6)
     np.testing.assert_allclose(array(by_title(at, "KL(before")["data"][0]["y"]), r.kl, atol=1e-9)
+
+
+def test_encoder_is_refused_with_a_reason():
+    settings = Settings(model="all-minilm-l6-v2")
+    message = ("all-MiniLM-L6-v2 (embedded, offline; encoder, bidirectional) (BertModel) has no language-model "
+               "head: these experiments measure next-token loss, so they need a causal language model")
+    for run in (lambda: attention_scaling("The sink.", settings), lambda: sink_token_experiment("a b c d e", settings)):
+        with pytest.raises(UnsupportedArchitecture) as err:
+            run()
+        assert str(err.value) == message

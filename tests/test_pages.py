@@ -117,6 +117,22 @@ def test_settings_survive_streamlit_dropping_widget_state():
     assert at.query_params["key"] == analyze(PROMPT_A, Settings(system="Be brief.", map_size=256)).key
 
 
+def test_embedded_encoder_from_the_picker():
+    from sinkviz.embedded import EMBEDDED
+    from sinkviz.metrics import uniform_entropy
+    at = app()
+    at.run()
+    at.selectbox(key="an_model_choice").set_value(EMBEDDED["all-minilm-l6-v2"].label)
+    at.text_area(key="an_prompt").set_value(PROMPT_A)
+    at.session_state["an_tab"] = "Entropy"
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    result = analyze(PROMPT_A, Settings(model="all-minilm-l6-v2"))
+    assert (at.metric[0].value, at.metric[1].value) == (str(result.stats.n_tokens), "'[CLS]'")
+    uniform = by_title(at, "Attention entropy per layer (nats, mean over heads and queries)")["layout"]["shapes"]
+    assert uniform[0]["y0"] == pytest.approx(uniform_entropy(result.stats.n_tokens, causal=False))
+
+
 def test_compare_plots_every_variant_and_the_difference():
     at = app()
     at.switch_page("pages/compare.py").run()

@@ -83,3 +83,12 @@ def test_guard_refuses_with_the_longest_length_that_fits(tiny_models, monkeypatc
     assert str(info.value).startswith("a 5,000-token prompt needs about ")
     assert str(info.value).endswith(f"the longest that fits is about {fit:,} tokens")
     assert 300 <= fit < 5000
+
+
+def test_encoder_sweep_counts_cls_and_sep_and_stops_at_its_context():
+    from sinkviz.models import get_model
+    from sinkviz.sweep import prefix_prompts, shipped_text
+    settings = Settings(model="all-minilm-l6-v2", use_template=False)
+    tokenizer = get_model(settings.model).tokenizer
+    lengths = [len(tokenizer(p)["input_ids"]) for p in prefix_prompts(shipped_text(), settings)]
+    assert lengths == [256, 512]
