@@ -45,6 +45,7 @@ with st.sidebar:  # after the page, so it names the model the page just used
         st.markdown(f"**Model:** {info.label}  \n**Architecture:** {info.architecture}  \n"
                     f"**Device:** {info.device} · **dtype:** {info.dtype}  \n"
                     f"{info.n_layers} layers · {info.n_heads} heads · {info.n_kv_heads} KV heads  \n"
-                    f"context {info.max_context or '?'} · BOS {info.bos_token!r}")
+                    f"context {info.max_context or '?'} · "
+                    + (f"BOS {info.bos_token!r}" if info.bos_token else "no BOS token"))
     else:
         st.markdown(f"**Model:** {EMBEDDED[DEFAULT_MODEL].label}  \n**Device:** {pick_device()} (auto)")
