@@ -1,8 +1,10 @@
 """Fused GPU statistics (Triton): one layer's attention statistics without L x L tensors.
 
-Each query row's log-sum-exp comes from the forward's own flash attention where SDPA runs
-flash (``attention_with_lse``), else from a pass with an online softmax (``_row_lse``). Then
-the scores are recomputed tile by tile, p = 2^(s - lse), into:
+Each query row's log-sum-exp comes from the forward's own attention: ``attention_with_lse``
+calls the kernel SDPA picks (flash, cuDNN or memory-efficient attention) through the op that
+also returns it, with the same output bit for bit. Where no such kernel runs (a sliding
+window, or GQA on memory-efficient attention) ``_row_lse`` computes it with an online softmax.
+Then the scores are recomputed tile by tile, p = 2^(s - lse), into:
 - the first 8 columns of every row        FIRST [heads, L, 8]   (sink mass for N = 1..8)
 - column sums                              COLS  [heads, L]      (received attention)
 - sum_ij p s per head, so that the entropy summed over rows is ln2 (sum_i lse_i - sum_ij p s)

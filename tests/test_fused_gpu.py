@@ -57,16 +57,18 @@ def test_kernel_matches_blockwise(lse_given, dtype, atol, heads, kv_heads, lengt
                                    msg=lambda m: f"{name}, seed {seed}: {m}")
 
 
-@pytest.mark.parametrize("heads,kv_heads,length,dim", [(32, 8, 3000, 128), (9, 3, 5000, 64), (4, 4, 777, 64)])
-def test_attention_with_lse_is_sdpa_bit_for_bit(heads, kv_heads, length, dim):
+@pytest.mark.parametrize("heads,kv_heads,length,dim,dtype", [
+    (32, 8, 3000, 128, torch.bfloat16), (9, 3, 5000, 64, torch.bfloat16), (4, 4, 777, 64, torch.bfloat16),
+    (8, 2, 1500, 64, torch.float16), (4, 4, 1000, 64, torch.float32)])
+def test_attention_with_lse_is_sdpa_bit_for_bit(heads, kv_heads, length, dim, dtype):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    seed, q, k, v = random_qkv(heads, kv_heads, length, dim, torch.bfloat16)
+    seed, q, k, v = random_qkv(heads, kv_heads, length, dim, dtype)
     module = torch.nn.Module()
     module.is_causal, module.num_key_value_groups = True, heads // kv_heads
     found = fused.attention_with_lse(q, k, v, dim ** -0.5)
     assert found is not None, f"SDPA picked backend {fused.sdpa_backend(q, k, v, dim ** -0.5)}"
     expected, _ = sdpa_attention_forward(module, q, k, v, None, scaling=dim ** -0.5)
-    assert torch.equal(found[0], expected), seed
+    assert torch.equal(found[0], expected), (fused.sdpa_backend(q, k, v, dim ** -0.5), seed)
     torch.testing.assert_close(found[1].double(), reference_lse(q, k, dim ** -0.5, None), atol=1e-4, rtol=0,
                                msg=lambda m: f"seed {seed}: {m}")
 
