@@ -60,7 +60,7 @@ def sinkviz_attention(module, query, key, value, attention_mask, **kwargs):
     scale = _first_key_scale.get()
     if scale is not None:
         return _scaled_attention(query, key, value, attention_mask, kwargs, scale, recorder)
-    output = recorder.record(module, query, key, value, attention_mask, kwargs) if recorder else None
+    output = recorder.record(module, query, key, value, attention_mask, kwargs) if recorder is not None else None
     if output is None:
         output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     return output, None

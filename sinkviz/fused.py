@@ -55,6 +55,13 @@ if triton is not None:
         return (cols[None, :] <= rows[:, None]) & (rows[:, None] < L) & (rows[:, None] - cols[None, :] < WINDOW)
 
     @triton.jit
+    def _query_block(Q, head, sqh, sqm, start, L, BLOCK_M: tl.constexpr, D: tl.constexpr):
+        """(rows, q [BLOCK_M, D]) of the query block that starts at ``start``; zeros past L."""
+        rows = start + tl.arange(0, BLOCK_M)
+        dims = tl.arange(0, D)
+        return rows, tl.load(Q + head * sqh + rows[:, None] * sqm + dims[None, :], mask=rows[:, None] < L, other=0.0)
+
+    @triton.jit
     def _scores(q, K, kv_head, skh, skn, start, rows, L, WINDOW, scale_log2,
                 BLOCK_N: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
         """Scores of one tile in log2 units, -inf where causality or the window hides the key."""
@@ -69,9 +76,7 @@ if triton is not None:
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
         pid_m = tl.program_id(0)
         head = tl.program_id(1)
-        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        dims = tl.arange(0, D)
-        q = tl.load(Q + head * sqh + rows[:, None] * sqm + dims[None, :], mask=rows[:, None] < L, other=0.0)
+        rows, q = _query_block(Q, head, sqh, sqm, pid_m * BLOCK_M, L, BLOCK_M, D)
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         lo = tl.maximum(0, pid_m * BLOCK_M - WINDOW + 1) // BLOCK_N * BLOCK_N
@@ -90,9 +95,7 @@ if triton is not None:
         """FIRST[head, i, j] = p_ij for the first NFIRST keys j, one program per query block."""
         pid_m = tl.program_id(0)
         head = tl.program_id(1)
-        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        dims = tl.arange(0, D)
-        q = tl.load(Q + head * sqh + rows[:, None] * sqm + dims[None, :], mask=rows[:, None] < L, other=0.0)
+        rows, q = _query_block(Q, head, sqh, sqm, pid_m * BLOCK_M, L, BLOCK_M, D)
         lse = tl.load(LSE + head * L + rows, mask=rows < L, other=float("inf"))
         s = _scores(q, K, head // GROUPS, skh, skn, 0, rows, L, WINDOW, scale_log2, 16, D, PREC)  # [M, 16]
         p = tl.exp2(s - lse[:, None])
@@ -106,9 +109,7 @@ if triton is not None:
         """(p, s) of one tile transposed, [keys, queries], s in log2 units. Rows past L get
         lse = inf, so p = 0 there without a mask; MASK applies causality and the window."""
         keys = key0 + tl.arange(0, BLOCK_N)
-        rows = start + tl.arange(0, BLOCK_M)
-        dims = tl.arange(0, D)
-        q = tl.load(Q + head * sqh + rows[:, None] * sqm + dims[None, :], mask=rows[:, None] < L, other=0.0)
+        rows, q = _query_block(Q, head, sqh, sqm, start, L, BLOCK_M, D)
         lse = tl.load(LSE + head * L + rows, mask=rows < L, other=float("inf"))
         s = tl.dot(k, tl.trans(q), input_precision=PREC) * scale_log2
         p = tl.exp2(s - lse[None, :])
