@@ -129,9 +129,12 @@ def open_in_analyze(settings: Settings, key: str, prompt: str, first_n: int | No
 
 
 def open_stored(key: str) -> Analysis | None:
-    """A stored analysis (marked as served by the store), or None."""
+    """A stored analysis (marked as served by the store), or None. The sidebar then names its model."""
     found = load_stored(store(), key)
-    return None if found is None else replace(found, cached=True)
+    if found is None:
+        return None
+    st.session_state["last_model_info"] = found.model
+    return replace(found, cached=True)
 
 
 def first_n_from_params(params, default: int = 3) -> int:

@@ -183,6 +183,16 @@ def test_history_reopens_in_analyze():
     assert "from the result store" in " ".join(c.value for c in at.caption)
 
 
+def test_shared_url_of_a_stored_result_names_its_model_in_the_sidebar():
+    from sinkviz.store import ResultStore
+    stored = analyze(PROMPT_B, Settings(model="all-minilm-l6-v2"), store=ResultStore())
+    at = app()
+    at.query_params.update(key=stored.key, model="all-minilm-l6-v2")
+    at.run()
+    assert not at.exception and "from the result store" in " ".join(c.value for c in at.caption)
+    assert stored.model.label in at.sidebar.markdown[-1].value
+
+
 def test_failed_model_load_leaves_the_page_usable():
     at = app().run()
     at.selectbox(key="an_model_choice").set_value("Other: a Hugging Face id or a local folder").run()
