@@ -200,12 +200,16 @@ def attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
     """Causal attention from the kernel SDPA itself picks, called through the op that also
     returns its log-sum-exp: (output [1, L, heads, D] as transformers' SDPA returns it,
     lse [heads, L] in natural log). None where SDPA would take another path (its math
-    fallback, or memory-efficient attention with GQA, which it runs on expanded keys)."""
-    backend = sdpa_backend(query, key, value, scaling)
-    gqa = query.shape[1] != key.shape[1]
-    if backend not in _WITH_LSE or (gqa and backend == SDPBackend.EFFICIENT_ATTENTION.value):
+    fallback, or memory-efficient attention with GQA, which it runs on expanded keys) and where
+    this torch lacks these private ops or the device lacks the kernel: then ``_row_lse`` runs."""
+    try:
+        backend = sdpa_backend(query, key, value, scaling)
+        gqa = query.shape[1] != key.shape[1]
+        if backend not in _WITH_LSE or (gqa and backend == SDPBackend.EFFICIENT_ATTENTION.value):
+            return None
+        out, lse = _WITH_LSE[backend](query, key, value, scaling)[:2]
+    except (AttributeError, NotImplementedError):  # not out-of-memory: that must reach the caller
         return None
-    out, lse = _WITH_LSE[backend](query, key, value, scaling)[:2]
     n = query.shape[2]
     return out.transpose(1, 2).contiguous(), lse.reshape(lse.shape[0], lse.shape[1], -1)[0, :, :n]
 

@@ -85,6 +85,16 @@ def test_embedded_encoder_matches_eager_float64():
     assert_matches_reference(stats, att, hidden, 32, ATOL_FLOAT64, "fixed prompt")
 
 
+def test_lse_attention_steps_aside_where_torch_cannot_run_it(monkeypatch):
+    """No kernel for the device (here the CPU), or a torch without the private ops: None, so the
+    fused path computes the log-sum-exp itself instead of failing."""
+    from sinkviz import fused
+    q, k = torch.randn(1, 4, 10, 16), torch.randn(1, 2, 10, 16)
+    assert fused.attention_with_lse(q, k, k, 0.25) is None
+    monkeypatch.delattr(torch, "_fused_sdp_choice")
+    assert fused.attention_with_lse(q, k, k, 0.25) is None
+
+
 def test_sliding_window_is_recorded(tiny_models):
     ids, _ = fresh_ids(40)
     stats = capture(load_model(tiny_models["gemma3-window"], device="cpu").model, ids)
