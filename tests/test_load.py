@@ -53,9 +53,10 @@ async def session(browser, url: str, prompts: list[str], counts: dict) -> None:
             key = urllib.parse.parse_qs(urllib.parse.urlparse(page.url).query)["key"][0]
             tokens = int(await page.locator('[data-testid="stMetricValue"]').first.inner_text())
             counts["served"] += 1
-            if (key, tokens) != expected(prompt):
+            want = expected(prompt)
+            if (key, tokens) != want:
                 counts["wrong"] += 1
-                counts["errors"].append(f"wrong: {prompt!r} gave {(key, tokens)}, expected {expected(prompt)} at {page.url}")
+                counts["errors"].append(f"wrong: {prompt!r} gave {(key, tokens)}, expected {want} at {page.url}")
         except Exception as err:  # a timeout or a broken page: the request is lost
             counts["lost"] += 1
             counts["errors"].append(f"{type(err).__name__}: {str(err)[:120]}")
