@@ -4,11 +4,11 @@ Each query row's log-sum-exp comes from the forward's own attention: ``attention
 calls the kernel SDPA picks (flash, cuDNN or memory-efficient attention) through the op that
 also returns it, with the same output bit for bit. Where no such kernel runs (a sliding
 window, or GQA on memory-efficient attention) ``_row_lse`` computes it with an online softmax.
-Then the scores are recomputed tile by tile, p = 2^(s - lse), into:
-- the first 8 columns of every row        FIRST [heads, L, 8]   (sink mass for N = 1..8)
-- column sums                              COLS  [heads, L]      (received attention)
-- sum_ij p s per head, so that the entropy summed over rows is ln2 (sum_i lse_i - sum_ij p s)
-- the pooled map                           MAP   [heads, bins, bins]
+Then the scores are recomputed tile by tile, t = s - lse = log2 p and p = 2^t, into:
+- per N = 1..8, sum over rows i >= N of the mass on keys j < N   SINK [heads, 8]
+- column sums                                                  COLS [heads, L] (received attention)
+- sum_ij p t per head: the entropy summed over rows is -ln2 sum_ij p t   PT [heads]
+- the pooled map                                               MAP  [heads, bins, bins]
 The sweep runs one program per key block, so column sums need no atomics.
 ``finish_sums`` then turns the sums into the same means as the CPU path (reduce.py).
 Used for causal prefill on CUDA with no explicit mask; everything else takes reduce.py
@@ -29,11 +29,17 @@ try:
 except ImportError:  # CPU-only installs: the fused path is simply unavailable
     triton = None
 
-# Tile shape and launch settings; BLOCK_M and BLOCK_N are powers of two, so with bin widths
-# that are powers of two or multiples of TILE (reduce.bin_width), gcd(width, block) tokens of a
-# tile always share one bin.
-CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+# Tile shapes and launch settings by bytes per head row, the fastest measured on an H100
+# (bench/kernel_tune.py): 128-key blocks halve the query traffic through L2 for 128-dim 16-bit
+# heads; wider rows keep 64 keys to fit shared memory. BLOCK_M and BLOCK_N are powers of two,
+# so with bin widths that are powers of two or multiples of TILE (reduce.bin_width),
+# gcd(width, block) tokens of a tile always share one bin. OVERRIDE (for benchmarks) wins.
+LAUNCH = {128: dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
+          256: dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=3)}
+WIDE_ROWS = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
+OVERRIDE: dict = {}
 NO_WINDOW = 1 << 30
+LSE_PAD = 1.0e30  # log2-sum-exp of rows past L: t = s - 1e30, so p = 0 and p*t = 0 (not NaN)
 LOG2E = 1.0 / math.log(2.0)
 
 
@@ -72,7 +78,7 @@ if triton is not None:
         return tl.where(_visible(rows, cols, L, WINDOW), s, float("-inf"))
 
     @triton.jit
-    def _row_lse(Q, K, LSE, sqh, sqm, skh, skn, L, GROUPS, WINDOW, scale_log2,
+    def _row_lse(Q, K, LSE, sqh, sqm, skh, skn, sl, L, GROUPS, WINDOW, scale_log2,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
         pid_m = tl.program_id(0)
         head = tl.program_id(1)
@@ -87,61 +93,57 @@ if triton is not None:
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(s - m_safe[:, None]), 1)
             m_i = m_new
-        tl.store(LSE + head * L + rows, m_i + tl.log2(l_i), mask=rows < L)
+        tl.store(LSE + head * sl + rows, m_i + tl.log2(l_i), mask=rows < L)
 
     @triton.jit
-    def _first_columns(Q, K, LSE, FIRST, sqh, sqm, skh, skn, L, GROUPS, WINDOW, scale_log2,
-                       BLOCK_M: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, NFIRST: tl.constexpr):
-        """FIRST[head, i, j] = p_ij for the first NFIRST keys j, one program per query block."""
+    def _sink_sums(Q, K, LSE, SINK, sqh, sqm, skh, skn, sl, L, GROUPS, WINDOW, scale_log2,
+                   BLOCK_M: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, NFIRST: tl.constexpr):
+        """SINK[head, N - 1] += sum over the block's rows i >= N of sum_{j < N} p_ij, for N = 1..NFIRST:
+        one program per query block."""
         pid_m = tl.program_id(0)
         head = tl.program_id(1)
         rows, q = _query_block(Q, head, sqh, sqm, pid_m * BLOCK_M, L, BLOCK_M, D)
-        lse = tl.load(LSE + head * L + rows, mask=rows < L, other=float("inf"))
+        lse = tl.load(LSE + head * sl + rows)
         s = _scores(q, K, head // GROUPS, skh, skn, 0, rows, L, WINDOW, scale_log2, 16, D, PREC)  # [M, 16]
-        p = tl.exp2(s - lse[:, None])
-        cols = tl.arange(0, 16)
-        tl.store(FIRST + (head * L + rows[:, None]) * NFIRST + cols[None, :], p,
-                 mask=(rows[:, None] < L) & (cols[None, :] < NFIRST))
+        mass = tl.cumsum(tl.exp2(s - lse[:, None]), 1)                           # [M, 16]: sum_{j < N}
+        n = tl.arange(0, 16) + 1
+        total = tl.sum(tl.where(rows[:, None] >= n[None, :], mass, 0.0), 0)      # [16]
+        tl.atomic_add(SINK + head * NFIRST + n - 1, total.to(tl.float64), mask=n <= NFIRST)
 
     @triton.jit
-    def _probs_t(Q, LSE, k, head, sqh, sqm, start, key0, L, WINDOW, scale_log2, MASK: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
-        """(p, s) of one tile transposed, [keys, queries], s in log2 units. Rows past L get
-        lse = inf, so p = 0 there without a mask; MASK applies causality and the window."""
-        keys = key0 + tl.arange(0, BLOCK_N)
+    def _log2_probs_t(Q, lse, k, head, sqh, sqm, start, key0, L, WINDOW, scale_log2, MASK: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
+        """(p, t = log2 p) of one tile transposed, [keys, queries], given the rows' lse [BLOCK_M].
+        Rows past L have lse = LSE_PAD, so p = 0 there without a mask; MASK applies causality
+        and the window."""
         rows, q = _query_block(Q, head, sqh, sqm, start, L, BLOCK_M, D)
-        lse = tl.load(LSE + head * L + rows, mask=rows < L, other=float("inf"))
-        s = tl.dot(k, tl.trans(q), input_precision=PREC) * scale_log2
-        p = tl.exp2(s - lse[None, :])
+        t = tl.dot(k, tl.trans(q), input_precision=PREC) * scale_log2 - lse[None, :]
         if MASK:
+            keys = key0 + tl.arange(0, BLOCK_N)
             ok = (keys[:, None] <= rows[None, :]) & (rows[None, :] - keys[:, None] < WINDOW)
-            p = tl.where(ok, p, 0.0)
-            s = tl.where(ok, s, 0.0)
-        return p, s
+            t = tl.where(ok, t, -1.0e30)                                # p = 0, p*t = 0
+        return tl.exp2(t), t
 
     @triton.jit
-    def _pooled_tile(Q, LSE, k, MAP, head, sqh, sqm, start, key0, key_sum, p_dot_s, L, WINDOW, scale_log2,
-                     WIDTH, BINS, MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     D: tl.constexpr, PREC: tl.constexpr, RW: tl.constexpr, CW: tl.constexpr):
-        """One tile into the key sums, sum p*s, and the pooled map (bins of RW x CW within the tile)."""
-        p, s = _probs_t(Q, LSE, k, head, sqh, sqm, start, key0, L, WINDOW, scale_log2, MASK,
-                        BLOCK_M, BLOCK_N, D, PREC)
+    def _pool_tile(p, MAP, head, start, key0, WIDTH, BINS, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   RW: tl.constexpr, CW: tl.constexpr):
+        """Add one tile [keys, queries] to the pooled map, in bins of RW x CW within the tile."""
         pooled = tl.sum(tl.sum(tl.reshape(p, [BLOCK_N // CW, CW, BLOCK_M // RW, RW]), 3), 1)
         row_bins = (start + tl.arange(0, BLOCK_M // RW) * RW) // WIDTH
         col_bins = (key0 + tl.arange(0, BLOCK_N // CW) * CW) // WIDTH
         tl.atomic_add(MAP + head * BINS * BINS + row_bins[None, :] * BINS + col_bins[:, None], pooled,
                       mask=(row_bins[None, :] < BINS) & (col_bins[:, None] < BINS))
-        return key_sum + tl.sum(p, 1), p_dot_s + tl.sum(p * s, 1)
 
     @triton.jit
-    def _stats(Q, K, LSE, COLS, PS, MAP, sqh, sqm, skh, skn, L, GROUPS, WINDOW, scale_log2,
+    def _stats(Q, K, LSE, COLS, PT, MAP, sqh, sqm, skh, skn, sl, L, GROUPS, WINDOW, scale_log2,
                WIDTH, BINS, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
                PREC: tl.constexpr, RW: tl.constexpr, CW: tl.constexpr, BIN_LOOP: tl.constexpr,
                HAS_WINDOW: tl.constexpr):
         """One program per (key block, head), sweeping the query blocks that see it, with tiles
         transposed ([keys, queries]) so that key sums reduce within a warp. Tiles on the
-        diagonal are masked; the rest only where a window is. With BIN_LOOP (bins a multiple of
-        both blocks) the sweep goes bin by bin and adds each pooled cell with one atomic."""
+        diagonal are masked and pooled tile by tile; after them, with BIN_LOOP (bins a multiple
+        of both blocks) each pooled cell is added with one atomic once its bin is complete,
+        else tile by tile. Only a window needs masks past the diagonal."""
         pid_n = tl.program_id(0)
         head = tl.program_id(1)
         key0 = pid_n * BLOCK_N
@@ -150,32 +152,38 @@ if triton is not None:
         k = tl.load(K + (head // GROUPS) * skh + keys[:, None] * skn + dims[None, :],
                     mask=keys[:, None] < L, other=0.0)
         key_sum = tl.zeros([BLOCK_N], tl.float32)
-        p_dot_s = tl.zeros([BLOCK_N], tl.float32)
+        p_log2_p = tl.zeros([BLOCK_N], tl.float32)
         lo = key0 // BLOCK_M * BLOCK_M
         hi = tl.minimum(L, key0 + BLOCK_N + WINDOW - 1)
         full = tl.minimum(hi, tl.cdiv(key0 + BLOCK_N - 1, BLOCK_M) * BLOCK_M)  # first row that sees every key
+        lse_rows = LSE + head * sl + tl.arange(0, BLOCK_M)                     # padded: no mask
         for start in range(lo, full, BLOCK_M):
-            key_sum, p_dot_s = _pooled_tile(Q, LSE, k, MAP, head, sqh, sqm, start, key0, key_sum, p_dot_s,
-                                            L, WINDOW, scale_log2, WIDTH, BINS, True, BLOCK_M, BLOCK_N, D,
-                                            PREC, RW, CW)
-        if BIN_LOOP:
-            col_bin = key0 // WIDTH
-            for bin_start in range(full // WIDTH * WIDTH, hi, WIDTH):
-                in_bin = tl.zeros([BLOCK_N], tl.float32)
-                for start in range(tl.maximum(bin_start, full), tl.minimum(bin_start + WIDTH, hi), BLOCK_M):
-                    p, s = _probs_t(Q, LSE, k, head, sqh, sqm, start, key0, L, WINDOW, scale_log2,
-                                    HAS_WINDOW, BLOCK_M, BLOCK_N, D, PREC)
-                    in_bin += tl.sum(p, 1)
-                    p_dot_s += tl.sum(p * s, 1)
-                key_sum += in_bin
-                tl.atomic_add(MAP + head * BINS * BINS + (bin_start // WIDTH) * BINS + col_bin, tl.sum(in_bin, 0))
-        else:
-            for start in range(full, hi, BLOCK_M):
-                key_sum, p_dot_s = _pooled_tile(Q, LSE, k, MAP, head, sqh, sqm, start, key0, key_sum, p_dot_s,
-                                                L, WINDOW, scale_log2, WIDTH, BINS, HAS_WINDOW, BLOCK_M,
-                                                BLOCK_N, D, PREC, RW, CW)
+            p, t = _log2_probs_t(Q, tl.load(lse_rows + start), k, head, sqh, sqm, start, key0, L, WINDOW,
+                                 scale_log2, True, BLOCK_M, BLOCK_N, D, PREC)
+            _pool_tile(p, MAP, head, start, key0, WIDTH, BINS, BLOCK_M, BLOCK_N, RW, CW)
+            key_sum += tl.sum(p, 1)
+            p_log2_p += tl.sum(p * t, 1)
+        col_bin = key0 // WIDTH
+        row_bin = full // WIDTH
+        bin_end = tl.minimum((row_bin + 1) * WIDTH, hi)
+        in_bin = tl.zeros([BLOCK_N], tl.float32)
+        for start in range(full, hi, BLOCK_M):
+            p, t = _log2_probs_t(Q, tl.load(lse_rows + start), k, head, sqh, sqm, start, key0, L, WINDOW,
+                                 scale_log2, HAS_WINDOW, BLOCK_M, BLOCK_N, D, PREC)
+            p_log2_p += tl.sum(p * t, 1)
+            in_bin += tl.sum(p, 1)
+            if BIN_LOOP:
+                if start + BLOCK_M >= bin_end:                                  # the bin is complete
+                    tl.atomic_add(MAP + head * BINS * BINS + row_bin * BINS + col_bin, tl.sum(in_bin, 0))
+                    key_sum += in_bin
+                    in_bin = tl.zeros([BLOCK_N], tl.float32)
+                    row_bin += 1
+                    bin_end = tl.minimum(bin_end + WIDTH, hi)
+            else:
+                _pool_tile(p, MAP, head, start, key0, WIDTH, BINS, BLOCK_M, BLOCK_N, RW, CW)
+        key_sum += in_bin
         tl.store(COLS + head * L + keys, key_sum, mask=keys < L)
-        tl.atomic_add(PS + head, tl.sum(p_dot_s, 0).to(tl.float64))
+        tl.atomic_add(PT + head, tl.sum(p_log2_p, 0).to(tl.float64))
 
 
 # SDPA's fused kernels, called through the ops that also return the log-sum-exp (natural log).
@@ -228,27 +236,26 @@ def layer_statistics(query: torch.Tensor, key: torch.Tensor, scaling: float, win
     bins = -(-n // width)
     f32 = dict(device=q.device, dtype=torch.float32)
     cols = torch.empty(heads, n, **f32)
-    first = torch.empty(heads, n, MAX_FIRST_N, **f32)
-    p_dot_s = torch.zeros(heads, device=q.device, dtype=torch.float64)
+    sink_sum = torch.zeros(heads, MAX_FIRST_N, device=q.device, dtype=torch.float64)
+    p_log2_p = torch.zeros(heads, device=q.device, dtype=torch.float64)
     maps = torch.zeros(heads, bins, bins, **f32)
-    block_m, block_n = CONFIG["BLOCK_M"], CONFIG["BLOCK_N"]
-    common = dict(sqh=q.stride(0), sqm=q.stride(1), skh=k.stride(0), skn=k.stride(1), L=n,
+    launch = {**LAUNCH.get(dim * q.element_size(), WIDE_ROWS), **OVERRIDE}
+    block_m, block_n = launch["BLOCK_M"], launch["BLOCK_N"]
+    # [heads, L rounded up to a query block]: log2-sum-exp per row, LSE_PAD past L
+    lse2 = torch.full((heads, triton.cdiv(n, block_m) * block_m), LSE_PAD, **f32)
+    common = dict(sqh=q.stride(0), sqm=q.stride(1), skh=k.stride(0), skn=k.stride(1), sl=lse2.stride(0), L=n,
                   GROUPS=heads // k.shape[0], WINDOW=window or NO_WINDOW, scale_log2=scaling * LOG2E,
                   D=dim, PREC="ieee" if q.dtype == torch.float32 else "tf32",
-                  num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"])
+                  num_warps=launch["num_warps"], num_stages=launch["num_stages"])
     if lse is None:
-        lse = torch.empty(heads, n, **f32)
-        _row_lse[(triton.cdiv(n, block_m), heads)](q, k, lse, **common, BLOCK_M=block_m, BLOCK_N=block_n)
+        _row_lse[(triton.cdiv(n, block_m), heads)](q, k, lse2, **common, BLOCK_M=block_m, BLOCK_N=block_n)
     else:
-        lse = (lse.float() * LOG2E).contiguous()                                # [heads, L], log2 units
-    _first_columns[(triton.cdiv(n, block_m), heads)](q, k, lse, first, **common, BLOCK_M=block_m,
-                                                     NFIRST=MAX_FIRST_N)
+        lse2[:, :n] = lse.float() * LOG2E
+    _sink_sums[(triton.cdiv(n, block_m), heads)](q, k, lse2, sink_sum, **common, BLOCK_M=block_m,
+                                                 NFIRST=MAX_FIRST_N)
     _stats[(triton.cdiv(n, block_n), heads)](
-        q, k, lse, cols, p_dot_s, maps, **common, BLOCK_M=block_m, BLOCK_N=block_n, WIDTH=width, BINS=bins,
+        q, k, lse2, cols, p_log2_p, maps, **common, BLOCK_M=block_m, BLOCK_N=block_n, WIDTH=width, BINS=bins,
         RW=math.gcd(width, block_m), CW=math.gcd(width, block_n),
         BIN_LOOP=width % block_m == 0 and width % block_n == 0, HAS_WINDOW=window is not None)
-    positions = torch.arange(n, device=q.device)
-    valid = (positions[:, None] >= torch.arange(1, MAX_FIRST_N + 1, device=q.device)[None, :])
-    sink_sum = (first.cumsum(-1) * valid).sum(1)                                # [heads, 8]
-    entropy_sum = (math.log(2.0) * (lse.double().sum(-1) - p_dot_s)).float()  # sum_i -sum_j p ln p, nats
-    return finish_sums(sink_sum, entropy_sum, cols, maps, causal=True, width=width)
+    entropy_sum = (-math.log(2.0) * p_log2_p).float()                          # sum_ij -p ln p, nats
+    return finish_sums(sink_sum.float(), entropy_sum, cols, maps, causal=True, width=width)
