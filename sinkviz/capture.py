@@ -11,7 +11,6 @@ import inspect
 import math
 from contextvars import ContextVar
 
-import numpy as np
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
@@ -19,6 +18,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from . import fused
 from .errors import UnsupportedArchitecture
+from .host_copy import LayerArrays
 from .reduce import LayerReducer, bin_width
 from .stats import AttentionStats
 
@@ -96,10 +96,10 @@ def block_rows(heads: int, keys: int, device: torch.device) -> int:
 
 
 class _Recorder:
-    def __init__(self, map_size: int):
+    def __init__(self, map_size: int, n_layers: int = 0):
         self.map_size = map_size
-        self.layers: list[dict[str, torch.Tensor]] = []
-        self.value_norms: list[torch.Tensor] = []
+        self.n_recorded = 0
+        self.host = LayerArrays(n_layers)          # statistics and value norms, by layer, on the host
         self.windows: list[int | None] = []
         self.causal = True
 
@@ -126,8 +126,8 @@ class _Recorder:
 
     def append(self, layer: dict, value, window, causal: bool) -> None:
         """Keep one layer's statistics, its value norms [Lk] and its attention pattern."""
-        self.layers.append(layer)
-        self.value_norms.append(row_norms(value[0]).mean(0))                   # [Lk]
+        self.host.add(self.n_recorded, {**layer, "value_norm": row_norms(value[0]).mean(0)})  # value_norm [Lk]
+        self.n_recorded += 1
         self.windows.append(window)
         self.causal = causal
 
@@ -194,17 +194,19 @@ def decoder_layers(model) -> torch.nn.ModuleList:
 
 
 @contextlib.contextmanager
-def _hidden_norm_hooks(model):
-    """Yields a list that fills with [L] hidden-state norms, one per decoder layer."""
-    norms: list[torch.Tensor] = []
+def _hidden_norm_hooks(model, host: LayerArrays):
+    """Each decoder layer's hidden-state norms [L] go to ``host`` as "hidden_norm"; yields the
+    list of layers run so far (their indices)."""
+    ran: list[int] = []
 
     def hook(_module, _inputs, output):
         hidden = output[0] if isinstance(output, (tuple, list)) else output   # [1, L, d]
-        norms.append(row_norms(hidden[0]))
+        host.add(len(ran), {"hidden_norm": row_norms(hidden[0])})
+        ran.append(len(ran))
 
     handles = [layer.register_forward_hook(hook) for layer in decoder_layers(model)]
     try:
-        yield norms
+        yield ran
     finally:
         for handle in handles:
             handle.remove()
@@ -232,31 +234,27 @@ def capture_with_logits(model, input_ids: torch.Tensor, map_size: int = 128) -> 
 def _captured_forward(model, input_ids, map_size, kwargs):
     if model.config._attn_implementation != ATTN_NAME:
         raise UnsupportedArchitecture(f"model was not loaded with attn_implementation={ATTN_NAME!r}")
-    recorder = _Recorder(map_size)
+    recorder = _Recorder(map_size, len(decoder_layers(model)))
     token = _recorder.set(recorder)
     try:
-        with _hidden_norm_hooks(model) as hidden_norms, torch.no_grad():
+        with _hidden_norm_hooks(model, recorder.host) as layers_run, torch.no_grad():
             out = model(input_ids=input_ids, **kwargs)
     finally:
         _recorder.reset(token)
-    n_layers = len(hidden_norms)
-    if len(recorder.layers) != n_layers:
+        recorder.host.close()
+    n_layers = len(layers_run)
+    if recorder.n_recorded != n_layers:
         raise UnsupportedArchitecture(
-            f"{type(model).__name__} sent {len(recorder.layers)} of {n_layers} layers through the "
+            f"{type(model).__name__} sent {recorder.n_recorded} of {n_layers} layers through the "
             "attention interface; its attention cannot be captured exactly")
-    return _to_stats(recorder, hidden_norms), out
+    return _to_stats(recorder), out
 
 
-def _to_stats(recorder: _Recorder, hidden_norms: list[torch.Tensor]) -> AttentionStats:
-    stack = lambda name: _np(torch.stack([layer[name] for layer in recorder.layers]))  # noqa: E731
-    n_tokens = recorder.layers[0]["received"].shape[-1]
+def _to_stats(recorder: _Recorder) -> AttentionStats:
+    arrays = recorder.host.result()
     return AttentionStats(
-        sink_mass=stack("sink_mass"), entropy=stack("entropy"), received=stack("received"),
-        maps=stack("maps"), hidden_norm=_np(torch.stack(hidden_norms)),
-        value_norm=_np(torch.stack(recorder.value_norms)),
-        bin_width=bin_width(n_tokens, recorder.map_size),
+        sink_mass=arrays["sink_mass"], entropy=arrays["entropy"], received=arrays["received"],
+        maps=arrays["maps"], hidden_norm=arrays["hidden_norm"], value_norm=arrays["value_norm"],
+        bin_width=bin_width(arrays["received"].shape[-1], recorder.map_size),
         causal=recorder.causal, windows=tuple(recorder.windows))
 
-
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to("cpu", torch.float64 if t.dtype == torch.float64 else torch.float32).numpy()

@@ -5,8 +5,8 @@ calls the kernel SDPA picks (flash, cuDNN or memory-efficient attention) through
 also returns it, with the same output bit for bit. Where no such kernel runs (a sliding
 window, or GQA on memory-efficient attention) ``_row_lse`` computes it with an online softmax.
 Then the scores are recomputed tile by tile, t = s - lse = log2 p and p = 2^t, into:
-- per N = 1..8, sum over rows i >= N of the mass on keys j < N   SINK [heads, 8]
-- column sums                                                  COLS [heads, L] (received attention)
+- column sums                                                  COLS [heads, L] (received attention,
+  and with an 8 x 8 corner of P the sink sums: ``_sink_sums``)
 - sum_ij p t per head: the entropy summed over rows is -ln2 sum_ij p t   PT [heads]
 - the pooled map                                               MAP  [heads, bins, bins]
 The sweep runs one program per key block, so column sums need no atomics.
@@ -48,7 +48,7 @@ def usable(query, key, attention_mask, *, causal: bool, bias, map_size: int) -> 
     n_q, dim = query.shape[-2:]
     return (triton is not None and os.environ.get("SINKVIZ_FUSED", "1") != "0" and query.is_cuda and query.shape[0] == 1
             and attention_mask is None and causal and bias is None
-            and n_q == key.shape[-2] and dim in (16, 32, 64, 128, 256)
+            and n_q == key.shape[-2] >= MAX_FIRST_N and dim in (16, 32, 64, 128, 256)
             and query.dtype in (torch.float16, torch.bfloat16, torch.float32)
             and bin_width(n_q, map_size) > 1)
 
@@ -94,21 +94,6 @@ if triton is not None:
             l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(s - m_safe[:, None]), 1)
             m_i = m_new
         tl.store(LSE + head * sl + rows, m_i + tl.log2(l_i), mask=rows < L)
-
-    @triton.jit
-    def _sink_sums(Q, K, LSE, SINK, sqh, sqm, skh, skn, sl, L, GROUPS, WINDOW, scale_log2,
-                   BLOCK_M: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, NFIRST: tl.constexpr):
-        """SINK[head, N - 1] += sum over the block's rows i >= N of sum_{j < N} p_ij, for N = 1..NFIRST:
-        one program per query block."""
-        pid_m = tl.program_id(0)
-        head = tl.program_id(1)
-        rows, q = _query_block(Q, head, sqh, sqm, pid_m * BLOCK_M, L, BLOCK_M, D)
-        lse = tl.load(LSE + head * sl + rows)
-        s = _scores(q, K, head // GROUPS, skh, skn, 0, rows, L, WINDOW, scale_log2, 16, D, PREC)  # [M, 16]
-        mass = tl.cumsum(tl.exp2(s - lse[:, None]), 1)                           # [M, 16]: sum_{j < N}
-        n = tl.arange(0, 16) + 1
-        total = tl.sum(tl.where(rows[:, None] >= n[None, :], mass, 0.0), 0)      # [16]
-        tl.atomic_add(SINK + head * NFIRST + n - 1, total.to(tl.float64), mask=n <= NFIRST)
 
     @triton.jit
     def _log2_probs_t(Q, lse, k, head, sqh, sqm, start, key0, L, WINDOW, scale_log2, MASK: tl.constexpr,
@@ -186,6 +171,19 @@ if triton is not None:
         tl.atomic_add(PT + head, tl.sum(p_log2_p, 0).to(tl.float64))
 
 
+def _sink_sums(q, k, lse2, cols, scaling: float, window: int | None) -> torch.Tensor:
+    """Per N = 1..8, sum over rows i >= N of the mass on keys j < N, [heads, 8]: the column sums
+    of keys j < N, less what rows i < N give them (the top-left N x N corner of P, in float64).
+    q [heads, L, D], k [kv_heads, L, D], lse2 [heads, >= L] in log2 units, cols [heads, L]."""
+    f = MAX_FIRST_N
+    keys = k[:, :f].double().repeat_interleave(q.shape[0] // k.shape[0], 0)     # [heads, 8, D]
+    t = q[:, :f].double() @ keys.transpose(-1, -2) * (scaling * LOG2E) - lse2[:, :f, None].double()
+    i = torch.arange(f, device=q.device)
+    hidden = (i[None, :] > i[:, None]) | (i[:, None] - i[None, :] >= (window or NO_WINDOW))
+    corner = torch.exp2(t).masked_fill(hidden, 0.0)                           # [heads, 8 rows, 8 keys]
+    return cols[:, :f].double().cumsum(-1) - corner.cumsum(-1).cumsum(-2).diagonal(dim1=-2, dim2=-1)
+
+
 # SDPA's fused kernels, called through the ops that also return the log-sum-exp (natural log).
 _WITH_LSE = {
     SDPBackend.FLASH_ATTENTION.value: lambda q, k, v, scale: torch.ops.aten._scaled_dot_product_flash_attention(
@@ -236,7 +234,6 @@ def layer_statistics(query: torch.Tensor, key: torch.Tensor, scaling: float, win
     bins = -(-n // width)
     f32 = dict(device=q.device, dtype=torch.float32)
     cols = torch.empty(heads, n, **f32)
-    sink_sum = torch.zeros(heads, MAX_FIRST_N, device=q.device, dtype=torch.float64)
     p_log2_p = torch.zeros(heads, device=q.device, dtype=torch.float64)
     maps = torch.zeros(heads, bins, bins, **f32)
     launch = {**LAUNCH.get(dim * q.element_size(), WIDE_ROWS), **OVERRIDE}
@@ -251,11 +248,10 @@ def layer_statistics(query: torch.Tensor, key: torch.Tensor, scaling: float, win
         _row_lse[(triton.cdiv(n, block_m), heads)](q, k, lse2, **common, BLOCK_M=block_m, BLOCK_N=block_n)
     else:
         lse2[:, :n] = lse.float() * LOG2E
-    _sink_sums[(triton.cdiv(n, block_m), heads)](q, k, lse2, sink_sum, **common, BLOCK_M=block_m,
-                                                 NFIRST=MAX_FIRST_N)
     _stats[(triton.cdiv(n, block_n), heads)](
         q, k, lse2, cols, p_log2_p, maps, **common, BLOCK_M=block_m, BLOCK_N=block_n, WIDTH=width, BINS=bins,
         RW=math.gcd(width, block_m), CW=math.gcd(width, block_n),
         BIN_LOOP=width % block_m == 0 and width % block_n == 0, HAS_WINDOW=window is not None)
     entropy_sum = (-math.log(2.0) * p_log2_p).float()                          # sum_ij -p ln p, nats
-    return finish_sums(sink_sum.float(), entropy_sum, cols, maps, causal=True, width=width)
+    sink_sum = _sink_sums(q, k, lse2, cols, scaling, window).float()
+    return finish_sums(sink_sum, entropy_sum, cols, maps, causal=True, width=width)

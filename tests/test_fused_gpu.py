@@ -43,6 +43,7 @@ def reference_lse(q, k, scaling, window):
     (8, 2, 1000, 64, None, 128),     # bins of 8 tokens
     (4, 4, 4099, 128, None, 64),     # ragged last tile, bins of 128
     (6, 3, 2000, 64, 300, 128),      # sliding window
+    (3, 1, 700, 64, 5, 128),         # a window narrower than the 8 sink columns
     (2, 1, 9000, 64, None, 128),     # bins of 128 (a multiple of the tile)
 ])
 def test_kernel_matches_blockwise(lse_given, dtype, atol, heads, kv_heads, length, dim, window, map_size):
