@@ -36,6 +36,7 @@ if run:
     else:
         bar.progress(1.0, text=f"done: {len(points)} lengths, {sum(p.cached for p in points)} from the store")
         st.session_state.sw_points = points
+        st.session_state["last_model_info"] = points[-1].model      # the sidebar names it
 
 points = st.session_state.get("sw_points")
 if points:

@@ -12,7 +12,7 @@ import numpy as np
 
 from .analysis import Analysis, Progress, Settings, analyze, token_limit
 from .errors import BadPrompt
-from .models import get_model
+from .models import ModelInfo, get_model
 from .prompts import check_prompt
 from .store import ResultStore
 
@@ -31,6 +31,7 @@ class SweepPoint:
     key: str
     sink_mass: np.ndarray   # [layers, 8] head mean of m_N for N = 1..8
     cached: bool
+    model: ModelInfo        # the model that made it
 
 
 def sweep_lengths(available: int, start: int = START) -> list[int]:
@@ -68,5 +69,5 @@ def run_sweep(text: str, settings: Settings, *, max_tokens: int | None = None,
             progress(f"{i}/{len(prompts)}")
         result: Analysis = analyze(prompt, settings, store=store)
         points.append(SweepPoint(result.stats.n_tokens, result.key,
-                                 result.stats.sink_mass.mean(axis=1), result.cached))
+                                 result.stats.sink_mass.mean(axis=1), result.cached, result.model))
     return points

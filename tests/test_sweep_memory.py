@@ -60,6 +60,7 @@ def test_sweep_page_plots_the_engine_numbers(app_test):
     assert all(p.cached for p in points)
     np.testing.assert_allclose(array(fig["data"][0]["x"]), [p.n_tokens for p in points])
     np.testing.assert_allclose(array(fig["data"][5]["y"]), [p.sink_mass[5, 2] for p in points], rtol=1e-6)
+    assert at.session_state["last_model_info"] == points[-1].model     # what app.py's sidebar shows
 
 
 def test_estimate_grows_with_length_and_longest_fit_is_tight():
