@@ -160,6 +160,7 @@ def test_sweep_page(server, browser):
     page.wait_for_selector("text=as the context grows", timeout=300_000)
     page.wait_for_selector("text=done: 4 lengths")
     assert page.get_by_role("link", name="common").count() == 0   # no file-based page list
+    assert "Architecture: LlamaForCausalLM" in page.locator("section[data-testid='stSidebar']").inner_text()
     page.screenshot(path=ARTIFACTS / "sweep.png", full_page=True)
 
 
