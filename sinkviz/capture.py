@@ -194,7 +194,7 @@ def decoder_layers(model) -> torch.nn.ModuleList:
 
 
 @contextlib.contextmanager
-def _hidden_norm_hooks(model, host: LayerArrays):
+def _hidden_norm_hooks(layers: torch.nn.ModuleList, host: LayerArrays):
     """Each decoder layer's hidden-state norms [L] go to ``host`` as "hidden_norm"; yields the
     list of layers run so far (their indices)."""
     ran: list[int] = []
@@ -204,7 +204,7 @@ def _hidden_norm_hooks(model, host: LayerArrays):
         host.add(len(ran), {"hidden_norm": row_norms(hidden[0])})
         ran.append(len(ran))
 
-    handles = [layer.register_forward_hook(hook) for layer in decoder_layers(model)]
+    handles = [layer.register_forward_hook(hook) for layer in layers]
     try:
         yield ran
     finally:
@@ -234,10 +234,11 @@ def capture_with_logits(model, input_ids: torch.Tensor, map_size: int = 128) -> 
 def _captured_forward(model, input_ids, map_size, kwargs):
     if model.config._attn_implementation != ATTN_NAME:
         raise UnsupportedArchitecture(f"model was not loaded with attn_implementation={ATTN_NAME!r}")
-    recorder = _Recorder(map_size, len(decoder_layers(model)))
+    layers = decoder_layers(model)
+    recorder = _Recorder(map_size, len(layers))
     token = _recorder.set(recorder)
     try:
-        with _hidden_norm_hooks(model, recorder.host) as layers_run, torch.no_grad():
+        with _hidden_norm_hooks(layers, recorder.host) as layers_run, torch.no_grad():
             out = model(input_ids=input_ids, **kwargs)
     finally:
         _recorder.reset(token)
