@@ -93,8 +93,14 @@ def run_analysis(prompt: str, settings: Settings, label: str = "") -> Analysis |
     if failure is not None:
         st.error(f"{label}: {failure}" if label else failure)
         return None
-    st.session_state["last_model_info"] = result.model
+    show_model_in_sidebar(result.model)
     return result
+
+
+def show_model_in_sidebar(info) -> None:
+    """app.py's sidebar, drawn after the page, names this model (``info``: models.ModelInfo):
+    the one whose numbers the page shows."""
+    st.session_state["last_model_info"] = info
 
 
 def guarded(run, what: str):
@@ -133,7 +139,7 @@ def open_stored(key: str) -> Analysis | None:
     found = load_stored(store(), key)
     if found is None:
         return None
-    st.session_state["last_model_info"] = found.model
+    show_model_in_sidebar(found.model)
     return replace(found, cached=True)
 
 

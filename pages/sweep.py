@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from pages.common import guarded, model_picker, step_progress, store
+from pages.common import guarded, model_picker, show_model_in_sidebar, step_progress, store
 from sinkviz import figures
 from sinkviz.analysis import Settings
 from sinkviz.sweep import run_sweep, shipped_text
@@ -36,7 +36,7 @@ if run:
     else:
         bar.progress(1.0, text=f"done: {len(points)} lengths, {sum(p.cached for p in points)} from the store")
         st.session_state.sw_points = points
-        st.session_state["last_model_info"] = points[-1].model      # the sidebar names it
+        show_model_in_sidebar(points[-1].model)
 
 points = st.session_state.get("sw_points")
 if points:

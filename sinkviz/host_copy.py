@@ -44,17 +44,19 @@ class LayerArrays:
         self._pending.append(self._worker.submit(self._copy, index, tensors, ready))
 
     def _copy(self, index: int, tensors: dict[str, torch.Tensor], ready) -> None:
-        if ready is None:
-            for name, tensor in tensors.items():
-                torch.from_numpy(self._array(name, tensor)[index]).copy_(tensor)
-            return
+        if ready is not None:
+            tensors = self._staged(tensors, ready)
+        for name, tensor in tensors.items():   # a torch copy lets go of the GIL, numpy's would not
+            torch.from_numpy(self._array(name, tensor)[index]).copy_(tensor)
+
+    def _staged(self, tensors: dict[str, torch.Tensor], ready) -> dict[str, torch.Tensor]:
+        """The CUDA tensors copied into page-locked buffers once ``ready`` has fired."""
         self._stream.wait_event(ready)
         with torch.cuda.stream(self._stream):
             staged = {name: self._pinned(name, tensor).copy_(tensor, non_blocking=True)
                       for name, tensor in tensors.items()}
         self._stream.synchronize()
-        for name, tensor in staged.items():   # a torch copy lets go of the GIL, numpy's would not
-            torch.from_numpy(self._array(name, tensor)[index]).copy_(tensor)
+        return staged
 
     def _pinned(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         """A page-locked buffer for one layer of ``name``, reused layer after layer: copies into
