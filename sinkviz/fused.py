@@ -4,7 +4,8 @@ Each query row's log-sum-exp comes from the forward's own attention: ``attention
 calls the kernel SDPA picks (flash, cuDNN or memory-efficient attention) through the op that
 also returns it, with the same output bit for bit. Where no such kernel runs (a sliding
 window, or GQA on memory-efficient attention) ``_row_lse`` computes it with an online softmax.
-Then the scores are recomputed tile by tile, t = s - lse = log2 p and p = 2^t, into:
+Then the scores are recomputed tile by tile, t = s - lse = log2 p and p = 2^t (-lse enters
+each tile's accumulator through a second small dot: ``_neg_lse_parts``), into:
 - column sums                                                  COLS [heads, L] (received attention,
   and with an 8 x 8 corner of P the sink sums: ``_sink_sums``)
 - sum_ij p t per head: the entropy summed over rows is -ln2 sum_ij p t   PT [heads]
@@ -35,12 +36,12 @@ except ImportError:  # CPU-only installs: the fused path is simply unavailable
 # so with bin widths that are powers of two or multiples of TILE (reduce.bin_width),
 # gcd(width, block) tokens of a tile always share one bin. OVERRIDE (for benchmarks) wins.
 LAUNCH = {128: dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
-          256: dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=3)}
+          256: dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=3, maxnreg=128)}
 WIDE_ROWS = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
 OVERRIDE: dict = {}
 NO_WINDOW = 1 << 30
-LSE_PAD = 1.0e30  # log2-sum-exp of rows past L: t = s - 1e30, so p = 0 and p*t = 0 (not NaN)
 LOG2E = 1.0 / math.log(2.0)
+LSE_PARTS = 3  # lse in score units as a sum of 3 numbers of the queries' dtype: ~24 bits of it
 
 
 def usable(query, key, attention_mask, *, causal: bool, bias, map_size: int) -> bool:
@@ -96,13 +97,16 @@ if triton is not None:
         tl.store(LSE + head * sl + rows, m_i + tl.log2(l_i), mask=rows < L)
 
     @triton.jit
-    def _log2_probs_t(Q, lse, k, head, sqh, sqm, start, key0, L, WINDOW, scale_log2, MASK: tl.constexpr,
+    def _log2_probs_t(Q, neg_lse, k, ones, head, sqh, sqm, start, key0, L, WINDOW, scale_log2, MASK: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
-        """(p, t = log2 p) of one tile transposed, [keys, queries], given the rows' lse [BLOCK_M].
-        Rows past L have lse = LSE_PAD, so p = 0 there without a mask; MASK applies causality
-        and the window."""
+        """(p, t = log2 p) of one tile transposed, [keys, queries]. The rows' -lse (score units,
+        in parts: neg_lse [BLOCK_M, 16]) enters the accumulator through a dot with ``ones``
+        [BLOCK_N, 16], so it is loaded like q, through the pipeline, not as 16 scalars per thread.
+        Rows past L have a huge lse, so p = 0 there without a mask; MASK applies causality and
+        the window."""
         rows, q = _query_block(Q, head, sqh, sqm, start, L, BLOCK_M, D)
-        t = tl.dot(k, tl.trans(q), input_precision=PREC) * scale_log2 - lse[None, :]
+        t = tl.dot(k, tl.trans(q), tl.dot(ones, tl.trans(neg_lse), input_precision=PREC),
+                   input_precision=PREC) * scale_log2                   # (k.q - lse / scale) * scale log2 e
         if MASK:
             keys = key0 + tl.arange(0, BLOCK_N)
             ok = (keys[:, None] <= rows[None, :]) & (rows[None, :] - keys[:, None] < WINDOW)
@@ -117,13 +121,13 @@ if triton is not None:
         row_bins = (start + tl.arange(0, BLOCK_M // RW) * RW) // WIDTH
         col_bins = (key0 + tl.arange(0, BLOCK_N // CW) * CW) // WIDTH
         tl.atomic_add(MAP + head * BINS * BINS + row_bins[None, :] * BINS + col_bins[:, None], pooled,
-                      mask=(row_bins[None, :] < BINS) & (col_bins[:, None] < BINS))
+                      mask=(row_bins[None, :] < BINS) & (col_bins[:, None] < BINS), sem="relaxed")
 
     @triton.jit
-    def _stats(Q, K, LSE, COLS, PT, MAP, sqh, sqm, skh, skn, sl, L, GROUPS, WINDOW, scale_log2,
+    def _stats(Q, K, NEG_LSE, COLS, PT, MAP, sqh, sqm, skh, skn, sl, L, GROUPS, WINDOW, scale_log2,
                WIDTH, BINS, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
                PREC: tl.constexpr, RW: tl.constexpr, CW: tl.constexpr, BIN_LOOP: tl.constexpr,
-               HAS_WINDOW: tl.constexpr):
+               HAS_WINDOW: tl.constexpr, PARTS: tl.constexpr):
         """One program per (key block, head), sweeping the query blocks that see it, with tiles
         transposed ([keys, queries]) so that key sums reduce within a warp. Tiles on the
         diagonal are masked and pooled tile by tile; after them, with BIN_LOOP (bins a multiple
@@ -141,9 +145,11 @@ if triton is not None:
         lo = key0 // BLOCK_M * BLOCK_M
         hi = tl.minimum(L, key0 + BLOCK_N + WINDOW - 1)
         full = tl.minimum(hi, tl.cdiv(key0 + BLOCK_N - 1, BLOCK_M) * BLOCK_M)  # first row that sees every key
-        lse_rows = LSE + head * sl + tl.arange(0, BLOCK_M)                     # padded: no mask
+        parts = tl.arange(0, 16)
+        ones = (tl.where(parts[None, :] < PARTS, 1.0, 0.0) + tl.zeros([BLOCK_N, 16], tl.float32)).to(k.dtype)
+        lse_rows = NEG_LSE + head * sl + tl.arange(0, BLOCK_M)[:, None] * 16 + parts[None, :]  # padded: no mask
         for start in range(lo, full, BLOCK_M):
-            p, t = _log2_probs_t(Q, tl.load(lse_rows + start), k, head, sqh, sqm, start, key0, L, WINDOW,
+            p, t = _log2_probs_t(Q, tl.load(lse_rows + start * 16), k, ones, head, sqh, sqm, start, key0, L, WINDOW,
                                  scale_log2, True, BLOCK_M, BLOCK_N, D, PREC)
             _pool_tile(p, MAP, head, start, key0, WIDTH, BINS, BLOCK_M, BLOCK_N, RW, CW)
             key_sum += tl.sum(p, 1)
@@ -153,13 +159,13 @@ if triton is not None:
         bin_end = tl.minimum((row_bin + 1) * WIDTH, hi)
         in_bin = tl.zeros([BLOCK_N], tl.float32)
         for start in range(full, hi, BLOCK_M):
-            p, t = _log2_probs_t(Q, tl.load(lse_rows + start), k, head, sqh, sqm, start, key0, L, WINDOW,
+            p, t = _log2_probs_t(Q, tl.load(lse_rows + start * 16), k, ones, head, sqh, sqm, start, key0, L, WINDOW,
                                  scale_log2, HAS_WINDOW, BLOCK_M, BLOCK_N, D, PREC)
             p_log2_p += tl.sum(p * t, 1)
             in_bin += tl.sum(p, 1)
             if BIN_LOOP:
                 if start + BLOCK_M >= bin_end:                                  # the bin is complete
-                    tl.atomic_add(MAP + head * BINS * BINS + row_bin * BINS + col_bin, tl.sum(in_bin, 0))
+                    tl.atomic_add(MAP + head * BINS * BINS + row_bin * BINS + col_bin, tl.sum(in_bin, 0), sem="relaxed")
                     key_sum += in_bin
                     in_bin = tl.zeros([BLOCK_N], tl.float32)
                     row_bin += 1
@@ -168,7 +174,22 @@ if triton is not None:
                 _pool_tile(p, MAP, head, start, key0, WIDTH, BINS, BLOCK_M, BLOCK_N, RW, CW)
         key_sum += in_bin
         tl.store(COLS + head * L + keys, key_sum, mask=keys < L)
-        tl.atomic_add(PT + head, tl.sum(p_log2_p, 0).to(tl.float64))
+        tl.atomic_add(PT + head, tl.sum(p_log2_p, 0).to(tl.float64), sem="relaxed")
+
+
+def _neg_lse_parts(lse2: torch.Tensor, scaling: float, dtype: torch.dtype, rows: int) -> torch.Tensor:
+    """[heads, rows, 16] in the queries' dtype: -lse / scale in score units (lse2 [heads, L] in
+    log2 units), split over columns 0..LSE_PARTS-1 so that their sum (exact in the dot's
+    float32 accumulator) carries ~24 bits; zeros after. Rows past L get a quarter of the dtype's
+    largest value, so their p is 0 without a mask (q is 0 there)."""
+    heads, n = lse2.shape
+    out = torch.zeros(heads, rows, 16, device=lse2.device, dtype=dtype)
+    out[:, n:, 0] = -torch.finfo(dtype).max / 4
+    rest = -lse2 / (scaling * LOG2E)                                           # [heads, L] float32
+    for part in range(LSE_PARTS):
+        out[:, :n, part] = rest.to(dtype)
+        rest = rest - out[:, :n, part].float()
+    return out
 
 
 def _sink_sums(q, k, lse2, cols, scaling: float, window: int | None) -> torch.Tensor:
@@ -238,20 +259,20 @@ def layer_statistics(query: torch.Tensor, key: torch.Tensor, scaling: float, win
     maps = torch.zeros(heads, bins, bins, **f32)
     launch = {**LAUNCH.get(dim * q.element_size(), WIDE_ROWS), **OVERRIDE}
     block_m, block_n = launch["BLOCK_M"], launch["BLOCK_N"]
-    # [heads, L rounded up to a query block]: log2-sum-exp per row, LSE_PAD past L
-    lse2 = torch.full((heads, triton.cdiv(n, block_m) * block_m), LSE_PAD, **f32)
+    lse2 = torch.empty(heads, n, **f32)                                         # log2-sum-exp per row
     common = dict(sqh=q.stride(0), sqm=q.stride(1), skh=k.stride(0), skn=k.stride(1), sl=lse2.stride(0), L=n,
                   GROUPS=heads // k.shape[0], WINDOW=window or NO_WINDOW, scale_log2=scaling * LOG2E,
                   D=dim, PREC="ieee" if q.dtype == torch.float32 else "tf32",
-                  num_warps=launch["num_warps"], num_stages=launch["num_stages"])
+                  **{key: launch[key] for key in ("num_warps", "num_stages", "maxnreg") if launch.get(key)})
     if lse is None:
         _row_lse[(triton.cdiv(n, block_m), heads)](q, k, lse2, **common, BLOCK_M=block_m, BLOCK_N=block_n)
     else:
-        lse2[:, :n] = lse.float() * LOG2E
+        lse2.copy_(lse.float() * LOG2E)
+    neg_lse = _neg_lse_parts(lse2, scaling, q.dtype, triton.cdiv(n, block_m) * block_m)
     _stats[(triton.cdiv(n, block_n), heads)](
-        q, k, lse2, cols, p_log2_p, maps, **common, BLOCK_M=block_m, BLOCK_N=block_n, WIDTH=width, BINS=bins,
-        RW=math.gcd(width, block_m), CW=math.gcd(width, block_n),
-        BIN_LOOP=width % block_m == 0 and width % block_n == 0, HAS_WINDOW=window is not None)
+        q, k, neg_lse, cols, p_log2_p, maps, **{**common, "sl": neg_lse.stride(0)}, BLOCK_M=block_m,
+        BLOCK_N=block_n, WIDTH=width, BINS=bins, RW=math.gcd(width, block_m), CW=math.gcd(width, block_n),
+        BIN_LOOP=width % block_m == 0 and width % block_n == 0, HAS_WINDOW=window is not None, PARTS=LSE_PARTS)
     entropy_sum = (-math.log(2.0) * p_log2_p).float()                          # sum_ij -p ln p, nats
     sink_sum = _sink_sums(q, k, lse2, cols, scaling, window).float()
     return finish_sums(sink_sum, entropy_sum, cols, maps, causal=True, width=width)

@@ -38,13 +38,14 @@ def reference_lse(q, k, scaling, window):
 
 
 @pytest.mark.parametrize("lse_given", [False, True])
-@pytest.mark.parametrize("dtype,atol", [(torch.float32, 2e-5), (torch.bfloat16, 2e-4)])
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 2e-5), (torch.bfloat16, 2e-4), (torch.float16, 2e-4)])
 @pytest.mark.parametrize("heads,kv_heads,length,dim,window,map_size", [
     (8, 2, 1000, 64, None, 128),     # bins of 8 tokens
     (4, 4, 4099, 128, None, 64),     # ragged last tile, bins of 128
     (6, 3, 2000, 64, 300, 128),      # sliding window
     (3, 1, 700, 64, 5, 128),         # a window narrower than the 8 sink columns
     (2, 1, 9000, 64, None, 128),     # bins of 128 (a multiple of the tile)
+    (2, 1, 1500, 256, None, 128),    # wide rows (fused.WIDE_ROWS for 16-bit, 1 KB rows in float32)
 ])
 def test_kernel_matches_blockwise(lse_given, dtype, atol, heads, kv_heads, length, dim, window, map_size):
     seed, q, k, _ = random_qkv(heads, kv_heads, length, dim, dtype)
