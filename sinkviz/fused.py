@@ -32,7 +32,8 @@ except ImportError:  # CPU-only installs: the fused path is simply unavailable
 
 # Tile shapes and launch settings by bytes per head row, the fastest measured on an H100
 # (bench/kernel_tune.py): 128-key blocks halve the query traffic through L2 for 128-dim 16-bit
-# heads; wider rows keep 64 keys to fit shared memory. BLOCK_M and BLOCK_N are powers of two,
+# heads, and maxnreg=128 keeps two 8-warp blocks per SM (154 registers unbounded: one block,
+# 30 % slower); wider rows keep 64 keys to fit shared memory. BLOCK_M and BLOCK_N are powers of two,
 # so with bin widths that are powers of two or multiples of TILE (reduce.bin_width),
 # gcd(width, block) tokens of a tile always share one bin. OVERRIDE (for benchmarks) wins.
 LAUNCH = {128: dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),

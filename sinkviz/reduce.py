@@ -76,7 +76,8 @@ def finish_sums(sink_sum, entropy_sum, column_sum, map_sum, *, causal: bool, wid
     sink_mass = torch.where(n_queries > 0, sink_sum / n_queries.clamp(min=1), math.nan)
     j = torch.arange(n, device=column_sum.device)
     seen_by = (n - j) if causal else torch.full_like(j, n)                    # queries that see j
-    bin_rows = torch.bincount(j // width, minlength=map_sum.shape[-1]).to(map_sum.dtype)
+    bin_start = torch.arange(map_sum.shape[-1], device=map_sum.device) * width
+    bin_rows = (n - bin_start).clamp(max=width).to(map_sum.dtype)            # queries per bin (no sync)
     return {
         "sink_mass": sink_mass,                                    # [heads, N]
         "entropy": entropy_sum / n,                                # [heads]

@@ -75,6 +75,21 @@ def test_attention_with_lse_is_sdpa_bit_for_bit(heads, kv_heads, length, dim, dt
                                msg=lambda m: f"seed {seed}: {m}")
 
 
+@pytest.mark.parametrize("lse_given", [False, True])
+def test_layer_statistics_never_wait_for_the_gpu(lse_given):
+    """No host-device sync per layer (a bincount on CUDA was one): the CPU queues the next
+    layers while this one runs. torch raises on any synchronizing call in this mode."""
+    seed, q, k, v = random_qkv(8, 2, 3000, 64, torch.bfloat16)
+    lse = fused.attention_with_lse(q, k, v, 64 ** -0.5)[1] if lse_given else None
+    fused.layer_statistics(q, k, 64 ** -0.5, None, 128, lse)                  # compile first
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fused.layer_statistics(q, k, 64 ** -0.5, None, 128, lse)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def test_bf16_model_capture_keeps_logits_and_matches_blockwise(monkeypatch):
     """A Llama of head dim 64 in bfloat16: capture's logits equal a plain forward's, bit for bit,
     and the fused statistics equal the block-wise path's."""
