@@ -260,18 +260,18 @@ def layer_statistics(query: torch.Tensor, key: torch.Tensor, scaling: float, win
     maps = torch.zeros(heads, bins, bins, **f32)
     launch = {**LAUNCH.get(dim * q.element_size(), WIDE_ROWS), **OVERRIDE}
     block_m, block_n = launch["BLOCK_M"], launch["BLOCK_N"]
-    lse2 = torch.empty(heads, n, **f32)                                         # log2-sum-exp per row
-    common = dict(sqh=q.stride(0), sqm=q.stride(1), skh=k.stride(0), skn=k.stride(1), sl=lse2.stride(0), L=n,
+    common = dict(sqh=q.stride(0), sqm=q.stride(1), skh=k.stride(0), skn=k.stride(1), L=n,
                   GROUPS=heads // k.shape[0], WINDOW=window or NO_WINDOW, scale_log2=scaling * LOG2E,
                   D=dim, PREC="ieee" if q.dtype == torch.float32 else "tf32",
                   **{key: launch[key] for key in ("num_warps", "num_stages", "maxnreg") if launch.get(key)})
     if lse is None:
-        _row_lse[(triton.cdiv(n, block_m), heads)](q, k, lse2, **common, BLOCK_M=block_m, BLOCK_N=block_n)
+        lse2 = torch.empty(heads, n, **f32)                                     # log2-sum-exp per row
+        _row_lse[(triton.cdiv(n, block_m), heads)](q, k, lse2, **common, sl=n, BLOCK_M=block_m, BLOCK_N=block_n)
     else:
-        lse2.copy_(lse.float() * LOG2E)
+        lse2 = lse.float() * LOG2E
     neg_lse = _neg_lse_parts(lse2, scaling, q.dtype, triton.cdiv(n, block_m) * block_m)
     _stats[(triton.cdiv(n, block_n), heads)](
-        q, k, neg_lse, cols, p_log2_p, maps, **{**common, "sl": neg_lse.stride(0)}, BLOCK_M=block_m,
+        q, k, neg_lse, cols, p_log2_p, maps, **common, sl=neg_lse.stride(0), BLOCK_M=block_m,
         BLOCK_N=block_n, WIDTH=width, BINS=bins, RW=math.gcd(width, block_m), CW=math.gcd(width, block_n),
         BIN_LOOP=width % block_m == 0 and width % block_n == 0, HAS_WINDOW=window is not None, PARTS=LSE_PARTS)
     entropy_sum = (-math.log(2.0) * p_log2_p).float()                          # sum_ij -p ln p, nats
