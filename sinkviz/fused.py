@@ -16,6 +16,7 @@ Used for causal prefill on CUDA with no explicit mask; everything else takes red
 (SINKVIZ_FUSED=0 forces that path, for comparison).
 """
 
+import contextlib
 import math
 import os
 
@@ -223,6 +224,13 @@ def sdpa_backend(query, key, value, scaling: float) -> int:
     return torch._fused_sdp_choice(query, key, value, None, 0.0, True, scale=scaling, enable_gqa=gqa)
 
 
+def on_device_of(tensor: torch.Tensor):
+    """Make ``tensor``'s GPU the current one: Triton launches, and the streams torch hands out,
+    follow the current device, not the tensors (on ``cuda:1`` of a ``device_map="auto"`` model
+    while ``cuda:0`` is current, a launch would run on the wrong GPU and read another's memory)."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
+
+
 def attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                        scaling: float) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Causal attention from the kernel SDPA itself picks, called through the op that also
@@ -230,6 +238,11 @@ def attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
     lse [heads, L] in natural log). None where SDPA would take another path (its math
     fallback, or memory-efficient attention with GQA, which it runs on expanded keys) and where
     this torch lacks these private ops or the device lacks the kernel: then ``_row_lse`` runs."""
+    with on_device_of(query):
+        return _attention_with_lse(query, key, value, scaling)
+
+
+def _attention_with_lse(query, key, value, scaling):
     try:
         backend = sdpa_backend(query, key, value, scaling)
         gqa = query.shape[1] != key.shape[1]
@@ -246,6 +259,11 @@ def layer_statistics(query: torch.Tensor, key: torch.Tensor, scaling: float, win
                      map_size: int, lse: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """query [1, heads, L, D], key [1, kv_heads, L, D] -> the dict of reduce.finish_sums.
     ``lse`` [heads, L] (natural log, from the forward's attention) saves the pass that computes it."""
+    with on_device_of(query):
+        return _layer_statistics(query, key, scaling, window, map_size, lse)
+
+
+def _layer_statistics(query, key, scaling, window, map_size, lse):
     q, k = query[0], key[0]
     if q.stride(-1) != 1:
         q = q.contiguous()

@@ -24,7 +24,7 @@ class LayerArrays:
         self.arrays: dict[str, np.ndarray] = {}
         self._pending: list[Future] = []
         self._worker: ThreadPoolExecutor | None = None
-        self._stream = None
+        self._streams: dict[torch.device, torch.cuda.Stream] = {}   # one side stream per GPU
         self._lock = threading.Lock()
         self._staging: dict[str, torch.Tensor] = {}
 
@@ -38,7 +38,8 @@ class LayerArrays:
             return
         if self._worker is None:
             self._worker = ThreadPoolExecutor(1, thread_name_prefix="sinkviz-host-copy")
-            self._stream = torch.cuda.Stream(device)
+        if device not in self._streams:
+            self._streams[device] = torch.cuda.Stream(device)
         ready = torch.cuda.Event()
         ready.record(torch.cuda.current_stream(device))
         self._pending.append(self._worker.submit(self._copy, index, tensors, ready))
@@ -50,12 +51,15 @@ class LayerArrays:
             torch.from_numpy(self._array(name, tensor)[index]).copy_(tensor)
 
     def _staged(self, tensors: dict[str, torch.Tensor], ready) -> dict[str, torch.Tensor]:
-        """The CUDA tensors copied into page-locked buffers once ``ready`` has fired."""
-        self._stream.wait_event(ready)
-        with torch.cuda.stream(self._stream):
+        """The CUDA tensors copied into page-locked buffers once ``ready`` has fired, on the side
+        stream of their own GPU (a copy is queued on its source device's current stream, so a
+        stream of another GPU would neither order nor wait for it)."""
+        stream = self._streams[next(iter(tensors.values())).device]
+        stream.wait_event(ready)
+        with torch.cuda.stream(stream):   # also makes that GPU current in this worker thread
             staged = {name: self._pinned(name, tensor).copy_(tensor, non_blocking=True)
                       for name, tensor in tensors.items()}
-        self._stream.synchronize()
+        stream.synchronize()
         return staged
 
     def _pinned(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
