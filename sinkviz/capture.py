@@ -10,13 +10,15 @@ import contextlib
 import inspect
 import math
 from contextvars import ContextVar
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from . import fused
+from . import fused, invariants
 from .errors import UnsupportedArchitecture
 from .host_copy import LayerArrays
 from .reduce import LayerReducer, bin_width
@@ -25,7 +27,6 @@ from .stats import AttentionStats
 ATTN_NAME = "sinkviz"
 BLOCK_ELEMENTS = 1 << 24          # probabilities per block on accelerators (64 MB in float32)
 CPU_BLOCK_ROWS = 128              # on CPU, 128-query blocks were twice as fast as 256
-UNSUPPORTED_KWARGS = ("softcap", "s_aux", "sinks")  # change the softmax in ways SDPA ignores
 
 _recorder: ContextVar["_Recorder | None"] = ContextVar("sinkviz_recorder", default=None)
 _first_key_scale: ContextVar["tuple[int, float] | None"] = ContextVar("sinkviz_key_scale", default=None)
@@ -48,41 +49,65 @@ def register() -> None:
     AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)  # else the mask arrives as None
 
 
+@dataclass(frozen=True, eq=False)
+class Softmax:
+    """What a layer's softmax has beyond SDPA's, each applied block by block:
+    logits -> cap * tanh(logits / cap) (Gemma 2's soft cap), the first keys' logits times gamma
+    (the lab), and a learned sink: one more logit per head (``s_aux``, gpt-oss) or per head and
+    query (``sinks``) that joins the softmax as a column no token owns."""
+    softcap: float | None = None
+    first_key_scale: tuple[int, float] | None = None
+    sink_logits: torch.Tensor | None = None   # [heads, Lq]
+
+    @classmethod
+    def of(cls, query: torch.Tensor, kwargs: dict) -> "Softmax | None":
+        """The layer's variant, or None where SDPA computes it exactly. query [1, heads, Lq, D]."""
+        sinks = kwargs.get("s_aux") if kwargs.get("s_aux") is not None else kwargs.get("sinks")
+        if sinks is not None:      # s_aux [heads]; sinks [1, heads, Lq, 1]
+            sinks = (sinks[0, ..., 0] if sinks.dim() == 4 else sinks[:, None]).expand(*query.shape[1:3])
+        variant = (kwargs.get("softcap"), _first_key_scale.get(), sinks)
+        return None if all(part is None for part in variant) else cls(*variant)
+
+
 def sinkviz_attention(module, query, key, value, attention_mask, **kwargs):
-    """SDPA output; plus statistics when a recorder is active in this context."""
+    """SDPA's output, or the block-wise softmax where SDPA cannot compute it (``Softmax``);
+    plus statistics when a recorder is active in this context."""
     recorder = _recorder.get()
-    if recorder is not None:
-        for name in UNSUPPORTED_KWARGS:
-            if kwargs.get(name) is not None:
-                raise UnsupportedArchitecture(
-                    f"{type(module).__name__} uses '{name}' in its attention softmax, "
-                    "which sinkviz cannot capture exactly yet")
-    scale = _first_key_scale.get()
-    if scale is not None:
-        return _scaled_attention(query, key, value, attention_mask, kwargs, scale, recorder)
+    softmax = Softmax.of(query, kwargs)
+    if softmax is not None:
+        return _blockwise_attention(module, query, key, value, attention_mask, kwargs, softmax, recorder)
     output = recorder.record(module, query, key, value, attention_mask, kwargs) if recorder is not None else None
     if output is None:
         output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     return output, None
 
 
-def _scaled_attention(query, key, value, attention_mask, kwargs, scale, recorder):
-    """Attention with the first keys' logits scaled, block by block; its statistics when recording.
-    Returns (output [1, L, heads, D], None)."""
+def is_causal(module, kwargs: dict) -> bool:
+    """The layer's causality: the call's ``is_causal``, else the module's (default causal)."""
+    causal = kwargs.get("is_causal")
+    return getattr(module, "is_causal", True) if causal is None else bool(causal)
+
+
+def _blockwise_attention(module, query, key, value, attention_mask, kwargs, softmax: Softmax, recorder):
+    """The layer's attention computed block by block with its own ``softmax``, and its statistics
+    from the same probabilities when recording. Returns (output [1, L, heads, D], None)."""
+    if query.shape[0] != 1:
+        raise ValueError("sinkviz runs a model with learned sinks or soft caps one prompt at a time")
     heads, n_q, dim = query.shape[1:]
     acc = torch.float64 if query.dtype == torch.float64 else torch.float32
-    q = query[0].to(acc)
-    k = repeat_kv(key, heads // key.shape[1])[0].to(acc)
-    v = repeat_kv(value, heads // value.shape[1])[0].to(acc)
-    n_k, causal, window = k.shape[1], kwargs.get("is_causal", True) is not False, kwargs.get("sliding_window")
-    reducer = (LayerReducer(heads, n_k, recorder.map_size, causal=causal, device=q.device, dtype=acc)
-               if recorder else None)
+    q = query[0].to(acc)                                                      # [heads, Lq, D]
+    k = repeat_kv(key, heads // key.shape[1])[0].to(acc)                      # [heads, Lk, D]
+    v = repeat_kv(value, heads // value.shape[1])[0].to(acc)                  # [heads, Lk, D]
+    n_k, causal, window = k.shape[1], is_causal(module, kwargs), kwargs.get("sliding_window")
+    reducer = (LayerReducer(heads, n_k, recorder.map_size, causal=causal, device=q.device, dtype=acc,
+                            learned_sink=softmax.sink_logits is not None) if recorder else None)
     out = torch.empty(heads, n_q, v.shape[-1], device=q.device, dtype=acc)          # [heads, L, D]
-    for start, stop, probs in probability_blocks(q, k, attention_mask, kwargs.get("scaling") or dim ** -0.5,
-                                                 causal=causal, window=window, first_key_scale=scale):
+    for start, stop, probs, sink in probability_blocks(
+            q, k, attention_mask, kwargs.get("scaling") or dim ** -0.5, causal=causal, window=window,
+            bias=kwargs.get("position_bias"), softmax=softmax):
         out[:, start:stop] = torch.matmul(probs, v)
         if reducer is not None:
-            reducer.add(probs, start + n_k - n_q)
+            reducer.add(probs, start + n_k - n_q, sink)
     if recorder is not None:
         recorder.append(reducer.finish(), value, window, causal)
     return out.to(query.dtype).transpose(0, 1)[None], None
@@ -101,6 +126,7 @@ class _Recorder:
         self.n_recorded = 0
         self.host = LayerArrays(n_layers)          # statistics and value norms, by layer, on the host
         self.windows: list[int | None] = []
+        self.learned_sink_layers: list[int] = []   # layers whose softmax has a learned sink
         self.causal = True
 
     def record(self, module, query, key, value, attention_mask, kwargs) -> torch.Tensor | None:
@@ -109,8 +135,7 @@ class _Recorder:
         compute it for its log-sum-exp (the same kernel and numbers as SDPA), else None."""
         if query.shape[0] != 1:
             raise ValueError("sinkviz captures one prompt at a time (batch size 1)")
-        causal = kwargs.get("is_causal")
-        causal = getattr(module, "is_causal", True) if causal is None else bool(causal)
+        causal = is_causal(module, kwargs)
         window = kwargs.get("sliding_window")
         scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
         bias = kwargs.get("position_bias")
@@ -126,6 +151,8 @@ class _Recorder:
 
     def append(self, layer: dict, value, window, causal: bool) -> None:
         """Keep one layer's statistics, its value norms [Lk] and its attention pattern."""
+        if "learned_sink" in layer:
+            self.learned_sink_layers.append(self.n_recorded)
         self.host.add(self.n_recorded, {**layer, "value_norm": row_norms(value[0]).mean(0)})  # value_norm [Lk]
         self.n_recorded += 1
         self.windows.append(window)
@@ -138,8 +165,8 @@ class _Recorder:
         q = query[0].to(acc)                                                  # [heads, Lq, D]
         k = repeat_kv(key, heads // key.shape[1])[0].to(acc)                  # [heads, Lk, D]
         reducer = LayerReducer(heads, k.shape[1], self.map_size, causal=causal, device=q.device, dtype=acc)
-        for start, _, probs in probability_blocks(q, k, attention_mask, scaling, causal=causal,
-                                                  window=window, bias=bias):
+        for start, _, probs, _ in probability_blocks(q, k, attention_mask, scaling, causal=causal,
+                                                     window=window, bias=bias):
             reducer.add(probs, start + k.shape[1] - n_q)
         return reducer.finish()
 
@@ -150,20 +177,30 @@ def row_norms(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x, dim=-1, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
 
 
-def probability_blocks(q, k, attention_mask, scaling, *, causal, window, bias=None, first_key_scale=None):
-    """Yield (start, stop, probs [heads, b, Lk]) of attention rows, block by block: scores, the
-    first keys' logits scaled by (k, gamma) if asked, the mask, softmax. q, k: [heads, L, D]."""
+def probability_blocks(q, k, attention_mask, scaling, *, causal, window, bias=None, softmax: Softmax | None = None):
+    """Yield (start, stop, probs [heads, b, Lk], sink [heads, b] or None) of attention rows, block
+    by block: scores, the position bias, ``softmax``'s cap and first-key scale, the mask, then the
+    softmax over the keys and, where there is one, the learned sink (whose probability is
+    ``sink``; the keys' then sum to 1 - sink). q, k: [heads, L, D]."""
     n_q, n_k = q.shape[1], k.shape[1]
+    softmax = softmax or Softmax()
     rows = block_rows(q.shape[0], n_k, q.device)
     for start in range(0, n_q, rows):
         stop = min(n_q, start + rows)
         scores = torch.matmul(q[:, start:stop], k.transpose(-1, -2)) * scaling      # [heads, b, Lk]
         if bias is not None:
             scores = scores + bias[0, :, start:stop].to(scores.dtype)
-        if first_key_scale is not None:
-            scores[..., :first_key_scale[0]] *= first_key_scale[1]
+        if softmax.softcap is not None:
+            scores = torch.tanh(scores / softmax.softcap) * softmax.softcap
+        if softmax.first_key_scale is not None:
+            scores[..., :softmax.first_key_scale[0]] *= softmax.first_key_scale[1]
         scores = _apply_mask(scores, attention_mask, start, stop, n_k - n_q, causal=causal, window=window)
-        yield start, stop, torch.softmax(scores, dim=-1)
+        if softmax.sink_logits is None:
+            yield start, stop, torch.softmax(scores, dim=-1), None
+            continue
+        sink_logits = softmax.sink_logits[:, start:stop, None].to(scores.dtype)     # [heads, b, 1]
+        both = torch.softmax(torch.cat([scores, sink_logits], dim=-1), dim=-1)      # [heads, b, Lk + 1]
+        yield start, stop, both[..., :-1], both[..., -1]
 
 
 def _apply_mask(scores, attention_mask, start, stop, offset, *, causal, window):
@@ -252,10 +289,18 @@ def _captured_forward(model, input_ids, map_size, kwargs):
 
 
 def _to_stats(recorder: _Recorder) -> AttentionStats:
+    """The recorder's host arrays as AttentionStats, checked against what every attention obeys."""
     arrays = recorder.host.result()
-    return AttentionStats(
+    sinks = {}
+    if recorder.learned_sink_layers:        # layers without a learned sink give it nothing
+        without = np.setdiff1d(np.arange(recorder.n_recorded), recorder.learned_sink_layers)
+        for name in ("learned_sink", "learned_sink_map"):
+            arrays[name][without] = 0.0
+            sinks[name] = arrays[name]
+    stats = AttentionStats(
         sink_mass=arrays["sink_mass"], entropy=arrays["entropy"], received=arrays["received"],
         maps=arrays["maps"], hidden_norm=arrays["hidden_norm"], value_norm=arrays["value_norm"],
         bin_width=bin_width(arrays["received"].shape[-1], recorder.map_size),
-        causal=recorder.causal, windows=tuple(recorder.windows))
-
+        causal=recorder.causal, windows=tuple(recorder.windows), **sinks)
+    invariants.check(stats)
+    return stats
