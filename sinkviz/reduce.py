@@ -30,7 +30,7 @@ class LayerReducer:
     """Running sums of one layer's statistics; ``add`` each query block, then ``finish``."""
 
     def __init__(self, heads: int, n_keys: int, map_size: int, *, causal: bool,
-                 device: torch.device, dtype: torch.dtype):
+                 device: torch.device, dtype: torch.dtype, learned_sink: bool = False):
         self.n_keys, self.causal = n_keys, causal
         self.width = bin_width(n_keys, map_size)
         self.n_bins = math.ceil(n_keys / self.width)
@@ -39,9 +39,12 @@ class LayerReducer:
         self.entropy_sum = zeros(heads)                    # [heads]
         self.column_sum = zeros(heads, n_keys)             # [heads, keys]
         self.map_sum = zeros(heads, self.n_bins, self.n_bins)  # [heads, q bins, k bins]
+        self.learned_sink_sum = zeros(heads) if learned_sink else None          # [heads]
+        self.learned_sink_map_sum = zeros(heads, self.n_bins) if learned_sink else None  # [heads, q bins]
 
-    def add(self, probs: torch.Tensor, q_start: int) -> None:
-        """probs: [heads, block, keys], rows sum to 1; query positions q_start .. q_start+block-1."""
+    def add(self, probs: torch.Tensor, q_start: int, sink: torch.Tensor | None = None) -> None:
+        """probs: [heads, block, keys], rows sum to 1 - sink (sink [heads, block]: the learned-sink
+        column, where the model has one); query positions q_start .. q_start+block-1."""
         heads, block, keys = probs.shape
         q_pos = torch.arange(q_start, q_start + block, device=probs.device)  # [block]
         # sink mass: sum_{j<N} a[i, j] for queries i >= N, for every N = 1..8
@@ -60,16 +63,24 @@ class LayerReducer:
         padded = torch.nn.functional.pad(probs, (0, self.n_bins * self.width - keys))
         by_key_bin = padded.view(heads, block, self.n_bins, self.width).sum(-1)  # [heads, block, bins]
         self.map_sum.index_add_(1, q_pos // self.width, by_key_bin)
+        if sink is not None:  # the learned sink is a column of the softmax: in the entropy too
+            self.entropy_sum += -torch.special.xlogy(sink, sink).sum(-1)
+            self.learned_sink_sum += sink.sum(-1)
+            self.learned_sink_map_sum.index_add_(1, q_pos // self.width, sink)
 
     def finish(self) -> dict[str, torch.Tensor]:
         return finish_sums(self.sink_sum, self.entropy_sum, self.column_sum, self.map_sum,
-                           causal=self.causal, width=self.width)
+                           causal=self.causal, width=self.width, learned_sink_sum=self.learned_sink_sum,
+                           learned_sink_map_sum=self.learned_sink_map_sum)
 
 
-def finish_sums(sink_sum, entropy_sum, column_sum, map_sum, *, causal: bool, width: int) -> dict:
-    """Sums over queries -> means: sink mass over queries i >= N, entropy over all queries,
-    received over i >= j (all i when bidirectional), map rows over the queries of their bin.
-    sink_sum [heads, 8], entropy_sum [heads], column_sum [heads, L], map_sum [heads, bins, bins]."""
+def finish_sums(sink_sum, entropy_sum, column_sum, map_sum, *, causal: bool, width: int,
+                learned_sink_sum=None, learned_sink_map_sum=None) -> dict:
+    """Sums over queries -> means: sink mass over queries i >= N, entropy and learned sink over
+    all queries, received over i >= j (all i when bidirectional), map rows (and the learned
+    sink's map column) over the queries of their bin. sink_sum [heads, 8], entropy_sum [heads],
+    column_sum [heads, L], map_sum [heads, bins, bins]; learned_sink_sum [heads] and
+    learned_sink_map_sum [heads, bins] where the model has a learned sink."""
     n = column_sum.shape[-1]
     n_idx = torch.arange(1, MAX_FIRST_N + 1, device=sink_sum.device)
     n_queries = (n - n_idx).to(sink_sum.dtype)                                # queries i >= N
@@ -78,9 +89,13 @@ def finish_sums(sink_sum, entropy_sum, column_sum, map_sum, *, causal: bool, wid
     seen_by = (n - j) if causal else torch.full_like(j, n)                    # queries that see j
     bin_start = torch.arange(map_sum.shape[-1], device=map_sum.device) * width
     bin_rows = (n - bin_start).clamp(max=width).to(map_sum.dtype)            # queries per bin (no sync)
-    return {
+    out = {
         "sink_mass": sink_mass,                                    # [heads, N]
         "entropy": entropy_sum / n,                                # [heads]
         "received": column_sum / seen_by.to(column_sum.dtype),     # [heads, keys]
         "maps": map_sum / bin_rows[None, :, None],                 # [heads, bins, bins]
     }
+    if learned_sink_sum is not None:
+        out["learned_sink"] = learned_sink_sum / n                          # [heads]
+        out["learned_sink_map"] = learned_sink_map_sum / bin_rows[None, :]  # [heads, bins]
+    return out

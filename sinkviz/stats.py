@@ -8,6 +8,11 @@ For layer l, head h, query i, key j and attention a[l, h, i, j] (L tokens):
                          (bins of ``bin_width`` tokens; width 1 is the full L x L map)
 - hidden_norm[l, j]    = ||output of decoder layer l at position j||_2
 - value_norm[l, j]     = mean over KV heads of ||v[l, kv, j]||_2
+- learned_sink[l, h]   = mean_i s[l, h, i]: the probability a row gives to the learned sink, a
+                         softmax column no token owns (gpt-oss: s = exp(sink logit - LSE_i)).
+                         None for models without one. Every other statistic keeps the same,
+                         un-renormalised probabilities, so a row's tokens sum to 1 - s.
+- learned_sink_map[l, h, b] = mean_{i in bin b} s[l, h, i]: the heatmaps' sink column
 """
 
 from dataclasses import dataclass, fields
@@ -15,6 +20,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 ARRAY_FIELDS = ("sink_mass", "entropy", "received", "maps", "hidden_norm", "value_norm")
+OPTIONAL_FIELDS = ("learned_sink", "learned_sink_map")
 
 
 @dataclass(frozen=True)
@@ -28,10 +34,13 @@ class AttentionStats:
     bin_width: int
     causal: bool
     windows: tuple           # per layer: sliding-window length, or None for full attention
+    learned_sink: np.ndarray | None = None      # [layers, heads]
+    learned_sink_map: np.ndarray | None = None  # [layers, heads, B]
 
     def __post_init__(self):
-        for name in ARRAY_FIELDS:
-            getattr(self, name).setflags(write=False)
+        for name in ARRAY_FIELDS + OPTIONAL_FIELDS:
+            if getattr(self, name) is not None:
+                getattr(self, name).setflags(write=False)
 
     @property
     def n_layers(self) -> int:
@@ -47,7 +56,8 @@ class AttentionStats:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain arrays for ``np.savez`` (no pickled objects)."""
-        out = {name: getattr(self, name) for name in ARRAY_FIELDS}
+        out = {name: getattr(self, name) for name in ARRAY_FIELDS + OPTIONAL_FIELDS
+               if getattr(self, name) is not None}
         out["bin_width"] = np.array(self.bin_width)
         out["causal"] = np.array(self.causal)
         out["windows"] = np.array([-1 if w is None else w for w in self.windows])
@@ -55,10 +65,11 @@ class AttentionStats:
 
     @classmethod
     def from_arrays(cls, arrays) -> "AttentionStats":
-        names = {f.name for f in fields(cls)}
+        names = {f.name for f in fields(cls)} - set(OPTIONAL_FIELDS)
         missing = names - set(arrays.keys())
         if missing:
             raise KeyError(f"stored statistics lack {sorted(missing)}")
-        return cls(**{name: np.array(arrays[name]) for name in ARRAY_FIELDS},
+        optional = {name: np.array(arrays[name]) for name in OPTIONAL_FIELDS if name in arrays}
+        return cls(**{name: np.array(arrays[name]) for name in ARRAY_FIELDS}, **optional,
                    bin_width=int(arrays["bin_width"]), causal=bool(arrays["causal"]),
                    windows=tuple(None if w < 0 else int(w) for w in arrays["windows"]))

@@ -23,24 +23,28 @@ def float64_softmax():
         torch.nn.functional.softmax = original
 
 
-def eager_attentions(folder, input_ids: torch.Tensor, model_class=None):
-    """([layers, heads, L, L] float64 attention, hidden_states list) from eager float64,
-    softmax included."""
+def eager_attentions(folder, input_ids: torch.Tensor, model_class=None, with_logits=False, **load):
+    """([layers, heads, L, L] float64 attention, hidden_states list[, logits [L, vocab]]) from
+    eager float64, softmax included; ``load`` goes to from_pretrained (e.g. experts_implementation)."""
     from transformers import AutoModelForCausalLM
     model = (model_class or AutoModelForCausalLM).from_pretrained(
-        folder, dtype=torch.float64, attn_implementation="eager").eval()
+        folder, dtype=torch.float64, attn_implementation="eager", **load).eval()
     with torch.no_grad(), float64_softmax():
         out = model(input_ids=input_ids, output_attentions=True, output_hidden_states=True)
-    return torch.stack(out.attentions)[:, 0].numpy(), [h[0].numpy() for h in out.hidden_states]
+    found = torch.stack(out.attentions)[:, 0].numpy(), [h[0].numpy() for h in out.hidden_states]
+    return (*found, out.logits[0]) if with_logits else found
 
 
 def reference_stats(att: np.ndarray, map_size: int, causal: bool = True, width: int | None = None) -> dict:
     """Every statistic of sinkviz.stats, straight from the definitions, on a full [l, h, L, L] map;
-    maps in bins of ``width`` tokens (default: ceil(L / map_size))."""
+    maps in bins of ``width`` tokens (default: ceil(L / map_size)). Rows that sum to less than 1
+    give the rest to a learned sink: s = 1 - row sum, a softmax column of its own (entropy too)."""
     L = att.shape[-1]
+    sink_rows = 1.0 - att.sum(-1)                                        # [l, h, L]
     sink = np.stack([att[:, :, n:, :n].sum(-1).mean(-1) if n < L
                      else np.full(att.shape[:2], np.nan) for n in range(1, 9)], axis=-1)
-    ent = -(att * np.log(np.where(att > 0, att, 1.0))).sum(-1).mean(-1)
+    xlogx = lambda x: x * np.log(np.where(x > 0, x, 1.0))  # noqa: E731
+    ent = -(xlogx(att).sum(-1) + xlogx(np.clip(sink_rows, 0, None))).mean(-1)
     received = np.stack([att[:, :, (j if causal else 0):, j].mean(-1) for j in range(L)], -1)
     w = width or max(1, math.ceil(L / map_size))
     bins = math.ceil(L / w)
@@ -48,5 +52,6 @@ def reference_stats(att: np.ndarray, map_size: int, causal: bool = True, width: 
     for b in range(bins):
         for c in range(bins):
             maps[:, :, b, c] = att[:, :, b * w:(b + 1) * w, c * w:(c + 1) * w].sum(-1).mean(-1)
+    sink_map = np.stack([sink_rows[:, :, b * w:(b + 1) * w].mean(-1) for b in range(bins)], -1)
     return {"sink_mass": sink, "entropy": ent, "received": received, "maps": maps,
-            "bin_width": w}
+            "bin_width": w, "learned_sink": sink_rows.mean(-1), "learned_sink_map": sink_map}

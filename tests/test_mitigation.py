@@ -41,7 +41,7 @@ def test_scaled_path_with_no_key_scaled_equals_sdpa(tiny_models):
 def test_scaled_attention_matches_a_hand_computation():
     torch.manual_seed(int.from_bytes(os.urandom(2), "little"))
     q, k, v = (torch.randn(1, 2, 9, 4) for _ in range(3))
-    out, _ = capture._scaled_attention(q, k, v, None, {"scaling": 0.5}, (3, 0.7), None)
+    out, _ = capture._blockwise_attention(None, q, k, v, None, {"scaling": 0.5}, capture.Softmax(first_key_scale=(3, 0.7)), None)
     scores = (q[0] @ k[0].transpose(-1, -2)) * 0.5
     scores[..., :3] *= 0.7
     scores = scores.masked_fill(torch.ones(9, 9, dtype=torch.bool).triu(1), -torch.inf)

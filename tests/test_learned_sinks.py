@@ -1,0 +1,113 @@
+"""Learned sinks (gpt-oss's ``s_aux``) and soft caps (Gemma 2) are captured exactly.
+
+Tiny random configs with a sliding window shorter than the prompt, on both layer kinds, sink
+logits and caps large enough to matter; every statistic, the learned-sink mass and the model's
+own logits against the float64 eager reference. Exact means: float32 within 1e-5 (the float32
+floor of these models), float64 within 1e-10.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import VOCAB, tiny_tokenizer
+from reference import eager_attentions, reference_stats
+from sinkviz.capture import capture, capture_with_logits
+from sinkviz.models import load_model
+
+NAMES = ("sink_mass", "entropy", "received", "maps")
+
+
+def configs() -> dict:
+    import transformers as T
+    small = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=32, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=8, sliding_window=6, max_position_embeddings=512)
+    return {"gpt-oss": T.GptOssConfig(**small, num_local_experts=4, num_experts_per_tok=2),
+            "gemma2": T.Gemma2Config(**small, attn_logit_softcapping=2.0)}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict:
+    """name -> saved tiny model; weights x3 and gpt-oss's sink logits ~ N(0, 2): sinks that matter."""
+    from transformers import AutoModelForCausalLM
+    out = {}
+    for name, config in configs().items():
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config)
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                p.normal_(0.0, 2.0) if pname.endswith("sinks") else p.mul_(3.0)
+        folder = tmp_path_factory.mktemp(name)
+        model.save_pretrained(folder)
+        tiny_tokenizer().save_pretrained(folder)
+        out[name] = str(folder)
+    return out
+
+
+def fresh_ids(length):
+    seed = int.from_bytes(os.urandom(4), "little")
+    return torch.randint(4, VOCAB, (1, length), generator=torch.Generator().manual_seed(seed)), seed
+
+
+def check(stats, att, map_size, atol, seed, learned_sink):
+    ref = reference_stats(att, map_size, width=stats.bin_width)
+    for name in NAMES:
+        np.testing.assert_allclose(getattr(stats, name), ref[name], atol=atol, rtol=0, err_msg=f"{name}, seed {seed}")
+    if learned_sink:
+        np.testing.assert_allclose(stats.learned_sink, ref["learned_sink"], atol=atol, rtol=0, err_msg=str(seed))
+        np.testing.assert_allclose(stats.learned_sink_map, ref["learned_sink_map"], atol=atol, rtol=0)
+        assert ref["learned_sink"].max() > 0.2, "the sink logits should matter in this test"
+    else:
+        assert stats.learned_sink is None and np.abs(ref["learned_sink"]).max() < 1e-12
+
+
+@pytest.mark.parametrize("name", ["gpt-oss", "gemma2"])
+@pytest.mark.parametrize("length,map_size", [(40, 128), (150, 32)])
+def test_float32_capture_and_logits_match_eager_float64(folders, name, length, map_size):
+    ids, seed = fresh_ids(length)
+    loaded = load_model(folders[name], device="cpu", dtype="float32")
+    stats, logits = capture_with_logits(loaded.model, ids, map_size)
+    att, _, want_logits = eager_attentions(folders[name], ids, with_logits=True, experts_implementation="eager")
+    check(stats, att, map_size, 1e-5, seed, learned_sink=name == "gpt-oss")
+    torch.testing.assert_close(logits.double(), want_logits, atol=1e-4, rtol=1e-4)  # the model's output is its own
+    assert set(stats.windows) == {6, None}                                          # both layer kinds ran
+
+
+@pytest.mark.parametrize("name", ["gpt-oss", "gemma2"])
+def test_float64_capture_is_exact(folders, name):
+    from transformers import AutoModelForCausalLM
+    from sinkviz import capture as cap
+    cap.register()
+    ids, seed = fresh_ids(90)
+    model = AutoModelForCausalLM.from_pretrained(folders[name], dtype=torch.float64, attn_implementation=cap.ATTN_NAME,
+                                                 experts_implementation="eager").eval()
+    stats = capture(model, ids, 32)
+    att, _ = eager_attentions(folders[name], ids, experts_implementation="eager")
+    check(stats, att, 32, 1e-10, seed, learned_sink=name == "gpt-oss")
+
+
+def test_learned_sink_sums_with_the_tokens_to_one(folders):
+    """Per row, the tokens and the learned sink share all the attention: in the maps (the sink a
+    column of its own) and summed over received attention."""
+    ids, _ = fresh_ids(60)
+    stats = capture(load_model(folders["gpt-oss"], device="cpu", dtype="float32").model, ids, 16)
+    np.testing.assert_allclose(stats.maps.sum(-1) + stats.learned_sink_map, 1.0, atol=1e-5)
+    total = (stats.received * (60 - np.arange(60))).sum(-1)
+    np.testing.assert_allclose(total, 60 * (1 - stats.learned_sink), atol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
+@pytest.mark.parametrize("name", ["gpt-oss", "gemma2"])
+def test_on_gpu_the_fused_path_steps_aside_and_stays_exact(folders, name, monkeypatch):
+    """On CUDA, a prompt longer than the map takes the block-wise path for these softmaxes (the
+    fused kernels know neither the sink column nor the cap): still exact, kernels never called."""
+    from sinkviz import fused
+    monkeypatch.setattr(fused, "layer_statistics", lambda *a, **k: pytest.fail("fused path used"))
+    ids, seed = fresh_ids(300)
+    loaded = load_model(folders[name], device="cuda", dtype="float32")
+    stats = capture(loaded.model, ids.cuda(), 128)
+    assert stats.bin_width == 4
+    att, _ = eager_attentions(folders[name], ids, experts_implementation="eager")
+    check(stats, att, 128, 1e-5, seed, learned_sink=name == "gpt-oss")
