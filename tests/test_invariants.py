@@ -69,7 +69,7 @@ def test_corrupt_capture_is_neither_stored_nor_returned(tiny_models, store, monk
     def wrong_normalisation(*args, **kwargs):
         out = real(*args, **kwargs)
         n = out["received"].shape[-1]
-        out["received"] = out["received"] * (n - torch.arange(n)) / n
+        out["received"] = out["received"] * (n - torch.arange(n, device=out["received"].device)) / n
         return out
     monkeypatch.setattr(reduce, "finish_sums", wrong_normalisation)
     settings = Settings(model=tiny_models["llama-gqa"], map_size=16)
