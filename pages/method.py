@@ -47,6 +47,20 @@ for tokenizers that add one, a template marker with the chat template, else the 
   are keys a causal query cannot see. *Hide position 0* blanks the first column so the rest of
   the map gets the colour range; the log scale does the same for small values.
 
+### Learned sink (gpt-oss and kin)
+Some models add one more logit per head, $s_{l,h}$ (gpt-oss's `sinks`; some models make it per
+query), to every row's softmax: a column no token owns. Row $i$ then gives it
+$\sigma_i = e^{s - \mathrm{LSE}_i}$, where $\mathrm{LSE}_i$ runs over the visible keys *and*
+$s$, and its tokens share the remaining $1 - \sigma_i$. **Learned sink** $= \frac{1}{L}\sum_i \sigma_i$,
+per layer and head, shown beside the first-$N$ mass (green bars), as the last column of the
+heatmap (each map row plus that column sums to 1), in the CSV and the CLI's JSON. Every other
+number keeps these same probabilities (not renormalised over the tokens); the entropy includes
+the sink's $-\sigma \ln \sigma$.
+
+### Soft caps (Gemma 2)
+Logits pass through $c \tanh(z / c)$ before the softmax; sinkviz applies the cap block by block,
+so both the model's output and the statistics use the capped logits.
+
 ### Position-0 inspector
 The first five tokens: id, string, whether special (BOS, template marker), the attention each
 receives per layer and head, and the **hidden-state norm** and **value-vector norm** per layer

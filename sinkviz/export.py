@@ -10,12 +10,13 @@ import numpy as np
 
 from .analysis import Analysis
 
-CSV_COLUMNS = ("layer", "sink_mass", "ratio_to_uniform", "flagged", "severity", "entropy_nats",
+CSV_COLUMNS = ("layer", "sink_mass", "learned_sink", "ratio_to_uniform", "flagged", "severity", "entropy_nats",
                "position0_received", "top_sink_position", "top_sink_received", "window")
 
 
 def layers_csv(report: dict) -> str:
-    """One row per layer of ``report_dict``'s layers, plus one column per head's sink mass."""
+    """One row per layer of ``report_dict``'s layers, plus one column per head's sink mass
+    (learned_sink: empty for models without one)."""
     out = io.StringIO()
     heads = len(report["layers"][0]["heads_sink_mass"])
     writer = csv.writer(out)

@@ -30,6 +30,10 @@ def sink_bars(sinks: LayerSinks, thresholds: Thresholds = Thresholds()) -> go.Fi
         fig.add_hline(y=y, line_dash=dash, annotation_text=f"{label} {y:.0%}",
                       annotation_position="top left", line_color="#555")
     flagged = np.flatnonzero(sinks.flagged)
+    if sinks.learned_sink is not None:
+        fig.add_trace(go.Bar(x=layers, y=sinks.learned_sink, name="learned sink (no token)", marker_color="#54a24b",
+                             hovertemplate="layer %{x}<br>learned sink %{y:.1%}<extra></extra>"))
+        fig.update_layout(barmode="group")
     fig.add_trace(go.Scatter(
         x=flagged, y=np.minimum(sinks.sink_mass[flagged] + 0.04, 1.04), mode="markers",
         marker_symbol="triangle-down", marker_size=9, marker_color="black",
@@ -55,6 +59,14 @@ def layer_map(stats: AttentionStats, layer: int, head: int | None = None) -> np.
     return maps.mean(axis=0) if head is None else maps[head]
 
 
+def learned_sink_column(stats: AttentionStats, layer: int, head: int | None = None) -> np.ndarray | None:
+    """[bins] the learned sink's share of each map row (head mean by default); None without one."""
+    if stats.learned_sink_map is None:
+        return None
+    column = stats.learned_sink_map[layer]
+    return column.mean(axis=0) if head is None else column[head]
+
+
 def map_for_display(z: np.ndarray, width: int, hide_first: bool, log: bool) -> np.ndarray:
     """Copy of a map with invisible (causally masked) cells and, optionally, the first column
     blanked; in log10 when ``log``."""
@@ -69,13 +81,17 @@ def map_for_display(z: np.ndarray, width: int, hide_first: bool, log: bool) -> n
 def attention_heatmap(stats: AttentionStats, tokens: tuple[str, ...], layer: int,
                       head: int | None = None, hide_first: bool = False, log: bool = False,
                       last_queries: int | None = None) -> go.Figure:
-    """One layer's map (head mean by default), token strings on hover; ``last_queries`` keeps
-    only the last rows (to align variants on a shared suffix)."""
+    """One layer's map (head mean by default), token strings on hover, the learned sink as a
+    last column where the model has one; ``last_queries`` keeps only the last rows (to align
+    variants on a shared suffix)."""
     z = map_for_display(layer_map(stats, layer, head), stats.bin_width, hide_first, log)
-    labels = bin_labels(tokens, stats.bin_width)
-    rows = labels
+    rows = labels = bin_labels(tokens, stats.bin_width)
+    sink = learned_sink_column(stats, layer, head)
+    if sink is not None:   # a column of its own, right of the keys: each row then sums to 1
+        z = np.column_stack([z, np.log10(np.clip(sink, 1e-6, None)) if log else sink])
+        labels = labels + ["learned sink"]
     if last_queries:
-        z, rows = z[-last_queries:], labels[-last_queries:]
+        z, rows = z[-last_queries:], rows[-last_queries:]
     who = "mean over heads" if head is None else f"head {head}"
     pooled = (f", pooled: {stats.bin_width} tokens per bin (mean over the bin's queries of the "
               "mass on its keys)") if stats.bin_width > 1 else ""

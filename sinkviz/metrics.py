@@ -39,6 +39,8 @@ class LayerSinks:
     ratio: np.ndarray            # [layers]         sink_mass / baseline
     flagged: np.ndarray          # [layers] bool    ratio > ratio_flag, deep layers only
     severity: tuple[str, ...]    # per layer: "shallow", "ok", "warning", "critical"
+    heads_learned_sink: np.ndarray | None = None  # [layers, heads] mean over queries of the learned sink
+    learned_sink: np.ndarray | None = None        # [layers] mean over heads (None: the model has none)
 
 
 def check_first_n(first_n: int, n_tokens: int) -> None:
@@ -77,7 +79,9 @@ def layer_sinks(stats: AttentionStats, first_n: int = DEFAULT_FIRST_N,
         first_n=first_n, heads_sink_mass=heads, sink_mass=mass, baseline=baseline,
         max_ratio=1.0 / baseline, ratio=ratio,
         flagged=(ratio > thresholds.ratio_flag) & deep,
-        severity=tuple(severity(float(m), l, thresholds) for l, m in enumerate(mass)))
+        severity=tuple(severity(float(m), l, thresholds) for l, m in enumerate(mass)),
+        heads_learned_sink=stats.learned_sink,
+        learned_sink=None if stats.learned_sink is None else stats.learned_sink.mean(axis=1))
 
 
 def sink_rate(stats: AttentionStats, epsilon: float = SINK_RATE_EPSILON) -> float:

@@ -9,15 +9,19 @@ from .metrics import Thresholds, layer_entropy, layer_sinks, sink_rate, top_sink
 def report_dict(analysis: Analysis, first_n: int = 3, epsilon: float = 0.3,
                 thresholds: Thresholds = Thresholds()) -> dict:
     """Per-layer sink mass (first ``first_n`` tokens), ratio to uniform, flags and severity,
-    entropy and top sink; plus tokens, model info and Gu et al.'s sink rate at ``epsilon``."""
+    entropy, top sink and the learned sink's mass (None for models without one); plus tokens,
+    model info and Gu et al.'s sink rate at ``epsilon``."""
     stats = analysis.stats
     sinks = layer_sinks(stats, first_n, thresholds)
     entropy = layer_entropy(stats)
     top_pos, top_val = top_sink(stats)
+    learned = sinks.learned_sink is not None
     layers = [{
         "layer": layer,
         "sink_mass": float(sinks.sink_mass[layer]),
         "heads_sink_mass": [float(x) for x in sinks.heads_sink_mass[layer]],
+        "learned_sink": float(sinks.learned_sink[layer]) if learned else None,
+        "heads_learned_sink": [float(x) for x in sinks.heads_learned_sink[layer]] if learned else None,
         "ratio_to_uniform": float(sinks.ratio[layer]),
         "flagged": bool(sinks.flagged[layer]),
         "severity": sinks.severity[layer],
@@ -32,7 +36,7 @@ def report_dict(analysis: Analysis, first_n: int = 3, epsilon: float = 0.3,
         "prompt": analysis.prompt, "templated": analysis.tokens.templated,
         "token_ids": list(analysis.tokens.token_ids), "tokens": list(analysis.tokens.tokens),
         "special": list(analysis.tokens.special), "first_n": first_n,
-        "baseline": sinks.baseline, "causal": stats.causal,
+        "baseline": sinks.baseline, "causal": stats.causal, "learned_sink": learned,
         "thresholds": asdict(thresholds), "epsilon": epsilon,
         "sink_rate": sink_rate(stats, epsilon), "layers": layers,
         "timings": dict(analysis.timings),

@@ -36,4 +36,9 @@ def verdict(sinks: LayerSinks, stats: AttentionStats, tokens: tuple[str, ...],
                      "longer prompts make it meaningful.")
     else:
         lines.append(f"{flagged} layer(s) exceed {thresholds.ratio_flag:g}x uniform.")
+    if sinks.learned_sink is not None:
+        most = int(sinks.learned_sink.argmax())
+        lines.append(f"This model also has a learned sink, a softmax column no token owns: it takes "
+                     f"{sinks.learned_sink.mean():.0%} of attention on average over layers, "
+                     f"{sinks.learned_sink[most]:.0%} in layer {most}.")
     return " ".join(lines)

@@ -63,6 +63,35 @@ def tiny_models(tmp_path_factory) -> dict:
     return {name: save_tiny_model(cfg, root / name) for name, cfg in tiny_configs().items()}
 
 
+def sink_configs() -> dict:
+    """Softmaxes SDPA cannot run: gpt-oss's learned sink (``s_aux``, MoE) and Gemma 2's soft cap,
+    both alternating sliding-window (6 tokens) and full layers."""
+    import transformers as T
+    small = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=32, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=8, sliding_window=6, max_position_embeddings=512)
+    return {"gpt-oss": T.GptOssConfig(**small, num_local_experts=4, num_experts_per_tok=2),
+            "gemma2": T.Gemma2Config(**small, attn_logit_softcapping=2.0)}
+
+
+@pytest.fixture(scope="session")
+def sink_models(tmp_path_factory) -> dict:
+    """name -> saved tiny model of ``sink_configs``; weights x3 and gpt-oss's sink logits
+    ~ N(0, 2), so that sinks and caps matter."""
+    from transformers import AutoModelForCausalLM
+    out = {}
+    for name, config in sink_configs().items():
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config)
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                p.normal_(0.0, 2.0) if pname.endswith("sinks") else p.mul_(3.0)
+        folder = tmp_path_factory.mktemp(name)
+        model.save_pretrained(folder)
+        tiny_tokenizer().save_pretrained(folder)
+        out[name] = str(folder)
+    return out
+
+
 @pytest.fixture(scope="session")
 def default_model_dir() -> str:
     from sinkviz.embedded import DEFAULT_MODEL, ensure_converted

@@ -33,6 +33,29 @@ def test_json_holds_the_engine_numbers(capsys, default_model_dir):
     assert all(len(r["heads_sink_mass"]) == 9 for r in out["layers"])
 
 
+def test_json_csv_and_npz_carry_the_learned_sink(capsys, sink_models, tmp_path):
+    """gpt-oss: learned_sink per layer and head in the JSON equals the capture; the CSV has its
+    column and the NPZ its arrays; a model without one says null."""
+    import io
+    from conftest import random_words
+    from sinkviz.export import layers_csv, npz_bytes
+    from sinkviz.report import report_dict
+    prompt, folder = random_words(50), sink_models["gpt-oss"]
+    assert main(["analyze", "--model", folder, "--prompt", prompt, "--no-template", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    engine = analyze(prompt, Settings(model=folder, use_template=False))
+    assert out["learned_sink"] is True
+    np.testing.assert_allclose([r["heads_learned_sink"] for r in out["layers"]], engine.stats.learned_sink, rtol=1e-6)
+    np.testing.assert_allclose([r["learned_sink"] for r in out["layers"]], engine.stats.learned_sink.mean(1), rtol=1e-6)
+    rows = layers_csv(report_dict(engine)).splitlines()
+    column = rows[0].split(",").index("learned_sink")
+    assert float(rows[1].split(",")[column]) == pytest.approx(engine.stats.learned_sink[0].mean(), rel=1e-6)
+    arrays = np.load(io.BytesIO(npz_bytes(engine)))
+    np.testing.assert_array_equal(arrays["learned_sink_map"], engine.stats.learned_sink_map)
+    assert main(["analyze", "--model", sink_models["gemma2"], "--prompt", prompt, "--no-template", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["layers"][0]["learned_sink"] is None
+
+
 def test_table_and_template_switch(capsys, default_model_dir):
     assert main(["analyze", "--prompt", PROMPT, "--no-template"]) == 0
     text = capsys.readouterr().out

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import VOCAB, tiny_tokenizer
+from conftest import VOCAB
 from reference import eager_attentions, reference_stats
 from sinkviz.capture import capture, capture_with_logits
 from sinkviz.models import load_model
@@ -20,30 +20,9 @@ from sinkviz.models import load_model
 NAMES = ("sink_mass", "entropy", "received", "maps")
 
 
-def configs() -> dict:
-    import transformers as T
-    small = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=32, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=8, sliding_window=6, max_position_embeddings=512)
-    return {"gpt-oss": T.GptOssConfig(**small, num_local_experts=4, num_experts_per_tok=2),
-            "gemma2": T.Gemma2Config(**small, attn_logit_softcapping=2.0)}
-
-
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory) -> dict:
-    """name -> saved tiny model; weights x3 and gpt-oss's sink logits ~ N(0, 2): sinks that matter."""
-    from transformers import AutoModelForCausalLM
-    out = {}
-    for name, config in configs().items():
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(config)
-        with torch.no_grad():
-            for pname, p in model.named_parameters():
-                p.normal_(0.0, 2.0) if pname.endswith("sinks") else p.mul_(3.0)
-        folder = tmp_path_factory.mktemp(name)
-        model.save_pretrained(folder)
-        tiny_tokenizer().save_pretrained(folder)
-        out[name] = str(folder)
-    return out
+def folders(sink_models) -> dict:
+    return sink_models
 
 
 def fresh_ids(length):

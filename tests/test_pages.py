@@ -161,11 +161,38 @@ def test_history_lists_the_store():
     assert row["its sink mass"] == pytest.approx(mass.max())
 
 
+def test_learned_sink_is_plotted_as_captured(sink_models):
+    """gpt-oss's learned sink: its own bars beside the first-N mass, its own heatmap column,
+    a sentence in the verdict; every plotted number equals the engine's."""
+    from conftest import random_words
+    prompt, folder = random_words(40), sink_models["gpt-oss"]
+    at = app()
+    at.query_params.update(prompt=prompt, model=folder, template="0")
+    at.session_state["an_tab"] = "Heatmaps"
+    at.run()
+    assert not at.exception and not at.error
+    result = analyze(prompt, Settings(model=folder, use_template=False))
+    stats = result.stats
+    assert "learned sink, a softmax column no token owns" in at.info[0].value
+    big = by_title(at, "Layer 3, mean over heads")
+    assert big["data"][0]["x"][-1] == "learned sink"
+    np.testing.assert_allclose(array(big["data"][0]["z"])[:, -1], stats.learned_sink_map[3].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(array(big["data"][0]["z"])[:, :-1], map_for_display(layer_map(stats, 3), 1, False, False),
+                               rtol=1e-6)
+    at.session_state["an_tab"] = "Sink mass per layer"
+    at.run()
+    bars = by_title(at, "Attention on the first 3 tokens")
+    learned = [t for t in bars["data"] if t.get("name") == "learned sink (no token)"][0]
+    np.testing.assert_allclose(array(learned["y"]), stats.learned_sink.mean(1), rtol=1e-6)
+    assert stats.learned_sink.mean() > 0.05
+
+
 def test_method_page_states_the_formulas():
     at = app()
     at.switch_page("pages/method.py").run()
     text = " ".join(m.value for m in at.markdown)
     assert "Sink mass" in text and "Uniform baseline" in text and "0.3" in text
+    assert "Learned sink" in text and "Soft caps" in text
 
 
 def test_history_reopens_in_analyze():
