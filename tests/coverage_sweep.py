@@ -6,9 +6,13 @@ tokens in float64 and float32 on CPU, each against the float64 eager reference.
 Exact means: the float64 capture is within ATOL_FLOAT64 = 1e-12 of the reference on every
 statistic (sink mass, entropy, received attention, maps) and on the causal flag, the model's
 own float64 output under sinkviz equals eager's to 1e-9 (relative), and the float32 capture
-is within max(1e-5, 2 x floor) of the reference, floor = the largest error of float32 eager
-itself (two independent float32 roundings: minicpm3's capture missed by 4.6e-5 where eager
-missed by 4.5e-5).
+is within max(1e-4, 2 x floor) of the reference, floor = the largest error of float32 eager
+itself. Both bounds were measured: minicpm3's float32 capture missed by 4.6e-5 where eager missed
+by 4.5e-5 (two independent float32 roundings), gemma4_text's by 5.1e-5 where eager missed by 1.0e-5
+while its float64 capture matched to 6e-17: the float32 forward's own rounding, which one eager
+run only samples. A float32-specific bug (a half-precision sum, a lost mask) misses by far more.
+Where eager itself computes attention scores in float32 for a float64 model (REFERENCE_FLOAT32),
+the float64 check uses the float32 tolerance.
 
     python tests/coverage_sweep.py                 # the whole sweep, writes sinkviz/data/coverage.json
     python tests/coverage_sweep.py --types llama,bert --out /tmp/c.json
@@ -36,14 +40,19 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 ATOL_FLOAT64 = 1e-12
-ATOL_FLOAT32_MIN = 1e-5
+ATOL_FLOAT32_MIN = 1e-4
 FLOOR_FACTOR = 2
 RTOL_OUTPUT = 1e-9
 N_TOKENS, SEED = 40, 1234
 STATS = ("sink_mass", "entropy", "received", "maps")
 TABLE = Path(__file__).resolve().parent.parent / "sinkviz" / "data" / "coverage.json"
 # model type -> the inputs it needs beyond input_ids (such architectures are skipped, not failed)
-NEEDS_INPUTS: dict[str, str] = {}
+NEEDS_INPUTS: dict[str, str] = {
+    "musicgen": "audio codebook ids (num_codebooks rows per prompt)",
+    "musicgen_melody": "audio codebook ids (num_codebooks rows per prompt)",
+}
+# model types whose eager attention casts scores to float32 even in a float64 model
+REFERENCE_FLOAT32 = {"gptj", "codegen"}
 
 
 def model_types() -> list[tuple[str, str]]:
@@ -64,7 +73,7 @@ def build(model_type: str, mapping: str, folder: Path) -> str:
     from conftest import save_tiny_model
     from tiny_configs import tiny_config
     auto = AutoModelForCausalLM if mapping == "causal" else AutoModelForMaskedLM
-    return save_tiny_model(tiny_config(model_type), folder, model_class=auto)
+    return save_tiny_model(tiny_config(model_type, mapping), folder, model_class=auto)
 
 
 def eager(model_class, folder, ids, dtype):
@@ -158,10 +167,11 @@ class _AsStats:
 def verdict(row: dict) -> dict:
     """exact, or wrong with the statistics that missed."""
     tol32 = max(ATOL_FLOAT32_MIN, FLOOR_FACTOR * row["floor32"])
-    missed = [f"{k} {v:.2g} (float64)" for k, v in row["err64"].items() if not v <= ATOL_FLOAT64]
+    tol64 = tol32 if row["type"] in REFERENCE_FLOAT32 else ATOL_FLOAT64
+    missed = [f"{k} {v:.2g} (float64)" for k, v in row["err64"].items() if not v <= (0.0 if k == "causal" else tol64)]
     missed += [f"{k} {v:.2g} (float32, tolerance {tol32:.2g})" for k, v in row["err32"].items()
                if not v <= (0.0 if k == "causal" else tol32)]
-    if not row["output_rel_err"] <= RTOL_OUTPUT:
+    if not row["output_rel_err"] <= (tol64 if row["type"] in REFERENCE_FLOAT32 else RTOL_OUTPUT):
         missed.append(f"model output changed by {row['output_rel_err']:.2g} (relative)")
     return {"status": "wrong", "reason": "; ".join(missed)} if missed else {"status": "exact"}
 

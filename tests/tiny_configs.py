@@ -11,7 +11,7 @@ HIDDEN, HEADS, HEAD_DIM, FFN, LAYERS = 64, 4, 16, 128, 2
 
 SIZES = {  # field -> tiny value (only fields whose default is an int are touched)
     **dict.fromkeys(["hidden_size", "n_embd", "d_model", "dim", "emb_dim", "embed_dim", "embedding_size",
-                     "word_embed_proj_dim", "attention_hidden_size", "lru_width", "input_embedding_size",
+                     "word_embed_proj_dim", "lru_width", "input_embedding_size",
                      "output_embedding_size", "hidden_size_per_layer_input"], HIDDEN),
     **dict.fromkeys(["intermediate_size", "n_inner", "ffn_dim", "encoder_ffn_dim", "decoder_ffn_dim",
                      "d_ff", "d_inner", "dim_ff", "dff", "feed_forward_size", "hidden_dim", "ffn_hidden_size",
@@ -35,7 +35,7 @@ SIZES = {  # field -> tiny value (only fields whose default is an int are touche
     **dict.fromkeys(["q_lora_rank", "kv_lora_rank", "o_lora_rank"], 32),
     **dict.fromkeys(["qk_rope_head_dim", "qk_nope_head_dim"], 8),
     **dict.fromkeys(["index_n_heads", "indexer_n_heads", "linear_num_heads", "linear_num_value_heads"], HEADS),
-    "linear_num_key_heads": 2, "index_topk": 8,
+    "linear_num_key_heads": 2, "swa_num_key_value_heads": 2, "index_topk": 8,
     **dict.fromkeys(["max_position_embeddings", "n_positions", "n_ctx", "max_target_positions",
                      "max_source_positions", "max_seq_len", "context_length"], 512),
     **dict.fromkeys(["sliding_window", "sliding_window_size", "attention_window_size", "window_size",
@@ -43,8 +43,10 @@ SIZES = {  # field -> tiny value (only fields whose default is an int are touche
     **dict.fromkeys(["vocab_size", "decoder_vocab_size", "output_vocab_size"], VOCAB),
     **dict.fromkeys(["state_size", "mamba_d_state", "ssm_state_size"], 16),
     **dict.fromkeys(["mamba_n_heads", "mamba_num_heads", "n_mamba_heads"], 8),
-    "vocab_size_per_layer_input": VOCAB, "type_vocab_size": 2, "laurel_rank": 8,
+    "vocab_size_per_layer_input": VOCAB, "type_vocab_size": 2, "laurel_rank": 8, "rotary_dim": 8,
 }
+# fields whose None default real checkpoints always fill (the model cannot be built without them)
+FILL_NONE = {"head_dim", "vocab_size", "num_experts_per_tok", "n_routed_experts", "moe_intermediate_size"}
 TOKEN_IDS = {"pad_token_id": 3, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 1,
              "sep_token_id": 2, "cls_token_id": 1, "mask_token_id": 3, "pad_index": 3, "bos_index": 1,
              "eos_index": 2, "unk_index": 0, "mask_index": 3, "forced_eos_token_id": 2}
@@ -54,14 +56,26 @@ OVERRIDES: dict[str, dict] = {  # model type -> extra keyword values (see the mo
     "gpt_neo": {"attention_types": [[["global", "local"], 1]], "window_size": 16},
     "mamba2": {"num_heads": 8},                             # heads x head dim = expand x hidden
     "zaya": {"num_experts_per_tok": 1},                     # the only value ZAYA supports
+    "cohere_compass_text": {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e4},
+                                                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}},
+    "zamba": {"num_hidden_layers": 3, "layers_block_type": ["linear_attention", "hybrid", "hybrid"]},
+    "lfm2": {"num_hidden_layers": 2, "layer_types": ["conv", "full_attention"]},   # one layer of each kind
+    "lfm2_moe": {"num_hidden_layers": 2, "layer_types": ["conv", "full_attention"]},
+    "dbrx": {"attn_config": {"kv_n_heads": 1, "rope_theta": 1e4, "clip_qkv": 8.0}},  # defaults lack both
+    "esm": {"pad_token_id": 3, "mask_token_id": 3},
+    "gemma3n_text": {"num_kv_shared_layers": 0},
+    "reformer": {"axial_pos_embds_dim": [32, 32]},          # sums to the hidden size
 }
 
 
-def tiny_config(model_type: str):
-    """The tiny config of ``model_type`` (a key of transformers' CONFIG_MAPPING)."""
+def tiny_config(model_type: str, mapping: str = "causal"):
+    """The tiny config of ``model_type`` (a key of transformers' CONFIG_MAPPING); for the
+    causal-LM mapping, ``is_decoder`` is on where the config has it (as a causal-LM checkpoint has)."""
     from transformers import CONFIG_MAPPING
     cls = CONFIG_MAPPING[model_type]
-    return cls(**shrunk_kwargs(cls, cls(), OVERRIDES.get(model_type, {})))
+    names = {f.name for f in dataclasses.fields(cls)}
+    extra = {"is_decoder": True} if mapping == "causal" and "is_decoder" in names else {}
+    return cls(**shrunk_kwargs(cls, cls(), {**extra, **OVERRIDES.get(model_type, {})}))
 
 
 def shrunk_kwargs(cls, default, extra: dict) -> dict:
@@ -71,7 +85,8 @@ def shrunk_kwargs(cls, default, extra: dict) -> dict:
     kwargs = {}
     for name in names:
         value = _read(default, name)
-        if name in SIZES and isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        if name in SIZES and (isinstance(value, int) and not isinstance(value, bool) and value > 0
+                              or value is None and name in FILL_NONE):
             kwargs[name] = SIZES[name]
         elif name in TOKEN_IDS and isinstance(value, int):
             kwargs[name] = TOKEN_IDS[name]
@@ -81,7 +96,9 @@ def shrunk_kwargs(cls, default, extra: dict) -> dict:
         elif hasattr(value, "to_dict") and name in getattr(cls, "sub_configs", {}):
             kwargs[name] = _shrink_sub(value)
     kv = _read(default, "num_key_value_heads")
-    if "num_key_value_heads" in names and isinstance(kv, int):
+    if "num_key_value_heads" in names and kv is None:
+        kwargs["num_key_value_heads"] = kwargs.get("num_attention_heads", HEADS)
+    elif "num_key_value_heads" in names and isinstance(kv, int):
         heads = kwargs.get("num_attention_heads", HEADS)
         kwargs["num_key_value_heads"] = heads if kv >= (_read(default, "num_attention_heads") or kv) else min(2, heads)
     kwargs.update(_cut_layer_lists(default, names, kwargs))
@@ -104,8 +121,7 @@ def _shrink_sub(sub) -> dict:
         kwargs = shrunk_kwargs(cls, sub, {})
     except TypeError:  # not a dataclass config
         return sub.to_dict()
-    return {**kwargs, "model_type": getattr(sub, "model_type", None)} if getattr(sub, "model_type", None) \
-        else kwargs
+    return {**sub.to_dict(), **kwargs}
 
 
 def _layer_count_field(default, names) -> str | None:
@@ -123,8 +139,8 @@ def _cut_layer_lists(default, names, kwargs) -> dict:
         return {}
     n = _read(default, field)
     values = {name: _read(default, name) for name in names if name != "architectures"}
-    per_layer = {name: v for name, v in values.items()
-                 if isinstance(v, (list, tuple, str)) and len(v) == n and n > 1}
+    per_layer = {name: v for name, v in values.items() if n > 1 and (
+        isinstance(v, (list, tuple)) and len(v) == n or isinstance(v, str) and "pattern" in name and len(v) == n)}
     if not per_layer:
         return {}
     kinds = max(per_layer.values(), key=lambda v: len(set(map(str, v))))
