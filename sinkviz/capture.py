@@ -60,6 +60,7 @@ def full_mask(*args, **kwargs):
 
 def sinkviz_attention(module, query, key, value, attention_mask, **kwargs):
     """SDPA output; plus statistics when a recorder is active in this context."""
+    attention_mask = indexed_keys_mask(attention_mask, kwargs.pop("indices", None), key.shape[2])
     recorder = _recorder.get()
     if recorder is not None:
         for name in UNSUPPORTED_KWARGS:
@@ -74,6 +75,20 @@ def sinkviz_attention(module, query, key, value, attention_mask, **kwargs):
     if output is None:
         output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     return output, None
+
+
+def indexed_keys_mask(attention_mask, indices, n_k: int):
+    """DeepSeek sparse attention (DSA) passes the keys its indexer kept as ``indices`` [1, Lq, topk]
+    to kernels other than eager and SDPA; fold them into the mask as those two do (others blocked)."""
+    if indices is None:
+        return attention_mask
+    blocked = torch.ones(*indices.shape[:2], n_k, dtype=torch.bool, device=indices.device)
+    blocked = blocked.scatter(-1, indices.long(), False).unsqueeze(1)                 # [1, 1, Lq, Lk]
+    if attention_mask is None:
+        attention_mask = torch.ones_like(blocked).tril(n_k - indices.shape[1])
+    if attention_mask.dtype == torch.bool:
+        return attention_mask & ~blocked
+    return attention_mask.masked_fill(blocked, torch.finfo(attention_mask.dtype).min)
 
 
 def _scaled_attention(query, key, value, attention_mask, kwargs, scale, recorder):
@@ -288,6 +303,10 @@ def _captured_forward(model, input_ids, map_size, kwargs):
         raise UnsupportedArchitecture(
             f"{type(model).__name__} runs its {len(layers)} layers without calling them as modules, "
             "so sinkviz cannot follow them layer by layer")
+    if n_layers > len(layers):
+        raise UnsupportedArchitecture(
+            f"{type(model).__name__} runs its {len(layers)} layers {n_layers} times in all (a looped model); "
+            "sinkviz shows each layer once")
     if recorder.n_recorded != n_layers:
         raise UnsupportedArchitecture(
             f"{type(model).__name__} sent {recorder.n_recorded} of {n_layers} layers through the "

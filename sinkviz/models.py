@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import threading
+import traceback
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +17,11 @@ import torch
 
 from . import capture, embedded
 from .devices import dtype_name, pick_device, pick_dtype
-from .errors import ModelNotFound, UnsupportedArchitecture
+from .errors import ModelNotFound, SinkvizError, UnsupportedArchitecture
 
 WEIGHT_SUFFIXES = (".safetensors", ".gguf")
 MAX_LOADED = 2  # models kept in memory; the least recently used one is dropped
+_PACKAGE = str(Path(__file__).resolve().parent)
 
 
 @dataclass(frozen=True)
@@ -153,9 +155,22 @@ def load_model(spec: str, device: str | None = None, dtype: str | None = None,
                                                   **source)
     except (ValueError, OSError, TypeError) as err:
         raise ModelNotFound(f"{spec}: no usable tokenizer ({_first_line(err)})") from None
-    capture.capture(model, torch.tensor([[0, 0]], device=model.device))  # fails early if unsupported
+    _probe(model, torch_dtype)
     return LoadedModel(model, tokenizer, _info(spec, label, revision, folder, model, tokenizer,
                                                 device, torch_dtype))
+
+
+def _probe(model, dtype) -> None:
+    """A 2-token capture, so an unsupported model fails at load with its cause. An error raised
+    inside the model's own code (not sinkviz's) means it cannot run like this at all."""
+    try:
+        capture.capture(model, torch.tensor([[0, 0]], device=model.device))
+    except Exception as err:
+        frames = traceback.extract_tb(err.__traceback__)
+        if isinstance(err, SinkvizError) or not frames or frames[-1].filename.startswith(_PACKAGE):
+            raise
+        raise UnsupportedArchitecture(f"{type(model).__name__} fails in its own code in {dtype_name(dtype)} "
+                                      f"on {model.device.type} ({_first_line(err)})") from err
 
 
 def _is_causal_lm(config) -> bool:
@@ -194,7 +209,7 @@ def _load_weights(spec, auto, folder, config, kwargs) -> torch.nn.Module:
     try:
         model, loading = auto.from_pretrained(folder, output_loading_info=True, **kwargs)
     except (ValueError, OSError, TypeError, KeyError, AttributeError) as err:
-        if isinstance(err, KeyError) and err.args == (capture.ATTN_NAME,):
+        if isinstance(err, KeyError) and err.args[:1] in ((capture.ATTN_NAME,), (capture.ATTN_FULL_MASK,)):
             raise UnsupportedArchitecture(
                 f"{config.model_type}: its attention classes come from its own table (eager, SDPA, ...), "
                 "not transformers' AttentionInterface, so sinkviz cannot capture them") from None
