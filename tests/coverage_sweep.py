@@ -119,6 +119,7 @@ def check(model_type: str, mapping: str, workdir: Path) -> dict:
     from sinkviz.capture import capture
     from sinkviz.errors import SinkvizError
     from sinkviz.models import load_model
+    from reference import float64_softmax
     row = {"type": model_type, "mapping": mapping}
     if model_type in NEEDS_INPUTS:
         return {**row, "status": "skipped", "reason": f"needs {NEEDS_INPUTS[model_type]}"}
@@ -126,28 +127,31 @@ def check(model_type: str, mapping: str, workdir: Path) -> dict:
     phase = "build"
     try:
         folder = build(model_type, mapping, workdir / model_type)
+        phase = "float32"
+        stats32 = capture(load_model(folder, device="cpu", dtype="float32").model, ids)
         phase = "float64"
         loaded = load_model(folder, device="cpu", dtype="float64")
         row["class"] = type(loaded.model).__name__
-        stats = capture(loaded.model, ids)
+        with float64_softmax():  # as in the reference: a router's softmax(dtype=float32) stays float64
+            stats = capture(loaded.model, ids)
         phase = "reference"
         att, out64 = eager(type(loaded.model), folder, ids, torch.float64)
         if att is None:
             return {**row, "status": "crash", "reason": "eager returns no attention weights to compare with"}
         ref = reference(att, stats)
         row["err64"] = errors(stats, ref)
-        with torch.no_grad():
+        with torch.no_grad(), float64_softmax():
             mine = first_output(loaded.model(input_ids=ids, use_cache=False))
         want = first_output(out64)
         row["output_rel_err"] = float((mine - want).abs().max() / want.abs().max().clamp(min=1e-300))
-        phase = "float32"
-        stats32 = capture(load_model(folder, device="cpu", dtype="float32").model, ids)
         att32, _ = eager(type(loaded.model), folder, ids, torch.float32)
         row["err32"] = errors(stats32, ref)
         floor = errors(_AsStats(att32, stats32, ref["causal"]), ref)
         row["floor32"] = max(v for k, v in floor.items() if k != "causal")
     except SinkvizError as err:
-        return {**row, "status": "refused", "reason": str(err), "phase": phase}
+        reason = str(err).replace(str(workdir / model_type), model_type)
+        return {**row, "status": "refused", "reason": ("in float64: " if phase == "float64" else "") + reason,
+                "phase": phase}
     except Exception as err:  # noqa: BLE001  (every other failure is recorded, never hidden)
         status = "skipped" if phase == "build" else "crash"
         reason = ("no tiny model: " if phase == "build" else f"{phase}: ") + first_line(err)

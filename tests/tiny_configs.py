@@ -151,6 +151,9 @@ def _cut_layer_lists(default, names, kwargs) -> dict:
             keep.append(i)
     keep = sorted(set(keep) | set(range(max(0, LAYERS - len(keep)))))[:max(LAYERS, len(keep))]
     out = {field: len(keep)}
+    overrides = values.get("per_layer_config") or default.to_dict().get("per_layer_config")
+    if isinstance(overrides, dict):  # heterogeneous configs: per-layer overrides follow their layers
+        out["per_layer_config"] = {keep.index(int(i)): v for i, v in overrides.items() if int(i) in keep}
     for name, value in per_layer.items():
         picked = [value[i] for i in keep]
         out[name] = "".join(picked) if isinstance(value, str) else type(value)(picked)
