@@ -63,3 +63,14 @@ def render(table: dict, show_all: bool = False) -> str:
         if show_all or r["status"] != "exact":
             lines.append(f"{r['mapping']:<6}  {r['type']:<28} {r['status']:<8} {r.get('reason', '')}")
     return "\n".join(lines)
+
+
+README_START, README_END = "<!-- coverage:start -->", "<!-- coverage:end -->"
+
+
+def update_readme(readme: Path, table: dict) -> None:
+    """Replace the README text between the coverage markers with ``markdown(table)``."""
+    text = Path(readme).read_text()
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    Path(readme).write_text(f"{head}{README_START}\n{markdown(table)}\n{README_END}{tail}")

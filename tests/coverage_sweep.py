@@ -14,7 +14,7 @@ run only samples. A float32-specific bug (a half-precision sum, a lost mask) mis
 Where eager itself computes attention scores in float32 for a float64 model (REFERENCE_FLOAT32),
 the float64 check uses the float32 tolerance.
 
-    python tests/coverage_sweep.py                 # the whole sweep, writes sinkviz/data/coverage.json
+    python tests/coverage_sweep.py [--readme]      # the whole sweep, writes sinkviz/data/coverage.json
     python tests/coverage_sweep.py --types llama,bert --out /tmp/c.json
 
 Each architecture runs in a forked child with a timeout; the table records every outcome.
@@ -191,7 +191,12 @@ def _child(model_type, mapping, workdir, conn):
 
 def run_all(types: list[tuple[str, str]], jobs: int, timeout: float, progress=print) -> list[dict]:
     """Each (type, mapping) in a forked child, ``jobs`` at a time; a child past ``timeout``
-    seconds is killed and recorded as a timeout (a crash)."""
+    seconds is killed and recorded as a timeout (a crash). The code under test is imported
+    once, before the first fork, so every child runs the same code."""
+    import conftest, reference, tiny_configs  # noqa: E401,F401
+    import sinkviz.capture, sinkviz.models  # noqa: E401,F401
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
     ctx = multiprocessing.get_context("fork")
     pending, running, rows = list(types), {}, []
     with tempfile.TemporaryDirectory(prefix="sinkviz-coverage-") as workdir:
@@ -245,10 +250,8 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=180)
     parser.add_argument("--out", default=str(TABLE))
+    parser.add_argument("--readme", action="store_true", help="also rewrite README's coverage section")
     args = parser.parse_args(argv)
-    from transformers.utils import logging as hf_logging
-    hf_logging.set_verbosity_error()
-    import sinkviz.capture  # noqa: F401  (imported once, before the children fork)
     types = model_types()
     if args.types:
         wanted = set(args.types.split(","))
@@ -258,8 +261,10 @@ def main(argv=None) -> int:
     rows.sort(key=lambda r: (r["mapping"] != "causal", r["type"]))
     Path(args.out).write_text(json.dumps({"meta": meta(time.perf_counter() - start, args.jobs), "rows": rows},
                                          indent=1) + "\n")
-    from sinkviz.coverage import summary
+    from sinkviz.coverage import load_table, summary, update_readme
     print(summary({"rows": rows}))
+    if args.readme:
+        update_readme(Path(__file__).resolve().parent.parent / "README.md", load_table(Path(args.out)))
     return 0
 
 
