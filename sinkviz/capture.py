@@ -25,6 +25,7 @@ from .reduce import LayerReducer, bin_width
 from .stats import AttentionStats
 
 ATTN_NAME = "sinkviz"
+ATTN_FULL_MASK = "sinkviz_full_mask"  # see register()
 BLOCK_ELEMENTS = 1 << 24          # probabilities per block on accelerators (64 MB in float32)
 CPU_BLOCK_ROWS = 128              # on CPU, 128-query blocks were twice as fast as 256
 
@@ -44,9 +45,18 @@ def scaled_first_keys(k: int, gamma: float):
 
 
 def register() -> None:
-    """Make ``attn_implementation="sinkviz"`` available to every model (idempotent)."""
+    """Make ``attn_implementation="sinkviz"`` available to every model (idempotent), and
+    "sinkviz_full_mask" for models transformers never runs with SDPA: the same attention, given
+    the mask the model asked for even where SDPA would drop it for ``is_causal`` (eager's mask)."""
     AttentionInterface.register(ATTN_NAME, sinkviz_attention)
     AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)  # else the mask arrives as None
+    AttentionInterface.register(ATTN_FULL_MASK, sinkviz_attention)
+    AttentionMaskInterface.register(ATTN_FULL_MASK, full_mask)
+
+
+def full_mask(*args, **kwargs):
+    """sdpa_mask, never skipped: a causal mask stays a mask, so the module's is_causal is not consulted."""
+    return sdpa_mask(*args, **{**kwargs, "allow_is_causal_skip": False, "allow_is_bidirectional_skip": False})
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,6 +82,7 @@ class Softmax:
 def sinkviz_attention(module, query, key, value, attention_mask, **kwargs):
     """SDPA's output, or the block-wise softmax where SDPA cannot compute it (``Softmax``);
     plus statistics when a recorder is active in this context."""
+    attention_mask = indexed_keys_mask(attention_mask, kwargs.pop("indices", None), key.shape[2])
     recorder = _recorder.get()
     softmax = Softmax.of(query, kwargs)
     if softmax is not None:
@@ -88,6 +99,20 @@ def is_causal(module, kwargs: dict) -> bool:
     return getattr(module, "is_causal", True) if causal is None else bool(causal)
 
 
+def indexed_keys_mask(attention_mask, indices, n_k: int):
+    """DeepSeek sparse attention (DSA) passes the keys its indexer kept as ``indices`` [1, Lq, topk]
+    to kernels other than eager and SDPA; fold them into the mask as those two do (others blocked)."""
+    if indices is None:
+        return attention_mask
+    blocked = torch.ones(*indices.shape[:2], n_k, dtype=torch.bool, device=indices.device)
+    blocked = blocked.scatter(-1, indices.long(), False).unsqueeze(1)                 # [1, 1, Lq, Lk]
+    if attention_mask is None:
+        attention_mask = torch.ones_like(blocked).tril(n_k - indices.shape[1])
+    if attention_mask.dtype == torch.bool:
+        return attention_mask & ~blocked
+    return attention_mask.masked_fill(blocked, torch.finfo(attention_mask.dtype).min)
+
+
 def _blockwise_attention(module, query, key, value, attention_mask, kwargs, softmax: Softmax, recorder):
     """The layer's attention computed block by block with its own ``softmax``, and its statistics
     from the same probabilities when recording. Returns (output [1, L, heads, D], None)."""
@@ -98,7 +123,9 @@ def _blockwise_attention(module, query, key, value, attention_mask, kwargs, soft
     q = query[0].to(acc)                                                      # [heads, Lq, D]
     k = repeat_kv(key, heads // key.shape[1])[0].to(acc)                      # [heads, Lk, D]
     v = repeat_kv(value, heads // value.shape[1])[0].to(acc)                  # [heads, Lk, D]
-    n_k, causal, window = k.shape[1], is_causal(module, kwargs), kwargs.get("sliding_window")
+    causal = (recorder.applied_causality(module, query, key, attention_mask, kwargs) if recorder
+              else is_causal(module, kwargs))
+    n_k, window = k.shape[1], kwargs.get("sliding_window")
     reducer = (LayerReducer(heads, n_k, recorder.map_size, causal=causal, device=q.device, dtype=acc,
                             learned_sink=softmax.sink_logits is not None) if recorder else None)
     out = torch.empty(heads, n_q, v.shape[-1], device=q.device, dtype=acc)          # [heads, L, D]
@@ -128,6 +155,7 @@ class _Recorder:
         self.windows: list[int | None] = []
         self.learned_sink_layers: list[int] = []   # layers whose softmax has a learned sink
         self.causal = True
+        self.masks_seen: list[tuple[torch.Tensor, bool]] = []  # (mask, hides the future), per capture
 
     def record(self, module, query, key, value, attention_mask, kwargs) -> torch.Tensor | None:
         """Keep this layer's statistics. query: [1, heads, L, D]; key, value: [1, kv_heads, L, D]
@@ -135,7 +163,7 @@ class _Recorder:
         compute it for its log-sum-exp (the same kernel and numbers as SDPA), else None."""
         if query.shape[0] != 1:
             raise ValueError("sinkviz captures one prompt at a time (batch size 1)")
-        causal = is_causal(module, kwargs)
+        causal = self.applied_causality(module, query, key, attention_mask, kwargs)
         window = kwargs.get("sliding_window")
         scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
         bias = kwargs.get("position_bias")
@@ -148,6 +176,18 @@ class _Recorder:
             layer = self._blockwise(query, key, attention_mask, scaling, bias, causal, window)
         self.append(layer, value, window, causal)
         return output
+
+    def applied_causality(self, module, query, key, attention_mask, kwargs) -> bool:
+        """Causal as applied: without a mask, SDPA's rule (is_causal passed, else the module's,
+        else True); with one, whether it hides every later key (checked once per mask tensor)."""
+        if attention_mask is None:
+            return is_causal(module, kwargs)
+        for mask, causal in self.masks_seen:
+            if mask is attention_mask:
+                return causal
+        causal = mask_hides_future(attention_mask, query.shape[2], key.shape[2])
+        self.masks_seen.append((attention_mask, causal))
+        return causal
 
     def append(self, layer: dict, value, window, causal: bool) -> None:
         """Keep one layer's statistics, its value norms [Lk] and its attention pattern."""
@@ -169,6 +209,20 @@ class _Recorder:
                                                      window=window, bias=bias):
             reducer.add(probs, start + k.shape[1] - n_q)
         return reducer.finish()
+
+
+def mask_hides_future(attention_mask, n_q: int, n_k: int, rows: int = 1024) -> bool:
+    """True when the mask [1, 1 or heads, Lq or 1, Lk] blocks every key j > i + (Lk - Lq) from
+    query i (bool: False blocks; float: <= -1e4 blocks), checked ``rows`` queries at a time."""
+    mask = attention_mask[0].expand(attention_mask.shape[1], n_q, n_k)
+    for start in range(0, n_q, rows):
+        block = mask[:, start:start + rows]
+        allowed = block if block.dtype == torch.bool else block > -1e4
+        q_pos = torch.arange(start, start + block.shape[1], device=block.device)[:, None] + n_k - n_q
+        future = torch.arange(n_k, device=block.device)[None, :] > q_pos
+        if bool((allowed & future).any()):
+            return False
+    return True
 
 
 def row_norms(x: torch.Tensor) -> torch.Tensor:
@@ -224,9 +278,12 @@ def _apply_mask(scores, attention_mask, start, stop, offset, *, causal, window):
 def decoder_layers(model) -> torch.nn.ModuleList:
     """The ModuleList of transformer blocks (as many as ``num_hidden_layers``)."""
     n = model.config.get_text_config().num_hidden_layers
-    for module in model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n]
+    for name, module in found:  # a vision or audio tower may have as many layers: the text ones
+        if not any(tower in name for tower in ("vision", "visual", "audio", "image", "vq")):
             return module
+    if found:
+        return found[0][1]
     raise UnsupportedArchitecture(f"cannot find the {n} decoder layers of {type(model).__name__}")
 
 
@@ -269,7 +326,7 @@ def capture_with_logits(model, input_ids: torch.Tensor, map_size: int = 128) -> 
 
 
 def _captured_forward(model, input_ids, map_size, kwargs):
-    if model.config._attn_implementation != ATTN_NAME:
+    if model.config._attn_implementation not in (ATTN_NAME, ATTN_FULL_MASK):
         raise UnsupportedArchitecture(f"model was not loaded with attn_implementation={ATTN_NAME!r}")
     layers = decoder_layers(model)
     recorder = _Recorder(map_size, len(layers))
@@ -281,6 +338,14 @@ def _captured_forward(model, input_ids, map_size, kwargs):
         _recorder.reset(token)
         recorder.host.close()
     n_layers = len(layers_run)
+    if n_layers == 0:
+        raise UnsupportedArchitecture(
+            f"{type(model).__name__} runs its {len(layers)} layers without calling them as modules, "
+            "so sinkviz cannot follow them layer by layer")
+    if n_layers > len(layers):
+        raise UnsupportedArchitecture(
+            f"{type(model).__name__} runs its {len(layers)} layers {n_layers} times in all (a looped model); "
+            "sinkviz shows each layer once")
     if recorder.n_recorded != n_layers:
         raise UnsupportedArchitecture(
             f"{type(model).__name__} sent {recorder.n_recorded} of {n_layers} layers through the "

@@ -1,4 +1,4 @@
-"""Command line: ``python -m sinkviz analyze --prompt TEXT [--json]`` and friends.
+"""Command line: ``python -m sinkviz analyze --prompt TEXT [--json]``, ``models --coverage`` and friends.
 
 Bad input exits with status 2 and one line on stderr; the table or JSON goes to stdout.
 """
@@ -66,13 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", default=DEFAULT_MODEL, help="as for analyze")
         p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     sub.add_parser("prepare", help="convert the embedded default model once (about 20 s)")
+    models = sub.add_parser("models", help="the embedded models; --coverage: which architectures work")
+    models.add_argument("--coverage", action="store_true",
+                        help="the committed sweep of every transformers architecture: exact, refused (why), ...")
+    models.add_argument("--all", action="store_true", help="with --coverage: list the exact ones too")
+    models.add_argument("--json", action="store_true", help="with --coverage: the table as JSON")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command != "prepare":
+        if args.command not in ("prepare", "models"):
             from transformers.utils import logging as hf_logging
 
             from .metrics import check_first_n
@@ -81,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                 check_first_n(args.first, 10**9)  # range check before any model work
         if args.command == "prepare":
             return _prepare()
+        if args.command == "models":
+            return _models(args)
         if args.command == "sweep":
             return _sweep(args)
         if args.command == "audit":
@@ -98,6 +105,19 @@ def _prepare() -> int:
     if not (converted_dir(DEFAULT_MODEL) / MARKER).exists():
         print("sinkviz: converting the embedded default model once (about 20 s) ...", file=sys.stderr)
     print(ensure_converted(DEFAULT_MODEL))
+    return 0
+
+
+def _models(args) -> int:
+    """The embedded models, or the committed architecture-coverage table (no model is built)."""
+    if args.coverage:
+        from .coverage import load_table, render
+        table = load_table()
+        print(json.dumps(table) if args.json else render(table, show_all=args.all))
+        return 0
+    from .embedded import DEFAULT_MODEL, EMBEDDED
+    for name, entry in EMBEDDED.items():
+        print(f"{name:<28} {entry.label}" + ("  (default)" if name == DEFAULT_MODEL else ""))
     return 0
 
 

@@ -29,10 +29,11 @@ class Shape:
 
     @classmethod
     def of(cls, model) -> "Shape":
+        from .models import config_value
         c = model.config.get_text_config()
         heads = c.num_attention_heads
-        return cls(c.num_hidden_layers, c.hidden_size, getattr(c, "intermediate_size", None) or 4 * c.hidden_size,
-                   heads, getattr(c, "head_dim", None) or c.hidden_size // heads, model.dtype.itemsize)
+        return cls(c.num_hidden_layers, c.hidden_size, config_value(c, "intermediate_size") or 4 * c.hidden_size,
+                   heads, config_value(c, "head_dim") or c.hidden_size // heads, model.dtype.itemsize)
 
 
 def estimate_bytes(shape: Shape, n_tokens: int, map_size: int, device_type: str) -> int:

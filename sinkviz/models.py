@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import threading
+import traceback
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +17,11 @@ import torch
 
 from . import capture, embedded
 from .devices import dtype_name, pick_device, pick_dtype
-from .errors import ModelNotFound, UnsupportedArchitecture
+from .errors import ModelNotFound, SinkvizError, UnsupportedArchitecture
 
 WEIGHT_SUFFIXES = (".safetensors", ".gguf")
 MAX_LOADED = 2  # models kept in memory; the least recently used one is dropped
+_PACKAGE = str(Path(__file__).resolve().parent)
 
 
 @dataclass(frozen=True)
@@ -140,8 +142,8 @@ def load_model(spec: str, device: str | None = None, dtype: str | None = None,
         raise UnsupportedArchitecture(f"{spec}: transformers cannot read this model's config "
                                       f"({_first_line(err)})") from None
     auto = AutoModelForCausalLM if _is_causal_lm(config) else AutoModel
-    kwargs = dict(dtype=torch_dtype, attn_implementation=capture.ATTN_NAME,
-                  trust_remote_code=trust_remote_code, **source)
+    kwargs = dict(dtype=torch_dtype, attn_implementation=_attention_name(auto, config),
+                  trust_remote_code=trust_remote_code, **source, **_experts_kwargs(torch_dtype))
     if device == "cuda" and torch.cuda.device_count() > 1:
         kwargs["device_map"] = "auto"  # spread a large model over this host's GPUs
     model = _load_weights(spec, auto, folder, config, kwargs)
@@ -153,9 +155,22 @@ def load_model(spec: str, device: str | None = None, dtype: str | None = None,
                                                   **source)
     except (ValueError, OSError, TypeError) as err:
         raise ModelNotFound(f"{spec}: no usable tokenizer ({_first_line(err)})") from None
-    capture.capture(model, torch.tensor([[0, 0]], device=model.device))  # fails early if unsupported
+    _probe(model, torch_dtype)
     return LoadedModel(model, tokenizer, _info(spec, label, revision, folder, model, tokenizer,
                                                 device, torch_dtype))
+
+
+def _probe(model, dtype) -> None:
+    """A 2-token capture, so an unsupported model fails at load with its cause. An error raised
+    inside the model's own code (not sinkviz's) means it cannot run like this at all."""
+    try:
+        capture.capture(model, torch.tensor([[0, 0]], device=model.device))
+    except Exception as err:
+        frames = traceback.extract_tb(err.__traceback__)
+        if isinstance(err, SinkvizError) or not frames or frames[-1].filename.startswith(_PACKAGE):
+            raise
+        raise UnsupportedArchitecture(f"{type(model).__name__} fails in its own code in {dtype_name(dtype)} "
+                                      f"on {model.device.type} ({_first_line(err)})") from err
 
 
 def _is_causal_lm(config) -> bool:
@@ -168,6 +183,25 @@ def _is_causal_lm(config) -> bool:
     return not config.architectures or bool(names & set(config.architectures))
 
 
+def _experts_kwargs(dtype: torch.dtype) -> dict:
+    """Mixture-of-experts layers run their experts one by one in float64: the default grouped
+    matmul has no float64 kernel (same numbers, looped)."""
+    return {"experts_implementation": "eager"} if dtype == torch.float64 else {}
+
+
+def _attention_name(auto, config) -> str:
+    """sinkviz's attention; for a model transformers never runs with SDPA (``_supports_sdpa``
+    off), the variant whose masks are materialized as eager's are, so no layer falls back on an
+    ``is_causal`` attribute that eager ignores (BigBirdPegasus's decoder says False and is causal
+    by its mask; MPT needs the mask itself)."""
+    from transformers.models.auto.auto_factory import _get_model_class
+    try:
+        model_class = _get_model_class(config, auto._model_mapping)
+    except (KeyError, ValueError, AttributeError):  # unknown here; from_pretrained will say why
+        return capture.ATTN_NAME
+    return capture.ATTN_NAME if getattr(model_class, "_supports_sdpa", True) else capture.ATTN_FULL_MASK
+
+
 def _load_weights(spec, auto, folder, config, kwargs) -> torch.nn.Module:
     """from_pretrained with every failure turned into one clear sentence."""
     if getattr(config.get_text_config(), "num_attention_heads", None) is None:
@@ -175,19 +209,34 @@ def _load_weights(spec, auto, folder, config, kwargs) -> torch.nn.Module:
     try:
         model, loading = auto.from_pretrained(folder, output_loading_info=True, **kwargs)
     except (ValueError, OSError, TypeError, KeyError, AttributeError) as err:
+        if isinstance(err, KeyError) and err.args[:1] in ((capture.ATTN_NAME,), (capture.ATTN_FULL_MASK,)):
+            raise UnsupportedArchitecture(
+                f"{config.model_type}: its attention classes come from its own table (eager, SDPA, ...), "
+                "not transformers' AttentionInterface, so sinkviz cannot capture them") from None
         if "attention" in str(err).lower():
             raise UnsupportedArchitecture(
                 f"{config.model_type}: its attention does not go through transformers' "
                 "AttentionInterface, so sinkviz cannot capture it") from None
         raise ModelNotFound(f"{spec}: transformers could not load it ({_first_line(err)})") from None
-    if loading.get("missing_keys"):
-        raise ModelNotFound(f"{spec}: the weights lack {len(loading['missing_keys'])} tensors "
-                            f"(e.g. {sorted(loading['missing_keys'])[0]}); refusing random weights")
+    missing = [k for k in loading.get("missing_keys") or () if not k.startswith("pooler.")]
+    if missing:  # a masked-LM checkpoint has no pooler; it never touches attention or hidden states
+        raise ModelNotFound(f"{spec}: the weights lack {len(missing)} tensors "
+                            f"(e.g. {sorted(missing)[0]}); refusing random weights")
     return model
 
 
 def _first_line(err: Exception) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
+def config_value(config, name: str):
+    """config.name, or None where absent. Where a config keeps the value per layer (reading it
+    globally raises), the largest of the layers' values that are set."""
+    try:
+        return getattr(config, name, None)
+    except RuntimeError:  # transformers' AmbiguousGlobalPerLayerAttributeError
+        values = [getattr(layer, name, None) for layer in config.per_layer_config]
+        return max((v for v in values if v is not None), default=None)
 
 
 def _info(spec, label, revision, folder, model, tokenizer, device, dtype) -> ModelInfo:
@@ -196,11 +245,11 @@ def _info(spec, label, revision, folder, model, tokenizer, device, dtype) -> Mod
     return ModelInfo(
         model_id=spec, label=label, architecture=type(model).__name__,
         n_layers=text.num_hidden_layers, n_heads=heads,
-        n_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
-        head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
-        max_context=getattr(text, "max_position_embeddings", None),
+        n_kv_heads=config_value(text, "num_key_value_heads") or heads,
+        head_dim=config_value(text, "head_dim") or text.hidden_size // heads,
+        max_context=config_value(text, "max_position_embeddings"),
         bos_token=tokenizer.bos_token, has_chat_template=bool(tokenizer.chat_template),
-        sliding_window=getattr(text, "sliding_window", None),
+        sliding_window=config_value(text, "sliding_window"),
         device=device, dtype=dtype_name(dtype), fingerprint=fingerprint(folder), revision=revision)
 
 

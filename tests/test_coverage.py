@@ -1,0 +1,112 @@
+"""Architecture coverage (issue 12 item 4): each architecture is exact, refused for a stated
+reason, or skipped for inputs it needs; never a wrong number or an unexplained crash.
+
+Exact: the float64 capture within 1e-12 of the float64 eager reference on every statistic and
+the causal flag, the model's float64 output unchanged (1e-9 relative), and the float32 capture
+within max(1e-4, 2 x float32 eager's own error); see tests/coverage_sweep.py.
+
+The quick subset (one architecture per attention kind) runs by default. The whole sweep
+(about 250 model types, minutes on 2 cores) runs with SINKVIZ_FULL_COVERAGE=1 and rewrites
+sinkviz/data/coverage.json, the table that README and ``python -m sinkviz models --coverage`` show.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from coverage_sweep import model_types, run_all
+from sinkviz.capture import indexed_keys_mask, mask_hides_future
+from sinkviz.coverage import TABLE, counts, load_table, markdown, render
+
+QUICK = {  # model type, mapping -> expected status (one per attention kind, the families run most)
+    ("llama", "causal"): "exact",            # GQA, RoPE, the causal mask skipped for SDPA
+    ("gpt2", "causal"): "exact",             # multi-head, learned positions
+    ("mistral", "causal"): "exact",          # sliding window
+    ("gemma3_text", "causal"): "exact",      # sliding and global layers mixed
+    ("deepseek_v3", "causal"): "exact",      # multi-head latent attention, mixture of experts (float64 eager experts)
+    ("deepseek_v32", "causal"): "exact",     # sparse attention: the indexer's keys
+    ("bigbird_pegasus", "causal"): "exact",  # no SDPA in transformers: eager's materialized mask
+    ("gemma4_text", "causal"): "exact",      # per-layer head sizes
+    ("bert", "masked"): "exact",             # bidirectional encoder, checkpoint without a pooler
+    ("layoutlm", "masked"): "exact",         # bidirectional by its mask, no is_causal attribute
+    ("mamba", "causal"): "refused",          # no attention at all
+    ("falcon", "causal"): "refused",         # attention classes from its own table
+}
+
+
+def assert_clean(rows):
+    bad = [f"{r['mapping']} {r['type']}: {r['status']}: {r.get('reason')}" for r in rows
+           if r["status"] in ("wrong", "crash")]
+    assert not bad, "\n".join(bad)
+
+
+def test_quick_subset_is_exact_or_refused_as_expected():
+    rows = run_all(list(QUICK), jobs=1, timeout=240, progress=lambda _line: None)
+    got = {(r["type"], r["mapping"]): r["status"] for r in rows}
+    assert_clean(rows)
+    assert got == QUICK, {k: (got[k], v) for k, v in QUICK.items() if got[k] != v}
+    reasons = {r["type"]: r.get("reason", "") for r in rows}
+    assert "no attention heads" in reasons["mamba"]
+    assert "own table" in reasons["falcon"] and "could not load" not in reasons["falcon"]
+    for r in rows:
+        if r["status"] == "exact":
+            assert max(r["err64"].values()) <= 1e-12 and r["output_rel_err"] <= 1e-9, r
+
+
+@pytest.mark.skipif(os.environ.get("SINKVIZ_FULL_COVERAGE") != "1",
+                    reason="the whole sweep takes minutes: SINKVIZ_FULL_COVERAGE=1 to run it")
+def test_full_sweep_has_no_wrong_number_or_crash_and_keeps_every_exact_type():
+    import coverage_sweep
+    before = load_table()
+    start = __import__("time").perf_counter()
+    rows = run_all(model_types(), jobs=int(os.environ.get("SINKVIZ_COVERAGE_JOBS", "2")), timeout=300,
+                   progress=lambda line: print(line, flush=True))
+    rows.sort(key=lambda r: (r["mapping"] != "causal", r["type"]))
+    table = {"meta": coverage_sweep.meta(__import__("time").perf_counter() - start, 2), "rows": rows}
+    TABLE.write_text(json.dumps(table, indent=1) + "\n")
+    assert_clean(rows)
+    now = {(r["type"], r["mapping"]) for r in rows if r["status"] == "exact"}
+    lost = {(r["type"], r["mapping"]) for r in before["rows"] if r["status"] == "exact"} - now
+    assert not lost, f"exact in the committed table, not any more: {sorted(lost)}"
+
+
+def test_committed_table_is_complete_and_printed_as_counted(capsys):
+    from sinkviz.cli import main
+    table = load_table()
+    assert {(r["type"], r["mapping"]) for r in table["rows"]} == set(model_types())
+    assert_clean(table["rows"])
+    c = counts(table)
+    assert main(["models", "--coverage"]) == 0
+    out = capsys.readouterr().out
+    assert f"causal: {sum(c['causal'].values())} model types: {c['causal']['exact']} exact" in out
+    refused = [r for r in table["rows"] if r["status"] == "refused"]
+    assert all(f"{r['type']:<28} refused" in out for r in refused)
+    assert all(r.get("reason") for r in refused)
+    assert markdown(table).count("| refused |") == len(refused)
+    assert render(table, show_all=True).count(" exact") >= c["causal"]["exact"] + c["masked"]["exact"]
+
+
+def test_causality_is_read_from_the_mask():
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()[None, None]
+    assert mask_hides_future(causal, 5, 5) and not mask_hides_future(torch.ones(1, 1, 5, 5, dtype=torch.bool), 5, 5)
+    float_mask = torch.zeros(1, 1, 5, 5).masked_fill(~causal, torch.finfo(torch.float32).min)
+    assert mask_hides_future(float_mask, 5, 5)
+    assert not mask_hides_future(torch.zeros(1, 1, 1, 5), 5, 5)         # padding-only mask, broadcast
+    assert mask_hides_future(causal[..., 2:, :], 3, 5)                   # queries 2..4 of 5 keys
+    assert mask_hides_future(causal, 5, 5, rows=2)                       # in row blocks alike
+    leak = causal.clone()
+    leak[0, 0, 3, 4] = True                                              # one later key seen
+    assert not mask_hides_future(leak, 5, 5, rows=2)
+
+
+def test_indexed_keys_fold_into_the_mask_as_eager_does():
+    mask = torch.ones(1, 1, 3, 4, dtype=torch.bool).tril(1)              # 3 queries, 4 keys
+    indices = torch.tensor([[[0, 1], [1, 2], [0, 3]]])                   # [1, Lq, topk]
+    kept = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0], [1, 0, 0, 1]], dtype=torch.bool)
+    assert torch.equal(indexed_keys_mask(mask, indices, 4)[0, 0], kept & mask[0, 0])
+    folded = indexed_keys_mask(torch.zeros(1, 1, 3, 4), indices, 4)[0, 0]  # additive: 0 kept, min blocked
+    np.testing.assert_array_equal(folded.numpy(), np.where(kept, 0.0, np.finfo(np.float32).min))
+    assert indexed_keys_mask(mask, None, 4) is mask
