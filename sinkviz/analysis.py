@@ -165,16 +165,43 @@ def load_stored(store: ResultStore, key: str) -> Analysis | None:
         return None
     try:
         return from_stored(*stored)
-    except (ValueError, KeyError, TypeError) as err:
+    except MALFORMED as err:
         store.discard(key, err)
         return None
 
 
+MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError, BadSetting)
+
+
 def from_stored(meta: dict, arrays: dict) -> Analysis:
     """Rebuild an Analysis from the store's (meta, arrays)."""
+    return replace(_from_meta(meta), stats=AttentionStats.from_arrays(arrays))
+
+
+def _from_meta(meta: dict) -> Analysis:
+    """An Analysis from a stored meta alone (stats None); raises on any malformed field."""
     if meta.get("schema") != SCHEMA_VERSION:
         raise ValueError(f"stored schema {meta.get('schema')} is not {SCHEMA_VERSION}")
     tokens = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["tokens"].items()}
+    worst = meta["worst_layer_by_n"]
+    if not all(isinstance(l, int) and isinstance(m, float) for l, m in worst):
+        raise ValueError("worst_layer_by_n is not a list of [layer, mass]")
+    if not isinstance(meta["prompt"], str) or not isinstance(meta["created"], (int, float)):
+        raise TypeError("prompt or created has the wrong type")
+    if not 0 <= meta["created"] < 2.5e11:   # a time a date can show
+        raise ValueError(f"created {meta['created']} is not a time")
     return Analysis(meta["key"], meta["prompt"], Settings(**meta["settings"]),
                     models.ModelInfo(**meta["model"]), TokenizedPrompt(**tokens),
-                    AttentionStats.from_arrays(arrays), meta["created"], ())
+                    None, meta["created"], ())
+
+
+def history(store: ResultStore) -> list[dict]:
+    """Stored metas, newest first; a malformed one is discarded (with a warning), never shown."""
+    found = []
+    for meta in store.metas():
+        try:
+            _from_meta(meta)
+            found.append(meta)
+        except MALFORMED as err:
+            store.discard(meta.get("key") if isinstance(meta.get("key"), str) else "", err)
+    return found
