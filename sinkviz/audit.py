@@ -13,6 +13,7 @@ import numpy as np
 
 from .analysis import Progress, Settings, analyze
 from .errors import BadPrompt, SinkvizError
+from .export import csv_row
 from .metrics import Thresholds, layer_sinks
 from .store import ResultStore
 
@@ -116,9 +117,10 @@ def audit(prompts: list[str], settings: Settings, first_n: int = 3, thresholds: 
 
 
 def audit_csv(rows: list[AuditRow]) -> str:
+    """The table as CSV; text cells that a spreadsheet would run as formulas are neutralised."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=COLUMNS)
-    writer.writeheader()
+    writer = csv.writer(out)
+    writer.writerow(COLUMNS)
     for row in rows:
-        writer.writerow(asdict(row))
+        writer.writerow(csv_row(asdict(row)[c] for c in COLUMNS))
     return out.getvalue()

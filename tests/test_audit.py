@@ -99,3 +99,30 @@ def test_audit_page_rows_equal_engine(app_test):
         mass = layer_sinks(analyze(prompt, Settings()).stats, 3).sink_mass
         assert row["worst layer"] == 2 + int(np.argmax(mass[2:]))
         assert row["sink mass"] == pytest.approx(mass[2:].max())
+
+
+FORMULAS = [start + " w1 w2 w3 w4" for start in ["=cmd|' /C calc'!A0", "+w1", "-w1", "@SUM(A1)", "\tw1", "\rw1"]]
+
+
+def test_formula_cells_are_neutralised_in_the_cli_csv(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setenv("SINKVIZ_STORE_DIR", str(tmp_path / "store"))
+    src = tmp_path / "prompts.jsonl"
+    src.write_text("\n".join(json.dumps({"prompt": p}) for p in FORMULAS + ["w1 w2 = w3 w4"]))
+    out = tmp_path / "audit.csv"
+    assert main(["audit", str(src), "--model", tiny_models["gpt2"], "--csv", str(out)]) == 0
+    table = list(csv.DictReader(out.open(newline="")))
+    assert [t["prompt"] for t in table] == ["'" + p for p in FORMULAS] + ["w1 w2 = w3 w4"]
+    assert all(not t["prompt"].startswith(("=", "+", "-", "@", "\t", "\r")) for t in table)
+    rows = audit(FORMULAS, Settings(model=tiny_models["gpt2"]), store=None)
+    assert [float(t["worst_sink_mass"]) for t in table[:6]] == pytest.approx([r.worst_sink_mass for r in rows])
+
+
+def test_layers_csv_neutralises_text_but_keeps_negative_numbers():
+    from sinkviz.export import csv_cell, layers_csv
+    assert [csv_cell(v) for v in ["=1+1", "-x", "ok", -0.5, 3, None]] == ["'=1+1", "'-x", "ok", -0.5, 3, None]
+    report = {"layers": [{"layer": 0, "sink_mass": -0.25, "ratio_to_uniform": 1.0, "flagged": False,
+                          "severity": "=HYPERLINK(\"x\")", "entropy_nats": 1.0, "position0_received": 0.5,
+                          "top_sink_position": 0, "top_sink_received": 0.5, "window": None,
+                          "heads_sink_mass": [-0.125]}]}
+    row = list(csv.reader(io.StringIO(layers_csv(report))))[1]
+    assert row[1] == "-0.25" and row[4] == "'=HYPERLINK(\"x\")" and row[-1] == "-0.125"
