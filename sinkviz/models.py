@@ -122,15 +122,11 @@ def load_model(spec: str, device: str | None = None, dtype: str | None = None,
     hf_logging.disable_progress_bar()
     capture.register()
     folder, label, revision = resolve(spec)
-    files = [p.name for p in folder.iterdir()]
-    gguf = [f for f in files if f.endswith(".gguf")]
-    if not any(f.endswith(".safetensors") for f in files) and not gguf:
-        pickled = [f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
-        raise ModelNotFound(f"{spec}: no safetensors or GGUF weights" +
-                            (" (pickle weights are never loaded)" if pickled else ""))
+    files = sorted(p.name for p in folder.iterdir())
+    weights = weight_source(spec, files)
     device = pick_device(device)
     torch_dtype = pick_dtype(device, dtype)
-    source = {"gguf_file": gguf[0]} if gguf and "config.json" not in files else {}
+    source = weights if "gguf_file" in weights and "config.json" not in files else {}
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, **source)
     except (ValueError, KeyError, OSError) as err:
@@ -141,7 +137,7 @@ def load_model(spec: str, device: str | None = None, dtype: str | None = None,
                                       f"({_first_line(err)})") from None
     auto = AutoModelForCausalLM if _is_causal_lm(config) else AutoModel
     kwargs = dict(dtype=torch_dtype, attn_implementation=capture.ATTN_NAME,
-                  trust_remote_code=trust_remote_code, **source)
+                  trust_remote_code=trust_remote_code, **weights)
     if device == "cuda" and torch.cuda.device_count() > 1:
         kwargs["device_map"] = "auto"  # spread a large model over this host's GPUs
     model = _load_weights(spec, auto, folder, config, kwargs)
@@ -156,6 +152,23 @@ def load_model(spec: str, device: str | None = None, dtype: str | None = None,
     capture.capture(model, torch.tensor([[0, 0]], device=model.device))  # fails early if unsupported
     return LoadedModel(model, tokenizer, _info(spec, label, revision, folder, model, tokenizer,
                                                 device, torch_dtype))
+
+
+def weight_source(spec: str, files: list[str]) -> dict:
+    """from_pretrained arguments that load only the safetensors or GGUF weights the folder
+    holds (``use_safetensors``: transformers then never falls back to a pickle), else refuse."""
+    if "model.safetensors" in files or "model.safetensors.index.json" in files:
+        return {"use_safetensors": True}
+    gguf = [f for f in files if f.endswith(".gguf")]
+    if gguf:
+        return {"gguf_file": gguf[0]}
+    pickled = " (pickle weights are never loaded)" if any(
+        f.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl")) for f in files) else ""
+    other = [f for f in files if f.endswith(".safetensors")]
+    if other:
+        raise ModelNotFound(f"{spec}: {', '.join(other[:3])} is not a checkpoint transformers loads "
+                            f"(model.safetensors or model.safetensors.index.json){pickled}")
+    raise ModelNotFound(f"{spec}: no safetensors or GGUF weights{pickled}")
 
 
 def _is_causal_lm(config) -> bool:
