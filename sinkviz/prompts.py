@@ -21,6 +21,11 @@ def check_prompt(prompt: str) -> str:
         raise BadPrompt("the prompt is empty")
     if "\x00" in prompt:
         raise BadPrompt("the prompt contains a NUL character")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise BadPrompt(f"the prompt is not valid text: character {err.start + 1:,} is a lone surrogate "
+                        f"(U+{ord(prompt[err.start]):04X}), e.g. from bytes that are not UTF-8") from None
     if len(prompt) > MAX_PROMPT_CHARS:
         raise BadPrompt(f"the prompt has {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}")
     return prompt

@@ -9,7 +9,7 @@ import pytest
 from conftest import random_words
 from sinkviz import capture
 from sinkviz.analysis import Settings, analyze
-from sinkviz.audit import MAX_ROWS, audit, audit_csv, prompts_from_lines, read_prompts
+from sinkviz.audit import MAX_ROWS, BadRow, audit, audit_csv, prompts_from_lines, read_prompts
 from sinkviz.cli import main
 from sinkviz.errors import BadPrompt
 from sinkviz.metrics import layer_sinks
@@ -53,9 +53,11 @@ def test_interrupted_audit_resumes_without_recomputing(settings, store, monkeypa
 @pytest.mark.parametrize("data,name,message", [
     (b"x" * (5 * 2**20 + 1), "big.csv", "big.csv has 5,242,881 bytes; the limit is 5,242,880"),
     (("\n".join(["p"] * (MAX_ROWS + 1))).encode(), "many.csv", f"many.csv has {MAX_ROWS + 1} prompts; the limit is {MAX_ROWS}"),
-    (b'{"prompt": "a"}\nnot json\n', "bad.jsonl", "bad.jsonl line 2 is not JSON"),
-    (b'{"text": "a"}\n', "bad.jsonl", "bad.jsonl line 1 has no 'prompt' string"),
-    (b"\xff\xfe", "bin.csv", "bin.csv is not UTF-8 text"),
+    (b'not json\n', "bad.jsonl", "bad.jsonl holds no readable prompt (line 1 is not JSON)"),
+    (b'{"text": "a"}\n', "bad.jsonl", "bad.jsonl holds no readable prompt (line 1 has no 'prompt' string)"),
+    (b"\xff\xfe", "bin.csv", "bin.csv is not UTF-8 text (line 1)"),
+    (b"prompt\nw1 w2\nw3\n\"w4 w5\nw6\n", "q.csv",
+     "q.csv line 4: a quoted field is never closed (the rest of the file would be one prompt)"),
     (b"", "empty.csv", "empty.csv holds no prompts"),
 ])
 def test_file_limits_and_errors(data, name, message):
@@ -126,3 +128,24 @@ def test_layers_csv_neutralises_text_but_keeps_negative_numbers():
                           "heads_sink_mass": [-0.125]}]}
     row = list(csv.reader(io.StringIO(layers_csv(report))))[1]
     assert row[1] == "-0.25" and row[4] == "'=HYPERLINK(\"x\")" and row[-1] == "-0.125"
+
+
+def test_one_bad_row_gets_its_own_error_and_the_rest_are_audited(settings, store):
+    big = "w1 " * 70_000                      # a 210 KB field, over csv's default field limit
+    data = ('prompt\nw1 w2 w3 w4\n"' + big + '"\n"w5 "x" w6\nw7 w8 w9\n').encode()
+    prompts = read_prompts(data, "p.csv")
+    assert prompts == ["w1 w2 w3 w4", big, BadRow("line 4: ',' expected after '\"'"), "w7 w8 w9"]
+    rows = audit(prompts, settings, store=store)
+    assert [r.error for r in rows] == ["", "the prompt has 70,001 tokens; the limit is 512", "line 4: ',' expected after '\"'", ""]
+    assert rows[0].key and rows[3].key and rows[2].prompt == ""
+
+
+def test_lone_surrogate_in_one_jsonl_row(settings, store):
+    data = b'{"prompt": "w1 w2 w3 w4"}\n{"prompt": "w1 \\ud800 w2"}\nnot json\n{"prompt": "w5 w6 w7 w8"}\n'
+    rows = audit(read_prompts(data, "p.jsonl"), settings, store=store)
+    assert [r.error for r in rows] == [
+        "", "the prompt is not valid text: character 4 is a lone surrogate (U+D800), e.g. from bytes that are not UTF-8",
+        "line 3 is not JSON", ""]
+    assert rows[0].key and rows[3].key
+    assert rows[1].prompt == "w1 \ufffd w2"
+    assert list(csv.DictReader(io.StringIO(audit_csv(rows))))[1]["prompt"] == "w1 \ufffd w2"
