@@ -146,7 +146,7 @@ def open_stored(key: str) -> Analysis | None:
 def first_n_from_params(params, default: int = 3) -> int:
     """The URL's n (1..8), or the default when absent or not a number."""
     value = params.get("n", "")
-    return min(8, max(1, int(value))) if value.isdigit() else default
+    return min(8, max(1, int(value))) if value.isascii() and value.isdigit() else default
 
 
 def settings_from_params(params) -> Settings:

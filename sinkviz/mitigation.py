@@ -15,7 +15,7 @@ import torch
 
 from . import capture
 from .analysis import Settings
-from .errors import BadSetting, UnsupportedArchitecture
+from .errors import BadPrompt, BadSetting, UnsupportedArchitecture
 from .models import get_model
 from .prompts import TokenizedPrompt, tokenize
 from .stats import AttentionStats
@@ -122,8 +122,12 @@ def sink_token_experiment(text: str, settings: Settings = Settings(), window: in
     """Per-token loss with full attention, a window KV cache with sink tokens, and one without."""
     if not 0 <= sinks < window:
         raise BadSetting("need 0 <= sinks < window")
+    if max_tokens is not None and max_tokens < 2:
+        raise BadSetting(f"max tokens must be at least 2, not {max_tokens}")
     loaded = language_model(settings)
     tokens = tokenize(loaded.tokenizer, text, use_template=False)
+    if len(tokens.token_ids) < 2:
+        raise BadPrompt("the text has 1 token; a next-token loss needs at least 2")
     ids = torch.tensor(tokens.token_ids[:max_tokens] if max_tokens else tokens.token_ids,
                        device=loaded.model.device)
     with loaded.lock:

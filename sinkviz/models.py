@@ -61,6 +61,8 @@ def resolve(spec: str) -> tuple[Path, str, str | None]:
     """(local folder, label, revision) for an embedded name, a folder, or a hub id."""
     check_allowed(spec)
     spec = spec.strip()
+    if not spec:
+        raise ModelNotFound("the model name is empty")
     if spec in embedded.EMBEDDED:
         return embedded.ensure_converted(spec), embedded.EMBEDDED[spec].label, None
     path = Path(spec).expanduser()
