@@ -49,11 +49,26 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)  # one forward pass at a time
 
 
-def check_allowed(spec: str) -> None:
-    """Refuse models outside the operator's SINKVIZ_ALLOWED_MODELS (comma-separated ids or
-    folders; unset = any model)."""
-    allowed = os.environ.get("SINKVIZ_ALLOWED_MODELS", "").strip()
-    if allowed and spec.strip() not in {a.strip() for a in allowed.split(",")}:
+def allowlist() -> list[str]:
+    """The operator's SINKVIZ_ALLOWED_MODELS (comma-separated ids or folders), [] when unset."""
+    return [a.strip() for a in os.environ.get("SINKVIZ_ALLOWED_MODELS", "").split(",") if a.strip()]
+
+
+def offered_models() -> list[str]:
+    """What a dashboard served to others may load: the embedded models and the allowlist."""
+    return list(embedded.EMBEDDED) + [m for m in allowlist() if m not in embedded.EMBEDDED]
+
+
+def check_allowed(spec: str, shared: bool = False) -> None:
+    """Refuse models outside SINKVIZ_ALLOWED_MODELS (unset = any model). ``shared`` (or
+    SINKVIZ_SHARED=1): only ``offered_models()``, refused before any path is looked at."""
+    if shared or os.environ.get("SINKVIZ_SHARED") == "1":
+        if spec.strip() not in offered_models():
+            raise ModelNotFound(f"model {spec.strip()[:200]!r} is not offered by this server "
+                                f"(it offers {', '.join(offered_models())})")
+        return
+    allowed = allowlist()
+    if allowed and spec.strip() not in allowed:
         raise ModelNotFound(f"model {spec.strip()!r} is not in this server's allowlist")
 
 
