@@ -21,7 +21,9 @@ def warm_default_model() -> threading.Thread:
             get_model(DEFAULT_MODEL)
         except Exception:  # the page that needs it reports the error
             pass
-    thread = threading.Thread(target=load, daemon=True, name="sinkviz-warm")
+    # Not a daemon: the interpreter waits for the load to end before it exits. A daemon thread
+    # still inside torch at exit aborts the process ("terminate called ...", exit 134).
+    thread = threading.Thread(target=load, daemon=False, name="sinkviz-warm")
     thread.start()
     return thread
 

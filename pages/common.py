@@ -1,6 +1,7 @@
 """Widgets and glue shared by the pages. Only calls sinkviz and renders."""
 
 import logging
+import os
 from dataclasses import replace
 
 import streamlit as st
@@ -10,6 +11,7 @@ from sinkviz.devices import DTYPES, available_devices
 from sinkviz.embedded import DEFAULT_MODEL, EMBEDDED
 from sinkviz.errors import SinkvizError
 from sinkviz.metrics import Thresholds
+from sinkviz.models import check_allowed, offered_models
 from sinkviz.store import ResultStore
 
 log = logging.getLogger("sinkviz.app")
@@ -34,8 +36,31 @@ def store() -> ResultStore:
     return ResultStore()
 
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def served_to_others() -> bool:
+    """True when this page may be seen from another machine: SINKVIZ_SHARED=1, a server that
+    listens beyond loopback, a request through a proxy, or from a remote address. Then only
+    the embedded and allowlisted models can be named (in a link or the picker)."""
+    if os.environ.get("SINKVIZ_SHARED") == "1":
+        return True
+    if (st.get_option("server.address") or "0.0.0.0") not in LOOPBACK:
+        return True
+    headers = st.context.headers or {}
+    if any(name in headers for name in ("X-Forwarded-For", "X-Real-Ip", "Forwarded")):
+        return True
+    return isinstance(st.context.ip_address, str)   # None on loopback
+
+
 def model_picker(key: str, default: str = DEFAULT_MODEL) -> str:
-    """Embedded models first (the default preselected), then free text for any other model."""
+    """Embedded models first (the default preselected), then free text for any other model;
+    served to others: the embedded and allowlisted models only."""
+    if served_to_others():
+        offered = offered_models()
+        labels = [EMBEDDED[m].label if m in EMBEDDED else m for m in offered]
+        start = offered.index(default) if default in offered else 0
+        return offered[labels.index(st.selectbox("Model", labels, index=start, key=f"{key}_model_choice"))]
     labels = [m.label for m in EMBEDDED.values()] + [OTHER_MODEL]
     names = list(EMBEDDED) + [None]
     start = names.index(default) if default in EMBEDDED else len(names) - 1
@@ -77,6 +102,8 @@ def run_analysis(prompt: str, settings: Settings, label: str = "") -> Analysis |
     failure = None
     with st.status(f"Analyzing {label}".strip(), expanded=False) as status:
         try:
+            if served_to_others():
+                check_allowed(settings.model, shared=True)
             result = analyze(prompt, settings, store=store(),
                              progress=lambda step: status.update(label=f"{label} {step} …".strip()))
         except SinkvizError as err:
@@ -93,6 +120,8 @@ def run_analysis(prompt: str, settings: Settings, label: str = "") -> Analysis |
     if failure is not None:
         st.error(f"{label}: {failure}" if label else failure)
         return None
+    if store().warning:
+        st.warning(f"Not saved: {store().warning}.")
     show_model_in_sidebar(result.model)
     return result
 
@@ -146,14 +175,20 @@ def open_stored(key: str) -> Analysis | None:
 def first_n_from_params(params, default: int = 3) -> int:
     """The URL's n (1..8), or the default when absent or not a number."""
     value = params.get("n", "")
-    return min(8, max(1, int(value))) if value.isdigit() else default
+    return min(8, max(1, int(value))) if value.isascii() and value.isdigit() else default
 
 
 def settings_from_params(params) -> Settings:
-    """Settings named in the URL's query parameters (unknown or bad values fall back)."""
+    """Settings named in the URL's query parameters (unknown or bad values fall back; served to
+    others, a model that is not offered falls back to the default, with a message)."""
     base = Settings()
+    model = params.get("model", base.model)
+    if served_to_others() and model not in offered_models():
+        st.warning(f"This server loads only the models it offers ({', '.join(offered_models())}); "
+                   f"the link's model was not loaded, {base.model} is used instead.")
+        model = base.model
     try:
-        return replace(base, model=params.get("model", base.model),
+        return replace(base, model=model,
                        use_template=params.get("template", "1") != "0",
                        system=params.get("system") or None,
                        map_size=int(params.get("map", base.map_size)))

@@ -5,10 +5,13 @@ from datetime import datetime
 import streamlit as st
 
 from pages.common import open_in_analyze, store
-from sinkviz.analysis import Settings
+from sinkviz.analysis import Settings, history
 
 st.title("History")
-metas = store().metas()
+metas = history(store())
+if store().quarantined:
+    st.warning(f"{len(store().quarantined)} row(s) of the result store were not written by sinkviz and were "
+               "quarantined, unread (see the server log): " + "; ".join(store().quarantined[:3]))
 
 
 def show(metas: list[dict]) -> None:

@@ -22,7 +22,7 @@ from .embedded import DEFAULT_MODEL
 from .errors import BadPrompt, BadSetting, OutOfMemory
 from .memory import check_fits
 from .metrics import layer_sinks
-from .prompts import TokenizedPrompt, check_prompt, tokenize
+from .prompts import TokenizedPrompt, check_prompt, check_text, tokenize
 from .reduce import MAX_FIRST_N
 from .stats import AttentionStats
 from .store import ResultStore
@@ -45,6 +45,12 @@ class Settings:
     def __post_init__(self):
         if not 8 <= self.map_size <= 512:
             raise BadSetting(f"map size must be between 8 and 512, not {self.map_size}")
+        if self.max_tokens is not None and self.max_tokens < 2:
+            raise BadSetting(f"max tokens must be at least 2, not {self.max_tokens}")
+        if self.system is not None:
+            check_text(self.system, "the system turn")
+        if not self.model.strip():
+            raise BadSetting("the model name is empty")
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,9 @@ def analyze(prompt: str, settings: Settings = Settings(), *, store: ResultStore 
     with _key_lock(key):
         stored = load_stored(store, key)
         if stored is not None:
+            limit = token_limit(settings, stored.model)
+            if limit is not None and len(stored.tokens.token_ids) > limit:
+                raise BadPrompt(f"the prompt has {len(stored.tokens.token_ids):,} tokens; the limit is {limit:,}")
             return replace(stored, cached=True, timings=tuple(steps.timings))
         with steps("loading model"):
             loaded = models.get_model(settings.model, settings.device, settings.dtype)
@@ -139,10 +148,18 @@ def _capture_or_release(model, ids: torch.Tensor, map_size: int):
 
 def token_limit(settings: Settings, info: models.ModelInfo) -> int | None:
     """The smallest of settings.max_tokens, $SINKVIZ_MAX_TOKENS and the model's context."""
-    limits = [settings.max_tokens, info.max_context,
-              int(os.environ["SINKVIZ_MAX_TOKENS"]) if os.environ.get("SINKVIZ_MAX_TOKENS") else None]
-    limits = [n for n in limits if n]
+    limits = [n for n in (settings.max_tokens, info.max_context, env_max_tokens()) if n]
     return min(limits) if limits else None
+
+
+def env_max_tokens() -> int | None:
+    """The operator's SINKVIZ_MAX_TOKENS (None when unset); BadSetting when it is not a count."""
+    raw = os.environ.get("SINKVIZ_MAX_TOKENS", "").strip()
+    if not raw:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 2:
+        raise BadSetting(f"SINKVIZ_MAX_TOKENS must be a whole number of at least 2, not {raw[:40]!r}")
+    return int(raw)
 
 
 def to_meta(analysis: Analysis) -> dict:
@@ -165,16 +182,43 @@ def load_stored(store: ResultStore, key: str) -> Analysis | None:
         return None
     try:
         return from_stored(*stored)
-    except (ValueError, KeyError, TypeError) as err:
+    except MALFORMED as err:
         store.discard(key, err)
         return None
 
 
+MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError, BadSetting)
+
+
 def from_stored(meta: dict, arrays: dict) -> Analysis:
     """Rebuild an Analysis from the store's (meta, arrays)."""
+    return replace(_from_meta(meta), stats=AttentionStats.from_arrays(arrays))
+
+
+def _from_meta(meta: dict) -> Analysis:
+    """An Analysis from a stored meta alone (stats None); raises on any malformed field."""
     if meta.get("schema") != SCHEMA_VERSION:
         raise ValueError(f"stored schema {meta.get('schema')} is not {SCHEMA_VERSION}")
     tokens = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["tokens"].items()}
+    worst = meta["worst_layer_by_n"]
+    if not all(isinstance(l, int) and isinstance(m, float) for l, m in worst):
+        raise ValueError("worst_layer_by_n is not a list of [layer, mass]")
+    if not isinstance(meta["prompt"], str) or not isinstance(meta["created"], (int, float)):
+        raise TypeError("prompt or created has the wrong type")
+    if not 0 <= meta["created"] < 2.5e11:   # a time a date can show
+        raise ValueError(f"created {meta['created']} is not a time")
     return Analysis(meta["key"], meta["prompt"], Settings(**meta["settings"]),
                     models.ModelInfo(**meta["model"]), TokenizedPrompt(**tokens),
-                    AttentionStats.from_arrays(arrays), meta["created"], ())
+                    None, meta["created"], ())
+
+
+def history(store: ResultStore) -> list[dict]:
+    """Stored metas, newest first; a malformed one is discarded (with a warning), never shown."""
+    found = []
+    for meta in store.metas():
+        try:
+            _from_meta(meta)
+            found.append(meta)
+        except MALFORMED as err:
+            store.discard(meta.get("key") if isinstance(meta.get("key"), str) else "", err)
+    return found

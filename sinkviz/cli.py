@@ -14,9 +14,38 @@ from .errors import SinkvizError
 EXIT_BAD_INPUT = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line on stderr (exit 2), no usage block."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"sinkviz: {message}\n")
+
+
+def _token_count(text: str) -> int:
+    """--max-tokens: a whole number of at least 2 (a sink statistic needs two tokens)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text[:40]!r}") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2, not {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """--epsilon: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, not {text[:40]!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .embedded import DEFAULT_MODEL
-    parser = argparse.ArgumentParser(prog="python -m sinkviz",
+    parser = _Parser(prog="python -m sinkviz",
                                      description="See attention sinks in transformer models.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("analyze", help="sink statistics of one prompt")
@@ -31,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--system", help="system turn for the chat template")
     run.add_argument("--device", help="cuda, mps or cpu (default: best available)")
     run.add_argument("--dtype", help="float32, bfloat16, float16 or float64 (default: auto)")
-    run.add_argument("--max-tokens", type=int, help="refuse prompts longer than this")
-    run.add_argument("--epsilon", type=float, default=0.3, help="sink-rate threshold (default 0.3)")
+    run.add_argument("--max-tokens", type=_token_count, help="refuse prompts longer than this")
+    run.add_argument("--epsilon", type=_fraction, default=0.3, help="sink-rate threshold (default 0.3)")
     run.add_argument("--json", action="store_true", help="one JSON object on stdout")
     sweep = sub.add_parser("sweep", help="sink mass per layer as the context grows")
     text = sweep.add_mutually_exclusive_group()
@@ -40,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("--file", help="read the text from this file ('-' for stdin)")
     sweep.add_argument("--model", default=DEFAULT_MODEL, help="as for analyze")
     sweep.add_argument("--first", type=int, default=3, metavar="N", help="sink = the first N tokens (1..8)")
-    sweep.add_argument("--max-tokens", type=int, help="longest prefix to analyse")
+    sweep.add_argument("--max-tokens", type=_token_count, help="longest prefix to analyse")
     sweep.add_argument("--device", help="cuda, mps or cpu (default: best available)")
     sweep.add_argument("--dtype", help="as for analyze")
     sweep.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -61,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     window.add_argument("--file", help="read the text from this file")
     window.add_argument("--window", type=int, default=256)
     window.add_argument("--sinks", type=int, default=4)
-    window.add_argument("--max-tokens", type=int)
+    window.add_argument("--max-tokens", type=_token_count, help="tokens of the text to decode")
     for p in (scale, window):
         p.add_argument("--model", default=DEFAULT_MODEL, help="as for analyze")
         p.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -124,14 +153,19 @@ def _models(args) -> int:
 def _read_text(text: str | None, path: str | None) -> str:
     if text is not None:
         return text
+    from .errors import BadPrompt
     try:
         if path == "-":
-            return sys.stdin.read()
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except (OSError, UnicodeDecodeError) as err:
-        from .errors import BadPrompt
-        raise BadPrompt(f"cannot read {path}: {err}") from None
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except OSError as err:
+        raise BadPrompt(f"cannot read {path}: {err.strerror or err}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BadPrompt(f"cannot read {path}: not UTF-8 text (byte {err.start:,})") from None
 
 
 def _sweep(args) -> int:
@@ -201,7 +235,7 @@ def _lab(args) -> int:
                   "perplexity_with_sinks": WindowResult.perplexity(r.loss_sinks),
                   "perplexity_without_sinks": WindowResult.perplexity(r.loss_no_sinks)}
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps(report, allow_nan=False))
     else:
         for name, value in report.items():
             if not name.startswith("sink_mass"):

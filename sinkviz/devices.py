@@ -22,8 +22,10 @@ def pick_device(override: str | None = None) -> str:
     """The best available device, or ``override`` after checking it exists here."""
     if override in (None, "", "auto"):
         return available_devices()[0]
-    kind = override.split(":")[0]
-    if kind not in available_devices():
+    kind, _, index = override.partition(":")
+    count = torch.cuda.device_count() if kind == "cuda" else 1
+    if kind not in available_devices() or (index and not (index.isascii() and index.isdigit()
+                                                          and int(index) < count)):
         raise BadSetting(f"device {override!r} is not available here "
                          f"(available: {', '.join(available_devices())})")
     return override

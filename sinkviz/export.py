@@ -10,8 +10,22 @@ import numpy as np
 
 from .analysis import Analysis
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
 CSV_COLUMNS = ("layer", "sink_mass", "learned_sink", "ratio_to_uniform", "flagged", "severity", "entropy_nats",
                "position0_received", "top_sink_position", "top_sink_received", "window")
+
+
+def csv_cell(value):
+    """A text cell a spreadsheet would run as a formula gets a leading apostrophe (OWASP's
+    advice), so it shows as the same text; numbers and other text are written unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def csv_row(values) -> list:
+    return [csv_cell(v) for v in values]
 
 
 def layers_csv(report: dict) -> str:
@@ -22,7 +36,7 @@ def layers_csv(report: dict) -> str:
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS + tuple(f"head{h}_sink_mass" for h in range(heads)))
     for row in report["layers"]:
-        writer.writerow([row[c] for c in CSV_COLUMNS] + row["heads_sink_mass"])
+        writer.writerow(csv_row([row[c] for c in CSV_COLUMNS] + row["heads_sink_mass"]))
     return out.getvalue()
 
 

@@ -8,14 +8,15 @@
   full attention.
 """
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from . import capture
-from .analysis import Settings
-from .errors import BadSetting, UnsupportedArchitecture
+from . import capture, memory
+from .analysis import Settings, token_limit
+from .errors import BadPrompt, BadSetting, UnsupportedArchitecture
 from .models import get_model
 from .prompts import TokenizedPrompt, tokenize
 from .stats import AttentionStats
@@ -56,18 +57,42 @@ def language_model(settings: Settings):
     return loaded
 
 
+def check_lab_fits(loaded, n_tokens: int, map_size: int) -> None:
+    """Analyze's memory guard, plus the float64 logits and log-softmaxes the lab keeps
+    (about 4 x tokens x vocabulary x 8 bytes); BadPrompt naming the cause when it won't fit."""
+    memory.check_fits(loaded.model, n_tokens, map_size)
+    free = memory.free_bytes(loaded.model.device)
+    vocab = loaded.model.get_output_embeddings().weight.shape[0]
+    need = 4 * n_tokens * vocab * 8
+    if free is not None and need > free * memory.HEADROOM:
+        raise BadPrompt(f"the next-token distributions of {n_tokens:,} tokens need about {need / 2**30:.1f} GiB "
+                        f"on {loaded.model.device.type}, but {free / 2**30:.1f} GiB is free; try a shorter text")
+
+
+def _limited(loaded, settings: Settings, token_ids, what: str) -> torch.Tensor:
+    """The ids on the model's device, refused past Analyze's token limit or memory guard."""
+    limit = token_limit(settings, loaded.info)
+    if limit is not None and len(token_ids) > limit:
+        raise BadPrompt(f"{what} has {len(token_ids):,} tokens; the limit is {limit:,}")
+    if len(token_ids) < 2:
+        raise BadPrompt(f"{what} has 1 token; a next-token loss needs at least 2")
+    check_lab_fits(loaded, len(token_ids), settings.map_size)
+    return torch.tensor(token_ids, device=loaded.model.device)
+
+
 def attention_scaling(prompt: str, settings: Settings = Settings(), first_keys: int = 10,
                       gamma: float = 0.85) -> ScalingResult:
-    """Run the prompt twice, plain and with the first ``first_keys`` keys' logits times gamma."""
+    """Run the prompt twice, plain and with the first ``first_keys`` keys' logits times gamma.
+    Same token limit and memory guard as Analyze; the model lock is held one pass at a time."""
     if first_keys < 1 or not 0.0 < gamma <= 4.0:
         raise BadSetting("K must be at least 1 and gamma between 0 and 4")
     loaded = language_model(settings)
     tokens = tokenize(loaded.tokenizer, prompt, settings.use_template, settings.system)
-    ids = torch.tensor([tokens.token_ids], device=loaded.model.device)
+    ids = _limited(loaded, settings, tokens.token_ids, "the prompt")[None]
     with loaded.lock:
         before, logits_b = capture.capture_with_logits(loaded.model, ids, settings.map_size)
-        with capture.scaled_first_keys(first_keys, gamma):
-            after, logits_a = capture.capture_with_logits(loaded.model, ids, settings.map_size)
+    with loaded.lock, capture.scaled_first_keys(first_keys, gamma):
+        after, logits_a = capture.capture_with_logits(loaded.model, ids, settings.map_size)
     log_b, log_a = torch.log_softmax(logits_b.double(), -1), torch.log_softmax(logits_a.double(), -1)
     kl = (log_b.exp() * (log_b - log_a)).sum(-1)
     return ScalingResult(first_keys, gamma, tokens, before, after, kl.cpu().numpy(),
@@ -96,17 +121,20 @@ def full_losses(model, ids: torch.Tensor) -> np.ndarray:
 
 
 def cached_window_losses(model, ids: torch.Tensor, window: int, sinks: int,
-                         progress=None) -> np.ndarray:
+                         progress=None, lock=None) -> np.ndarray:
     """[T-1] NLL of ids[1:], decoding token by token with a KV cache that holds at most ``window``
     entries: the first ``sinks`` tokens and the most recent ones (StreamingLLM's cache; keys keep
-    their original positions). Entries are evicted, never recomputed."""
+    their original positions). Entries are evicted, never recomputed. ``lock`` is held one token
+    step at a time, so other sessions' requests run between steps."""
     from transformers import DynamicCache
     cache = DynamicCache(config=model.config)
     losses = np.empty(ids.shape[0] - 1)
+    lock = lock or contextlib.nullcontext()
     with torch.no_grad():
         for t in range(ids.shape[0] - 1):
-            out = model(input_ids=ids[None, t:t + 1], position_ids=torch.tensor([[t]], device=ids.device),
-                        past_key_values=cache, use_cache=True)
+            with lock:
+                out = model(input_ids=ids[None, t:t + 1], position_ids=torch.tensor([[t]], device=ids.device),
+                            past_key_values=cache, use_cache=True)
             losses[t] = float(-torch.log_softmax(out.logits[0, -1].double(), -1)[ids[t + 1]])
             if progress and t % 32 == 0:
                 progress(t / (ids.shape[0] - 1))
@@ -122,14 +150,16 @@ def sink_token_experiment(text: str, settings: Settings = Settings(), window: in
     """Per-token loss with full attention, a window KV cache with sink tokens, and one without."""
     if not 0 <= sinks < window:
         raise BadSetting("need 0 <= sinks < window")
+    if max_tokens is not None and max_tokens < 2:
+        raise BadSetting(f"max tokens must be at least 2, not {max_tokens}")
     loaded = language_model(settings)
     tokens = tokenize(loaded.tokenizer, text, use_template=False)
-    ids = torch.tensor(tokens.token_ids[:max_tokens] if max_tokens else tokens.token_ids,
-                       device=loaded.model.device)
+    ids = _limited(loaded, settings, tokens.token_ids[:max_tokens] if max_tokens else tokens.token_ids,
+                   "the text")
     with loaded.lock:
         full = full_losses(loaded.model, ids)
-        with_sinks = cached_window_losses(loaded.model, ids, window, sinks,
-                                          progress and (lambda f: progress(f / 2)))
-        without = cached_window_losses(loaded.model, ids, window, 0,
-                                       progress and (lambda f: progress(0.5 + f / 2)))
+    with_sinks = cached_window_losses(loaded.model, ids, window, sinks,
+                                      progress and (lambda f: progress(f / 2)), loaded.lock)
+    without = cached_window_losses(loaded.model, ids, window, 0,
+                                   progress and (lambda f: progress(0.5 + f / 2)), loaded.lock)
     return WindowResult(window, sinks, full, with_sinks, without)

@@ -51,11 +51,26 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)  # one forward pass at a time
 
 
-def check_allowed(spec: str) -> None:
-    """Refuse models outside the operator's SINKVIZ_ALLOWED_MODELS (comma-separated ids or
-    folders; unset = any model)."""
-    allowed = os.environ.get("SINKVIZ_ALLOWED_MODELS", "").strip()
-    if allowed and spec.strip() not in {a.strip() for a in allowed.split(",")}:
+def allowlist() -> list[str]:
+    """The operator's SINKVIZ_ALLOWED_MODELS (comma-separated ids or folders), [] when unset."""
+    return [a.strip() for a in os.environ.get("SINKVIZ_ALLOWED_MODELS", "").split(",") if a.strip()]
+
+
+def offered_models() -> list[str]:
+    """What a dashboard served to others may load: the embedded models and the allowlist."""
+    return list(embedded.EMBEDDED) + [m for m in allowlist() if m not in embedded.EMBEDDED]
+
+
+def check_allowed(spec: str, shared: bool = False) -> None:
+    """Refuse models outside SINKVIZ_ALLOWED_MODELS (unset = any model). ``shared`` (or
+    SINKVIZ_SHARED=1): only ``offered_models()``, refused before any path is looked at."""
+    if shared or os.environ.get("SINKVIZ_SHARED") == "1":
+        if spec.strip() not in offered_models():
+            raise ModelNotFound(f"model {spec.strip()[:200]!r} is not offered by this server "
+                                f"(it offers {', '.join(offered_models())})")
+        return
+    allowed = allowlist()
+    if allowed and spec.strip() not in allowed:
         raise ModelNotFound(f"model {spec.strip()!r} is not in this server's allowlist")
 
 
@@ -63,6 +78,8 @@ def resolve(spec: str) -> tuple[Path, str, str | None]:
     """(local folder, label, revision) for an embedded name, a folder, or a hub id."""
     check_allowed(spec)
     spec = spec.strip()
+    if not spec:
+        raise ModelNotFound("the model name is empty")
     if spec in embedded.EMBEDDED:
         return embedded.ensure_converted(spec), embedded.EMBEDDED[spec].label, None
     path = Path(spec).expanduser()
@@ -124,15 +141,11 @@ def load_model(spec: str, device: str | None = None, dtype: str | None = None,
     hf_logging.disable_progress_bar()
     capture.register()
     folder, label, revision = resolve(spec)
-    files = [p.name for p in folder.iterdir()]
-    gguf = [f for f in files if f.endswith(".gguf")]
-    if not any(f.endswith(".safetensors") for f in files) and not gguf:
-        pickled = [f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
-        raise ModelNotFound(f"{spec}: no safetensors or GGUF weights" +
-                            (" (pickle weights are never loaded)" if pickled else ""))
+    files = sorted(p.name for p in folder.iterdir())
+    weights = weight_source(spec, files)
     device = pick_device(device)
     torch_dtype = pick_dtype(device, dtype)
-    source = {"gguf_file": gguf[0]} if gguf and "config.json" not in files else {}
+    source = weights if "gguf_file" in weights and "config.json" not in files else {}
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, **source)
     except (ValueError, KeyError, OSError) as err:
@@ -143,7 +156,7 @@ def load_model(spec: str, device: str | None = None, dtype: str | None = None,
                                       f"({_first_line(err)})") from None
     auto = AutoModelForCausalLM if _is_causal_lm(config) else AutoModel
     kwargs = dict(dtype=torch_dtype, attn_implementation=_attention_name(auto, config),
-                  trust_remote_code=trust_remote_code, **source, **_experts_kwargs(torch_dtype))
+                  trust_remote_code=trust_remote_code, **weights, **_experts_kwargs(torch_dtype))
     if device == "cuda" and torch.cuda.device_count() > 1:
         kwargs["device_map"] = "auto"  # spread a large model over this host's GPUs
     model = _load_weights(spec, auto, folder, config, kwargs)
@@ -171,6 +184,23 @@ def _probe(model, dtype) -> None:
             raise
         raise UnsupportedArchitecture(f"{type(model).__name__} fails in its own code in {dtype_name(dtype)} "
                                       f"on {model.device.type} ({_first_line(err)})") from err
+
+
+def weight_source(spec: str, files: list[str]) -> dict:
+    """from_pretrained arguments that load only the safetensors or GGUF weights the folder
+    holds (``use_safetensors``: transformers then never falls back to a pickle), else refuse."""
+    if "model.safetensors" in files or "model.safetensors.index.json" in files:
+        return {"use_safetensors": True}
+    gguf = [f for f in files if f.endswith(".gguf")]
+    if gguf:
+        return {"gguf_file": gguf[0]}
+    pickled = " (pickle weights are never loaded)" if any(
+        f.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl")) for f in files) else ""
+    other = [f for f in files if f.endswith(".safetensors")]
+    if other:
+        raise ModelNotFound(f"{spec}: {', '.join(other[:3])} is not a checkpoint transformers loads "
+                            f"(model.safetensors or model.safetensors.index.json){pickled}")
+    raise ModelNotFound(f"{spec}: no safetensors or GGUF weights{pickled}")
 
 
 def _is_causal_lm(config) -> bool:

@@ -21,9 +21,20 @@ def check_prompt(prompt: str) -> str:
         raise BadPrompt("the prompt is empty")
     if "\x00" in prompt:
         raise BadPrompt("the prompt contains a NUL character")
+    check_text(prompt, "the prompt")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise BadPrompt(f"the prompt has {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}")
     return prompt
+
+
+def check_text(text: str, what: str) -> str:
+    """BadPrompt when ``text`` holds a lone surrogate (not Unicode text; e.g. undecodable bytes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise BadPrompt(f"{what} is not valid text: character {err.start + 1:,} is a lone surrogate "
+                        f"(U+{ord(text[err.start]):04X}), e.g. from bytes that are not UTF-8") from None
+    return text
 
 
 def tokenize(tokenizer, prompt: str, use_template: bool = True, system: str | None = None,

@@ -104,7 +104,7 @@ def test_disk_full_still_returns_the_analysis(llama, store, monkeypatch, caplog)
     monkeypatch.setattr(store._opened, "set", full)
     result = analyze(random_words(20), llama, store=store)
     assert result.stats.n_layers == 3 and result.key not in store
-    assert "could not store analysis" in caplog.text
+    assert f"the result store {store.directory} cannot be written (No space left on device)" in caplog.text
 
 
 def test_same_request_at_once_is_computed_once(llama, store, count_captures):

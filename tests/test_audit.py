@@ -9,7 +9,7 @@ import pytest
 from conftest import random_words
 from sinkviz import capture
 from sinkviz.analysis import Settings, analyze
-from sinkviz.audit import MAX_ROWS, audit, audit_csv, prompts_from_lines, read_prompts
+from sinkviz.audit import MAX_ROWS, BadRow, audit, audit_csv, prompts_from_lines, read_prompts
 from sinkviz.cli import main
 from sinkviz.errors import BadPrompt
 from sinkviz.metrics import layer_sinks
@@ -53,9 +53,11 @@ def test_interrupted_audit_resumes_without_recomputing(settings, store, monkeypa
 @pytest.mark.parametrize("data,name,message", [
     (b"x" * (5 * 2**20 + 1), "big.csv", "big.csv has 5,242,881 bytes; the limit is 5,242,880"),
     (("\n".join(["p"] * (MAX_ROWS + 1))).encode(), "many.csv", f"many.csv has {MAX_ROWS + 1} prompts; the limit is {MAX_ROWS}"),
-    (b'{"prompt": "a"}\nnot json\n', "bad.jsonl", "bad.jsonl line 2 is not JSON"),
-    (b'{"text": "a"}\n', "bad.jsonl", "bad.jsonl line 1 has no 'prompt' string"),
-    (b"\xff\xfe", "bin.csv", "bin.csv is not UTF-8 text"),
+    (b'not json\n', "bad.jsonl", "bad.jsonl holds no readable prompt (line 1 is not JSON)"),
+    (b'{"text": "a"}\n', "bad.jsonl", "bad.jsonl holds no readable prompt (line 1 has no 'prompt' string)"),
+    (b"\xff\xfe", "bin.csv", "bin.csv is not UTF-8 text (line 1)"),
+    (b"prompt\nw1 w2\nw3\n\"w4 w5\nw6\n", "q.csv",
+     "q.csv line 4: a quoted field is never closed (the rest of the file would be one prompt)"),
     (b"", "empty.csv", "empty.csv holds no prompts"),
 ])
 def test_file_limits_and_errors(data, name, message):
@@ -99,3 +101,51 @@ def test_audit_page_rows_equal_engine(app_test):
         mass = layer_sinks(analyze(prompt, Settings()).stats, 3).sink_mass
         assert row["worst layer"] == 2 + int(np.argmax(mass[2:]))
         assert row["sink mass"] == pytest.approx(mass[2:].max())
+
+
+FORMULAS = [start + " w1 w2 w3 w4" for start in ["=cmd|' /C calc'!A0", "+w1", "-w1", "@SUM(A1)", "\tw1", "\rw1"]]
+
+
+def test_formula_cells_are_neutralised_in_the_cli_csv(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setenv("SINKVIZ_STORE_DIR", str(tmp_path / "store"))
+    src = tmp_path / "prompts.jsonl"
+    src.write_text("\n".join(json.dumps({"prompt": p}) for p in FORMULAS + ["w1 w2 = w3 w4"]))
+    out = tmp_path / "audit.csv"
+    assert main(["audit", str(src), "--model", tiny_models["gpt2"], "--csv", str(out)]) == 0
+    table = list(csv.DictReader(out.open(newline="")))
+    assert [t["prompt"] for t in table] == ["'" + p for p in FORMULAS] + ["w1 w2 = w3 w4"]
+    assert all(not t["prompt"].startswith(("=", "+", "-", "@", "\t", "\r")) for t in table)
+    rows = audit(FORMULAS, Settings(model=tiny_models["gpt2"]), store=None)
+    assert [float(t["worst_sink_mass"]) for t in table[:6]] == pytest.approx([r.worst_sink_mass for r in rows])
+
+
+def test_layers_csv_neutralises_text_but_keeps_negative_numbers():
+    from sinkviz.export import csv_cell, layers_csv
+    assert [csv_cell(v) for v in ["=1+1", "-x", "ok", -0.5, 3, None]] == ["'=1+1", "'-x", "ok", -0.5, 3, None]
+    report = {"layers": [{"layer": 0, "sink_mass": -0.25, "ratio_to_uniform": 1.0, "flagged": False,
+                          "severity": "=HYPERLINK(\"x\")", "entropy_nats": 1.0, "position0_received": 0.5,
+                          "top_sink_position": 0, "top_sink_received": 0.5, "window": None,
+                          "heads_sink_mass": [-0.125]}]}
+    row = list(csv.reader(io.StringIO(layers_csv(report))))[1]
+    assert row[1] == "-0.25" and row[4] == "'=HYPERLINK(\"x\")" and row[-1] == "-0.125"
+
+
+def test_one_bad_row_gets_its_own_error_and_the_rest_are_audited(settings, store):
+    big = "w1 " * 70_000                      # a 210 KB field, over csv's default field limit
+    data = ('prompt\nw1 w2 w3 w4\n"' + big + '"\n"w5 "x" w6\nw7 w8 w9\n').encode()
+    prompts = read_prompts(data, "p.csv")
+    assert prompts == ["w1 w2 w3 w4", big, BadRow("line 4: ',' expected after '\"'"), "w7 w8 w9"]
+    rows = audit(prompts, settings, store=store)
+    assert [r.error for r in rows] == ["", "the prompt has 70,001 tokens; the limit is 512", "line 4: ',' expected after '\"'", ""]
+    assert rows[0].key and rows[3].key and rows[2].prompt == ""
+
+
+def test_lone_surrogate_in_one_jsonl_row(settings, store):
+    data = b'{"prompt": "w1 w2 w3 w4"}\n{"prompt": "w1 \\ud800 w2"}\nnot json\n{"prompt": "w5 w6 w7 w8"}\n'
+    rows = audit(read_prompts(data, "p.jsonl"), settings, store=store)
+    assert [r.error for r in rows] == [
+        "", "the prompt is not valid text: character 4 is a lone surrogate (U+D800), e.g. from bytes that are not UTF-8",
+        "line 3 is not JSON", ""]
+    assert rows[0].key and rows[3].key
+    assert rows[1].prompt == "w1 \ufffd w2"
+    assert list(csv.DictReader(io.StringIO(audit_csv(rows))))[1]["prompt"] == "w1 \ufffd w2"

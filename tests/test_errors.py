@@ -83,3 +83,44 @@ def test_model_without_attention(tmp_path):
     with pytest.raises(UnsupportedArchitecture) as info:
         load_model(folder)
     assert str(info.value) == "mamba has no attention heads to inspect"
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def plant_pickle(folder, marker):
+    import pickle
+    with open(folder / "pytorch_model.bin", "wb") as f:
+        pickle.dump(_Payload(marker), f)
+
+
+def test_pickle_next_to_a_dummy_safetensors_is_refused(tmp_path, monkeypatch):
+    import torch
+    from conftest import tiny_configs
+    folder = save_tiny_model(tiny_configs()["llama-gqa"], tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").unlink()
+    plant_pickle(tmp_path / "m", tmp_path / "pwned")
+    (tmp_path / "m" / "x.safetensors").write_bytes(b"dummy")
+    loads = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a))
+    with pytest.raises(ModelNotFound) as info:
+        load_model(folder)
+    assert str(info.value) == (f"{folder}: x.safetensors is not a checkpoint transformers loads "
+                               "(model.safetensors or model.safetensors.index.json) (pickle weights are never loaded)")
+    assert loads == [] and not (tmp_path / "pwned").exists()
+
+
+def test_safetensors_win_over_a_planted_pickle(tmp_path, monkeypatch):
+    import torch
+    from conftest import tiny_configs
+    folder = save_tiny_model(tiny_configs()["llama-gqa"], tmp_path / "m")
+    plant_pickle(tmp_path / "m", tmp_path / "pwned")
+    loads = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a))
+    assert load_model(folder).info.architecture == "LlamaForCausalLM"
+    assert loads == [] and not (tmp_path / "pwned").exists()
