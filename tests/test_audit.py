@@ -125,9 +125,10 @@ def test_layers_csv_neutralises_text_but_keeps_negative_numbers():
     report = {"layers": [{"layer": 0, "sink_mass": -0.25, "ratio_to_uniform": 1.0, "flagged": False,
                           "severity": "=HYPERLINK(\"x\")", "entropy_nats": 1.0, "position0_received": 0.5,
                           "top_sink_position": 0, "top_sink_received": 0.5, "window": None,
-                          "heads_sink_mass": [-0.125]}]}
-    row = list(csv.reader(io.StringIO(layers_csv(report))))[1]
-    assert row[1] == "-0.25" and row[4] == "'=HYPERLINK(\"x\")" and row[-1] == "-0.125"
+                          "learned_sink": None, "heads_sink_mass": [-0.125]}]}
+    header, row = list(csv.reader(io.StringIO(layers_csv(report))))
+    cell = dict(zip(header, row))
+    assert (cell["sink_mass"], cell["severity"], row[-1]) == ("-0.25", "'=HYPERLINK(\"x\")", "-0.125")
 
 
 def test_one_bad_row_gets_its_own_error_and_the_rest_are_audited(settings, store):
