@@ -13,14 +13,14 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
 from . import capture, models
 from .embedded import DEFAULT_MODEL
-from .errors import BadPrompt, BadSetting, OutOfMemory
-from .memory import check_fits
+from .errors import BadPrompt, BadSetting, OutOfMemory, SinkvizError
+from .memory import check_fits, fits_together
 from .metrics import layer_sinks
 from .prompts import TokenizedPrompt, check_prompt, check_text, tokenize
 from .reduce import MAX_FIRST_N
@@ -112,26 +112,124 @@ def analyze(prompt: str, settings: Settings = Settings(), *, store: ResultStore 
     with _key_lock(key):
         stored = load_stored(store, key)
         if stored is not None:
-            limit = token_limit(settings, stored.model)
-            if limit is not None and len(stored.tokens.token_ids) > limit:
-                raise BadPrompt(f"the prompt has {len(stored.tokens.token_ids):,} tokens; the limit is {limit:,}")
-            return replace(stored, cached=True, timings=tuple(steps.timings))
+            return replace(_stored_within_limit(stored, settings), timings=tuple(steps.timings))
         with steps("loading model"):
             loaded = models.get_model(settings.model, settings.device, settings.dtype)
         with steps("tokenizing"):
-            tokens = tokenize(loaded.tokenizer, prompt, settings.use_template, settings.system,
-                              max_tokens=token_limit(settings, loaded.info))
-            if len(tokens.token_ids) < 2:
-                raise BadPrompt("the prompt has 1 token; sink statistics need at least 2")
+            tokens = _tokenized(loaded, prompt, settings)
         with steps("forward pass"):
-            check_fits(loaded.model, len(tokens.token_ids), settings.map_size)
             ids = torch.tensor([tokens.token_ids], device=loaded.model.device)
             with loaded.lock:
                 stats = _capture_or_release(loaded.model, ids, settings.map_size)
-        analysis = Analysis(key, prompt, settings, loaded.info, tokens, stats, time.time(), ())
         with steps("saving"):
-            store.put(key, to_meta(analysis), stats.to_arrays())
+            analysis = _saved(store, key, prompt, settings, loaded, tokens, stats)
         return replace(analysis, timings=tuple(steps.timings))
+
+
+def _tokenized(loaded, prompt: str, settings: Settings) -> TokenizedPrompt:
+    """The prompt's tokens, refused (BadPrompt) past the token limit, under 2 tokens, or when
+    the capture would not fit in memory."""
+    tokens = tokenize(loaded.tokenizer, prompt, settings.use_template, settings.system,
+                      max_tokens=token_limit(settings, loaded.info))
+    if len(tokens.token_ids) < 2:
+        raise BadPrompt("the prompt has 1 token; sink statistics need at least 2")
+    check_fits(loaded.model, len(tokens.token_ids), settings.map_size)
+    return tokens
+
+
+def _saved(store: ResultStore, key: str, prompt: str, settings: Settings, loaded, tokens, stats) -> Analysis:
+    analysis = Analysis(key, prompt, settings, loaded.info, tokens, stats, time.time(), ())
+    store.put(key, to_meta(analysis), stats.to_arrays())
+    return analysis
+
+
+def _stored_within_limit(stored: Analysis, settings: Settings) -> Analysis:
+    """A store hit, refused like a fresh request when it is longer than today's token limit."""
+    limit = token_limit(settings, stored.model)
+    if limit is not None and len(stored.tokens.token_ids) > limit:
+        raise BadPrompt(f"the prompt has {len(stored.tokens.token_ids):,} tokens; the limit is {limit:,}")
+    return replace(stored, cached=True)
+
+
+def analyze_many(prompts: list[str], settings: Settings = Settings(), *, store: ResultStore | None = None,
+                 batch_tokens: int | None = None) -> Iterator[tuple[int, "Analysis | SinkvizError"]]:
+    """analyze() of every prompt, yielding (index, Analysis or the SinkvizError that stopped it)
+    as each is ready: store hits first, then the rest in length-sorted batches of at most
+    ``batch_tokens`` padded tokens (default: BATCH_TOKENS for the device, within what the memory
+    guard allows), each saved as its batch completes. Same keys, numbers and errors as analyze();
+    a prompt given twice is computed once."""
+    store = store or ResultStore()
+    identity = models.identity(settings.model, settings.device, settings.dtype)
+    todo: dict[str, tuple[str, list[int]]] = {}                      # key -> (prompt, indices)
+    for index, prompt in enumerate(prompts):
+        try:
+            check_prompt(prompt)
+            key = result_key(identity, settings, prompt)
+            if key not in todo and (stored := load_stored(store, key)) is not None:
+                yield index, _stored_within_limit(stored, settings)
+                continue
+        except SinkvizError as err:
+            yield index, err
+            continue
+        todo.setdefault(key, (prompt, []))[1].append(index)
+    if not todo:
+        return
+    loaded = models.get_model(settings.model, settings.device, settings.dtype)
+    ready = []                                                       # (key, prompt, indices, tokens)
+    for key, (prompt, indices) in todo.items():
+        try:
+            ready.append((key, prompt, indices, _tokenized(loaded, prompt, settings)))
+        except SinkvizError as err:
+            yield from ((i, err) for i in indices)
+    budget = batch_tokens or BATCH_TOKENS.get(loaded.model.device.type, BATCH_TOKENS["cpu"])
+    for batch in plan_batches(ready, budget, lambda item: len(item[3].token_ids)):
+        results = _capture_many(loaded, [item[3].token_ids for item in batch], settings.map_size)
+        for (key, prompt, indices, tokens), result in zip(batch, results):
+            if not isinstance(result, SinkvizError):
+                result = _saved(store, key, prompt, settings, loaded, tokens, result)
+            yield from ((i, result) for i in indices)
+
+
+BATCH_TOKENS = {"cuda": 16384, "cpu": 4096, "mps": 4096}  # padded tokens per forward pass
+
+
+def plan_batches(items: list, budget: int, length: Callable[[object], int]) -> list[list]:
+    """Items sorted by length, cut into runs whose padded size (count x longest) stays within
+    ``budget`` tokens; an item longer than the budget runs alone."""
+    batches: list[list] = []
+    for item in sorted(items, key=length):
+        if batches and (len(batches[-1]) + 1) * length(item) <= budget:
+            batches[-1].append(item)
+        else:
+            batches.append([item])
+    return batches
+
+
+def _capture_many(loaded, sequences: list[tuple[int, ...]], map_size: int) -> list:
+    """Statistics per sequence: one batched pass, or one pass each where the model's batched
+    attention is not each prompt's own or the batch does not fit (then OutOfMemory per row)."""
+    with loaded.lock:
+        if len(sequences) > 1 and fits_together(loaded.model, [len(s) for s in sequences], map_size):
+            try:
+                return capture.capture_batch(loaded.model, [list(s) for s in sequences], map_size)
+            except capture.BatchUnsupported:
+                pass
+            except (torch.OutOfMemoryError, MemoryError):
+                _release()
+        results = []
+        for seq in sequences:
+            try:
+                results.append(_capture_or_release(loaded.model, torch.tensor([seq], device=loaded.model.device),
+                                                   map_size))
+            except SinkvizError as err:
+                results.append(err)
+        return results
+
+
+def _release() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _capture_or_release(model, ids: torch.Tensor, map_size: int):
@@ -139,9 +237,7 @@ def _capture_or_release(model, ids: torch.Tensor, map_size: int):
     try:
         return capture.capture(model, ids, map_size)
     except (torch.OutOfMemoryError, MemoryError):
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        _release()
         raise OutOfMemory(f"{model.device.type} ran out of memory on a {ids.shape[1]:,}-token prompt; "
                           "memory was released, try a shorter prompt") from None
 

@@ -82,15 +82,22 @@ class Softmax:
 def sinkviz_attention(module, query, key, value, attention_mask, **kwargs):
     """SDPA's output, or the block-wise softmax where SDPA cannot compute it (``Softmax``);
     plus statistics when a recorder is active in this context."""
-    attention_mask = indexed_keys_mask(attention_mask, kwargs.pop("indices", None), key.shape[2])
     recorder = _recorder.get()
+    if isinstance(recorder, _Batch):
+        return recorder.attend(module, query, key, value, attention_mask, kwargs), None
+    attention_mask = indexed_keys_mask(attention_mask, kwargs.pop("indices", None), key.shape[2])
+    return _attend(module, query, key, value, attention_mask, kwargs, recorder), None
+
+
+def _attend(module, query, key, value, attention_mask, kwargs, recorder) -> torch.Tensor:
+    """One sequence's attention output [B, L, heads, D], recorded when ``recorder`` is set."""
     softmax = Softmax.of(query, kwargs)
     if softmax is not None:
-        return _blockwise_attention(module, query, key, value, attention_mask, kwargs, softmax, recorder)
+        return _blockwise_attention(module, query, key, value, attention_mask, kwargs, softmax, recorder)[0]
     output = recorder.record(module, query, key, value, attention_mask, kwargs) if recorder is not None else None
     if output is None:
         output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    return output, None
+    return output
 
 
 def is_causal(module, kwargs: dict) -> bool:
@@ -211,6 +218,51 @@ class _Recorder:
         return reducer.finish()
 
 
+class BatchUnsupported(Exception):
+    """This model's attention in a padded batch is not plain causal (or bidirectional) attention
+    over each prompt's own tokens; its prompts are captured one at a time instead."""
+
+
+class _Batch:
+    """Several right-padded prompts in one forward pass: each layer's attention is computed and
+    recorded prompt by prompt on that prompt's own tokens, exactly as its batch-1 capture would."""
+
+    def __init__(self, recorders: list[_Recorder], lengths: list[int]):
+        self.recorders, self.lengths = recorders, lengths
+        self.masks_checked: list[torch.Tensor] = []
+
+    def attend(self, module, query, key, value, attention_mask, kwargs) -> torch.Tensor:
+        """query [B, heads, L, D], key/value [B, kv_heads, L, D] -> output [B, L, heads, D]."""
+        if kwargs.get("indices") is not None or kwargs.get("position_bias") is not None:
+            raise BatchUnsupported(f"{type(module).__name__} passes per-batch attention inputs")
+        causal, window = is_causal(module, kwargs), kwargs.get("sliding_window")
+        self._check(attention_mask, causal, window)
+        out = query.new_zeros(query.shape[0], query.shape[2], query.shape[1], value.shape[-1])
+        for b, (recorder, n) in enumerate(zip(self.recorders, self.lengths)):
+            # batch-1 gets a mask only where a window hides keys; elsewhere none (fused path)
+            mask = attention_mask[b:b + 1, :, :n, :n] if window and n > window and attention_mask is not None else None
+            one = {**kwargs, "sinks": kwargs["sinks"][b:b + 1, :, :n]} if kwargs.get("sinks") is not None else kwargs
+            part = (tensor[b:b + 1, :, :n] for tensor in (query, key, value))
+            out[b, :n] = _attend(module, *part, mask, one, recorder)[0]
+        return out
+
+    def _check(self, attention_mask, causal: bool, window: int | None) -> None:
+        """Raise BatchUnsupported unless each prompt's rows of the mask [B, 1 or heads, L, L]
+        show exactly its own tokens, causally (within ``window``) or all of them (checked once
+        per mask tensor, one host sync)."""
+        if attention_mask is None or any(m is attention_mask for m in self.masks_checked):
+            return
+        allowed = attention_mask if attention_mask.dtype == torch.bool else attention_mask > -1e4
+        length = allowed.shape[-1]
+        i = torch.arange(length, device=allowed.device)[:, None]
+        j = torch.arange(length, device=allowed.device)[None, :]
+        rule = ((j <= i) & (i - j < (window or length))) if causal else torch.ones_like(i == j)
+        same = [(allowed[b, :, :n] == (rule[:n] & (j < n))).all() for b, n in enumerate(self.lengths)]
+        if not bool(torch.stack(same).all()):
+            raise BatchUnsupported("the padded batch's mask is not each prompt's own causal mask")
+        self.masks_checked.append(attention_mask)
+
+
 def mask_hides_future(attention_mask, n_q: int, n_k: int, rows: int = 1024) -> bool:
     """True when the mask [1, 1 or heads, Lq or 1, Lk] blocks every key j > i + (Lk - Lq) from
     query i (bool: False blocks; float: <= -1e4 blocks), checked ``rows`` queries at a time."""
@@ -288,14 +340,15 @@ def decoder_layers(model) -> torch.nn.ModuleList:
 
 
 @contextlib.contextmanager
-def _hidden_norm_hooks(layers: torch.nn.ModuleList, host: LayerArrays):
-    """Each decoder layer's hidden-state norms [L] go to ``host`` as "hidden_norm"; yields the
-    list of layers run so far (their indices)."""
+def _hidden_norm_hooks(layers: torch.nn.ModuleList, hosts: list[LayerArrays], lengths: list[int]):
+    """Each decoder layer's hidden-state norms go to ``hosts[b]`` as "hidden_norm" [lengths[b]],
+    one per prompt of the batch; yields the list of layers run so far (their indices)."""
     ran: list[int] = []
 
     def hook(_module, _inputs, output):
-        hidden = output[0] if isinstance(output, (tuple, list)) else output   # [1, L, d]
-        host.add(len(ran), {"hidden_norm": row_norms(hidden[0])})
+        hidden = output[0] if isinstance(output, (tuple, list)) else output   # [B, L, d]
+        for b, (host, n) in enumerate(zip(hosts, lengths)):
+            host.add(len(ran), {"hidden_norm": row_norms(hidden[b, :n])})
         ran.append(len(ran))
 
     handles = [layer.register_forward_hook(hook) for layer in layers]
@@ -325,32 +378,51 @@ def capture_with_logits(model, input_ids: torch.Tensor, map_size: int = 128) -> 
     return stats, out.logits[0].float()
 
 
-def _captured_forward(model, input_ids, map_size, kwargs):
+def capture_batch(model, sequences: list[list[int]], map_size: int = 128) -> list[AttentionStats]:
+    """Several prompts (token ids) in one forward pass, right-padded with the padding masked;
+    each prompt's statistics are its own capture's. Raises BatchUnsupported where the model's
+    batched attention is not each prompt's own (then capture them one by one)."""
+    device, lengths = model.device, [len(ids) for ids in sequences]
+    ids = torch.zeros(len(sequences), max(lengths), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, seq in enumerate(sequences):
+        ids[b, :len(seq)], mask[b, :len(seq)] = torch.tensor(seq), 1
+    kwargs = {**forward_kwargs(model), "attention_mask": mask.to(device)}
+    return _captured_forward(model, ids.to(device), map_size, kwargs, lengths)[0]
+
+
+def _captured_forward(model, input_ids, map_size, kwargs, lengths: list[int] | None = None):
+    """(stats, model output); with ``lengths``, a batch: (a list of stats, one per prompt, output)."""
     if model.config._attn_implementation not in (ATTN_NAME, ATTN_FULL_MASK):
         raise UnsupportedArchitecture(f"model was not loaded with attn_implementation={ATTN_NAME!r}")
     layers = decoder_layers(model)
-    recorder = _Recorder(map_size, len(layers))
-    token = _recorder.set(recorder)
+    recorders = [_Recorder(map_size, len(layers)) for _ in (lengths or [input_ids.shape[1]])]
+    token = _recorder.set(_Batch(recorders, lengths) if lengths else recorders[0])
     try:
-        with _hidden_norm_hooks(layers, recorder.host) as layers_run, torch.no_grad():
+        with _hidden_norm_hooks(layers, [r.host for r in recorders], lengths or [input_ids.shape[1]]) as layers_run, \
+                torch.no_grad():
             out = model(input_ids=input_ids, **kwargs)
     finally:
         _recorder.reset(token)
-        recorder.host.close()
-    n_layers = len(layers_run)
-    if n_layers == 0:
-        raise UnsupportedArchitecture(
-            f"{type(model).__name__} runs its {len(layers)} layers without calling them as modules, "
-            "so sinkviz cannot follow them layer by layer")
-    if n_layers > len(layers):
-        raise UnsupportedArchitecture(
-            f"{type(model).__name__} runs its {len(layers)} layers {n_layers} times in all (a looped model); "
-            "sinkviz shows each layer once")
-    if recorder.n_recorded != n_layers:
-        raise UnsupportedArchitecture(
-            f"{type(model).__name__} sent {recorder.n_recorded} of {n_layers} layers through the "
-            "attention interface; its attention cannot be captured exactly")
-    return _to_stats(recorder), out
+        for recorder in recorders:
+            recorder.host.close()
+    _check_layer_count(model, len(layers), len(layers_run), recorders[0].n_recorded)
+    stats = [_to_stats(recorder) for recorder in recorders]
+    return (stats if lengths else stats[0]), out
+
+
+def _check_layer_count(model, n_layers: int, n_run: int, n_recorded: int) -> None:
+    """Refuse a capture unless each of the model's layers ran once, through the interface."""
+    name = type(model).__name__
+    if n_run == 0:
+        raise UnsupportedArchitecture(f"{name} runs its {n_layers} layers without calling them as modules, "
+                                      "so sinkviz cannot follow them layer by layer")
+    if n_run > n_layers:
+        raise UnsupportedArchitecture(f"{name} runs its {n_layers} layers {n_run} times in all (a looped model); "
+                                      "sinkviz shows each layer once")
+    if n_recorded != n_run:
+        raise UnsupportedArchitecture(f"{name} sent {n_recorded} of {n_run} layers through the "
+                                      "attention interface; its attention cannot be captured exactly")
 
 
 def _to_stats(recorder: _Recorder) -> AttentionStats:

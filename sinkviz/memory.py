@@ -37,12 +37,21 @@ class Shape:
 
 
 def estimate_bytes(shape: Shape, n_tokens: int, map_size: int, device_type: str) -> int:
+    return forward_bytes(shape, n_tokens, device_type) + kept_bytes(shape, n_tokens, map_size)
+
+
+def forward_bytes(shape: Shape, n_tokens: int, device_type: str) -> int:
+    """The forward with one layer live, plus one layer's capture scratch, for L tokens."""
     L, s = n_tokens, shape
     forward = L * (6 * s.hidden + 3 * s.mlp + 3 * s.heads * s.head_dim) * s.dtype_bytes
-    scratch = (12 * s.heads * L * 4) if device_type == "cuda" else (5 * s.heads * 128 * L * 4)
+    return forward + ((12 * s.heads * L * 4) if device_type == "cuda" else (5 * s.heads * 128 * L * 4))
+
+
+def kept_bytes(shape: Shape, n_tokens: int, map_size: int) -> int:
+    """The statistics kept for every layer of an L-token prompt."""
+    L, s = n_tokens, shape
     bins = -(-L // bin_width(L, map_size))
-    kept = s.layers * (s.heads * L + s.heads * bins * bins + 2 * L) * 4
-    return forward + scratch + kept
+    return s.layers * (s.heads * L + s.heads * bins * bins + 2 * L) * 4
 
 
 def free_bytes(device: torch.device) -> int | None:
@@ -68,6 +77,18 @@ def longest_fitting(shape: Shape, budget: int, map_size: int, device_type: str) 
         else:
             hi = mid - 1
     return lo
+
+
+def fits_together(model, lengths: list[int], map_size: int) -> bool:
+    """Whether one padded batch of these prompt lengths fits: the forward of count x longest
+    tokens, one prompt's capture scratch at a time, and every prompt's kept statistics."""
+    free = free_bytes(model.device)
+    if free is None:
+        return True
+    shape = Shape.of(model)
+    need = forward_bytes(shape, max(lengths) * len(lengths), model.device.type) + \
+        sum(kept_bytes(shape, n, map_size) for n in lengths)
+    return need <= free * HEADROOM
 
 
 def check_fits(model, n_tokens: int, map_size: int) -> None:
