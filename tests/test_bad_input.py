@@ -43,7 +43,7 @@ SURROGATE = "sinkviz: the prompt is not valid text: character 4 is a lone surrog
     (["analyze", "--prompt", "w1", "--first", "two"], "sinkviz: argument --first: invalid int value: 'two'"),
     (["lab", "window", "--max-tokens", "-3"], "sinkviz: argument --max-tokens: must be at least 2, not -3"),
     (["sweep", "--max-tokens", "0"], "sinkviz: argument --max-tokens: must be at least 2, not 0"),
-    (["nonsense"], "sinkviz: argument command: invalid choice: 'nonsense' (choose from 'analyze', 'sweep', 'audit', 'lab', 'prepare')"),
+    (["nonsense"], "sinkviz: argument command: invalid choice: 'nonsense' (choose from 'analyze', 'sweep', 'audit', 'lab', 'prepare', 'models')"),
 ])
 def test_bad_arguments_exit_2_with_one_line(capsys, argv, message):
     assert _run(argv) == 2 and one_line(capsys) == message
