@@ -8,11 +8,13 @@ import csv
 import io
 import json
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
-from .analysis import Progress, Settings, analyze
+from .analysis import Analysis, Progress, Settings, analyze_many
 from .errors import BadPrompt, SinkvizError
 from .export import csv_row
 from .metrics import Thresholds, layer_sinks
@@ -20,7 +22,8 @@ from .store import ResultStore
 
 SURROGATES = re.compile("[\ud800-\udfff]")   # not text: shown as U+FFFD in rows and CSV
 MAX_FILE_BYTES = 5 * 2**20
-MAX_ROWS = 500
+MAX_ROWS = 500                 # the page's limit; the CLI streams files of any size
+CHUNK = 256                    # prompts analysed together (store hits, then batches)
 COLUMNS = ("row", "prompt", "first_tokens", "n_tokens", "worst_layer", "worst_sink_mass",
            "ratio_to_uniform", "flagged_layers", "severity", "key", "error")
 
@@ -57,8 +60,35 @@ def read_prompts(data: bytes, filename: str) -> list[str | BadRow]:
     except UnicodeDecodeError as err:
         line = data[:err.start].count(b"\n") + 1
         raise BadPrompt(f"{filename} is not UTF-8 text (line {line})") from None
-    prompts = _jsonl(text, filename) if filename.lower().endswith((".jsonl", ".json")) else _csv(text, filename)
-    return _checked(prompts, filename)
+    return _checked(list(parse_prompts(io.StringIO(text), filename)), filename)
+
+
+def parse_prompts(lines: Iterable[str], filename: str) -> Iterator[str | BadRow]:
+    """Prompts, one by one, from the lines of a CSV or JSONL file (read_prompts' formats)."""
+    is_jsonl = filename.lower().endswith((".jsonl", ".json"))
+    return _jsonl(lines, filename) if is_jsonl else _csv(lines, filename)
+
+
+def stream_prompts(path: str) -> Iterator[str | BadRow]:
+    """The prompts of a file of any size, read as they are audited (the CLI's path: no size or
+    row limit, memory flat). BadPrompt where it is not UTF-8 (naming the line) or holds none."""
+    name, count = Path(path).name, 0
+    try:
+        with open(path, "rb") as raw:
+            for count, prompt in enumerate(parse_prompts(_decoded(raw, name), name), start=1):
+                yield prompt
+    except OSError as err:
+        raise BadPrompt(f"cannot read {path}: {err.strerror}") from None
+    if count == 0:
+        raise BadPrompt(f"{name} holds no prompts")
+
+
+def _decoded(raw: Iterable[bytes], filename: str) -> Iterator[str]:
+    for number, line in enumerate(raw, start=1):
+        try:
+            yield line.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError:
+            raise BadPrompt(f"{filename} is not UTF-8 text (line {number})") from None
 
 
 def prompts_from_lines(text: str) -> list[str]:
@@ -79,63 +109,69 @@ def _checked(prompts: list, filename: str) -> list:
     return prompts
 
 
-def _csv_records(text: str, filename: str) -> list[tuple[int, list[str] | BadRow]]:
+def _csv_records(lines: Iterable[str], filename: str) -> Iterator[tuple[int, list[str] | BadRow]]:
     """(first line, fields or BadRow) per record; an unclosed quote is a BadPrompt naming its line."""
     csv.field_size_limit(max(csv.field_size_limit(), MAX_FILE_BYTES + 1))
-    reader, records = csv.reader(io.StringIO(text), strict=True), []
+    reader = csv.reader(lines, strict=True)
     while True:
         line = reader.line_num + 1
         try:
-            records.append((line, next(reader)))
+            yield line, next(reader)
         except StopIteration:
-            return records
+            return
         except csv.Error as err:
             if "unexpected end of data" in str(err):
                 raise BadPrompt(f"{filename} line {line}: a quoted field is never closed "
                                 "(the rest of the file would be one prompt)") from None
-            records.append((line, BadRow(f"line {line}: {err}")))
+            yield line, BadRow(f"line {line}: {err}")
 
 
-def _csv(text: str, filename: str) -> list[str | BadRow]:
-    records = [(n, r) for n, r in _csv_records(text, filename) if r != []]
-    if not records:
-        return []
-    header = records[0][1]
-    has_header = isinstance(header, list) and "prompt" in header
-    column = header.index("prompt") if has_header else 0
-    prompts = []
-    for line, row in records[1:] if has_header else records:
+def _csv(lines: Iterable[str], filename: str) -> Iterator[str | BadRow]:
+    column = None                                # of the prompt, once the first record is seen
+    for line, row in _csv_records(lines, filename):
+        if row == []:
+            continue
+        if column is None:
+            has_header = isinstance(row, list) and "prompt" in row
+            column = row.index("prompt") if has_header else 0
+            if has_header:
+                continue
         if isinstance(row, BadRow) or len(row) > column:
-            prompts.append(row if isinstance(row, BadRow) else row[column])
+            yield row if isinstance(row, BadRow) else row[column]
         else:
-            prompts.append(BadRow(f"line {line} has no column {column + 1}"))
-    return prompts
+            yield BadRow(f"line {line} has no column {column + 1}")
 
 
-def _jsonl(text: str, filename: str) -> list[str | BadRow]:
-    prompts = []
-    for number, line in enumerate(text.splitlines(), start=1):
+def _jsonl(lines: Iterable[str], filename: str) -> Iterator[str | BadRow]:
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             item = json.loads(line)
         except (json.JSONDecodeError, RecursionError):
-            prompts.append(BadRow(f"line {number} is not JSON"))
+            yield BadRow(f"line {number} is not JSON")
             continue
         prompt = item.get("prompt") if isinstance(item, dict) else item
-        prompts.append(prompt if isinstance(prompt, str) else BadRow(f"line {number} has no 'prompt' string"))
-    return prompts
+        yield prompt if isinstance(prompt, str) else BadRow(f"line {number} has no 'prompt' string")
 
 
 def audit_row(index: int, prompt: str | BadRow, settings: Settings, first_n: int, thresholds: Thresholds,
               store: ResultStore | None) -> AuditRow:
+    """One prompt's row, on its own (audit_rows batches many)."""
+    return next(audit_rows([prompt], settings, first_n, thresholds, store=store, start=index))
+
+
+def row_of(index: int, prompt: str | BadRow, result: "Analysis | SinkvizError", first_n: int,
+           thresholds: Thresholds) -> AuditRow:
+    """The row of one prompt from its analysis, or its error."""
     if isinstance(prompt, BadRow):
         return AuditRow(index, "", error=prompt.error)
+    if isinstance(result, SinkvizError):
+        return AuditRow(index, SURROGATES.sub("\ufffd", prompt), error=str(result))
     try:
-        result = analyze(prompt, settings, store=store)
         sinks = layer_sinks(result.stats, first_n, thresholds)
     except SinkvizError as err:
-        return AuditRow(index, SURROGATES.sub("\ufffd", prompt), error=str(err))
+        return AuditRow(index, prompt, error=str(err))
     deep = np.arange(len(sinks.sink_mass)) >= thresholds.shallow_layers
     worst = int(np.where(deep, sinks.sink_mass, -1.0).argmax())
     return AuditRow(index, prompt, " · ".join(repr(t) for t in result.tokens.tokens[:4]),
@@ -143,22 +179,52 @@ def audit_row(index: int, prompt: str | BadRow, settings: Settings, first_n: int
                     int(sinks.flagged.sum()), sinks.severity[worst], result.key)
 
 
+def audit_rows(prompts: Iterable[str | BadRow], settings: Settings, first_n: int = 3,
+               thresholds: Thresholds = Thresholds(), *, store: ResultStore | None = None,
+               chunk: int = CHUNK, start: int = 1) -> Iterator[AuditRow]:
+    """One row per prompt, in order (numbered from ``start``), yielded as each chunk of
+    ``chunk`` prompts completes: analyze_many answers stored prompts from the store and batches
+    the rest, so memory stays flat however many prompts stream in, and a re-run after an
+    interruption recomputes only prompts whose rows were never finished."""
+    for offset, part in enumerate(_chunks(prompts, chunk)):
+        texts = [(i, p) for i, p in enumerate(part) if not isinstance(p, BadRow)]
+        found = dict(analyze_many([p for _, p in texts], settings, store=store))
+        results = {i: found[k] for k, (i, _) in enumerate(texts)}
+        for i, prompt in enumerate(part):
+            yield row_of(start + offset * chunk + i, prompt, results.get(i), first_n, thresholds)
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    part = []
+    for item in items:
+        part.append(item)
+        if len(part) == size:
+            yield part
+            part = []
+    if part:
+        yield part
+
+
 def audit(prompts: list[str | BadRow], settings: Settings, first_n: int = 3, thresholds: Thresholds = Thresholds(),
           *, store: ResultStore | None = None, progress: Progress | None = None) -> list[AuditRow]:
-    """One row per prompt; ``progress`` gets 'i/total' before each."""
+    """One row per prompt; ``progress`` gets 'i/total' as row i is done."""
     rows = []
-    for i, prompt in enumerate(prompts, start=1):
+    for row in audit_rows(prompts, settings, first_n, thresholds, store=store):
+        rows.append(row)
         if progress:
-            progress(f"{i}/{len(prompts)}")
-        rows.append(audit_row(i, prompt, settings, first_n, thresholds, store))
+            progress(f"{row.row}/{len(prompts)}")
     return rows
 
 
-def audit_csv(rows: list[AuditRow]) -> str:
+def audit_csv(rows: Iterable[AuditRow]) -> str:
     """The table as CSV; text cells that a spreadsheet would run as formulas are neutralised."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(COLUMNS)
-    for row in rows:
-        writer.writerow(csv_row(asdict(row)[c] for c in COLUMNS))
+    writer.writerows(csv_cells(row) for row in rows)
     return out.getvalue()
+
+
+def csv_cells(row: AuditRow) -> list:
+    """One row's CSV cells, in COLUMNS order, formula-safe."""
+    return csv_row(asdict(row)[c] for c in COLUMNS)

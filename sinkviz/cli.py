@@ -192,25 +192,33 @@ def _sweep(args) -> int:
 
 
 def _audit(args) -> int:
-    from pathlib import Path
+    """Stream the file's prompts through the audit: each row printed, and written to --csv, as
+    it completes; a progress line (prompts/s) on stderr."""
+    import csv
+    import time
 
     from .analysis import Settings
-    from .audit import audit, audit_csv, read_prompts
-    from .errors import BadPrompt
+    from .audit import COLUMNS, audit_rows, csv_cells, stream_prompts
 
+    settings = Settings(model=args.model, use_template=not args.no_template)
+    out = open(args.csv, "w", newline="", encoding="utf-8") if args.csv else None
     try:
-        data = Path(args.file).read_bytes()
-    except OSError as err:
-        raise BadPrompt(f"cannot read {args.file}: {err.strerror}") from None
-    prompts = read_prompts(data, Path(args.file).name)
-    rows = audit(prompts, Settings(model=args.model, use_template=not args.no_template), args.first,
-                 progress=lambda step: print(f"sinkviz: audit {step}", file=sys.stderr))
-    if args.csv:
-        Path(args.csv).write_text(audit_csv(rows), encoding="utf-8")
-    print(f"{'row':>4}  {'worst':>5}  {'sink mass':>9}  {'x uniform':>9}  {'severity':<9} first tokens / error")
-    for r in rows:
-        print(f"{r.row:>4}  {r.worst_layer:>5}  {r.worst_sink_mass:>9.3f}  {r.ratio_to_uniform:>8.1f}x  "
-              f"{r.severity:<9} {r.error or r.first_tokens}")
+        writer = csv.writer(out) if out else None
+        if writer:
+            writer.writerow(COLUMNS)
+        print(f"{'row':>4}  {'worst':>5}  {'sink mass':>9}  {'x uniform':>9}  {'severity':<9} first tokens / error")
+        start = time.perf_counter()
+        for r in audit_rows(stream_prompts(args.file), settings, args.first):
+            if writer:
+                writer.writerow(csv_cells(r))
+                out.flush()
+            print(f"{r.row:>4}  {r.worst_layer:>5}  {r.worst_sink_mass:>9.3f}  {r.ratio_to_uniform:>8.1f}x  "
+                  f"{r.severity:<9} {r.error or r.first_tokens}", flush=True)
+            print(f"sinkviz: audit {r.row} done, {r.row / (time.perf_counter() - start):.1f} prompts/s",
+                  file=sys.stderr)
+    finally:
+        if out:
+            out.close()
     return 0
 
 

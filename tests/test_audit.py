@@ -36,18 +36,22 @@ def test_known_file_gives_known_rows(settings, store):
 
 
 def test_interrupted_audit_resumes_without_recomputing(settings, store, monkeypatch):
+    """Killed after row 3 of 5 in chunks of 2: rows 1-4 were finished (their chunks completed and
+    were stored), so the re-run computes prompt 5 alone, and its rows equal a fresh audit's."""
+    from sinkviz import analysis
+    from sinkviz.audit import audit_rows
     prompts = [random_words(15 + i) for i in range(5)]
-
-    def stop_at_4(step):
-        if step == "4/5":
-            raise KeyboardInterrupt
+    computed, real = [], analysis._capture_many
+    monkeypatch.setattr(analysis, "_capture_many", lambda loaded, seqs, m: computed.extend(seqs) or real(loaded, seqs, m))
     with pytest.raises(KeyboardInterrupt):
-        audit(prompts, settings, store=store, progress=stop_at_4)
-    calls = []
-    real = capture.capture
-    monkeypatch.setattr(capture, "capture", lambda *a, **k: calls.append(1) or real(*a, **k))
+        for row in audit_rows(prompts, settings, store=store, chunk=2):
+            if row.row == 3:
+                raise KeyboardInterrupt
+    assert len(computed) == 4
+    computed.clear()
     rows = audit(prompts, settings, store=store)
-    assert len(calls) == 2 and all(r.key for r in rows)      # only prompts 4 and 5 ran
+    assert len(computed) == 1 and all(r.key for r in rows)
+    assert rows == audit(prompts, settings, store=type(store)(store.directory + "-fresh"))
 
 
 @pytest.mark.parametrize("data,name,message", [
@@ -150,3 +154,34 @@ def test_lone_surrogate_in_one_jsonl_row(settings, store):
     assert rows[0].key and rows[3].key
     assert rows[1].prompt == "w1 \ufffd w2"
     assert list(csv.DictReader(io.StringIO(audit_csv(rows))))[1]["prompt"] == "w1 \ufffd w2"
+
+
+def test_rows_stream_with_at_most_a_chunk_read_ahead(settings, monkeypatch):
+    """100,000 prompts: rows come out in order while the input is read at most one chunk ahead,
+    so memory stays flat in the number of prompts (no model work: analyze_many is stubbed)."""
+    from sinkviz import audit as audit_module
+    consumed = []
+
+    def prompts():
+        for i in range(100_000):
+            consumed.append(i)
+            yield f"w{i % 100} w1"
+    monkeypatch.setattr(audit_module, "analyze_many",
+                        lambda texts, *a, **k: ((i, BadPrompt(f"stub {t}")) for i, t in enumerate(texts)))
+    count = 0
+    for count, row in enumerate(audit_module.audit_rows(prompts(), settings, chunk=256), start=1):
+        assert row.row == count and row.error == f"stub w{(count - 1) % 100} w1"
+        assert len(consumed) <= count + 256
+    assert count == 100_000
+
+
+def test_stream_prompts_reads_lazily_and_names_bad_lines(tmp_path):
+    from sinkviz.audit import stream_prompts
+    path = tmp_path / "big.csv"
+    path.write_bytes(b"id,prompt\n" + b"".join(b"%d,w%d w1\n" % (i, i) for i in range(50_000)) + b"9,\xff\n")
+    stream = stream_prompts(str(path))
+    assert [next(stream) for _ in range(3)] == ["w0 w1", "w1 w1", "w2 w1"]
+    with pytest.raises(BadPrompt, match="big.csv is not UTF-8 text \\(line 50002\\)"):
+        list(stream)
+    with pytest.raises(BadPrompt, match="cannot read .*missing.csv"):
+        list(stream_prompts(str(tmp_path / "missing.csv")))
