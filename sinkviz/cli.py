@@ -156,7 +156,8 @@ def _read_text(text: str | None, path: str | None) -> str:
     from .errors import BadPrompt
     try:
         if path == "-":
-            data = sys.stdin.buffer.read()
+            stream = getattr(sys.stdin, "buffer", None)
+            data = stream.read() if stream is not None else sys.stdin.read().encode("utf-8", "surrogateescape")
         else:
             with open(path, "rb") as f:
                 data = f.read()

@@ -206,8 +206,13 @@ class ResultStore:
                 _warned.add(self.directory)
                 log.warning("%s", self.warning)
 
-    def _rows(self, cache, where: str = "", args=()) -> list[tuple]:
-        return cache._sql(f"SELECT rowid, key, raw, mode, filename FROM Cache {where}", args).fetchall()
+    def _rows(self, cache) -> list[tuple]:
+        """Every Cache row's (rowid, key, raw, mode, filename); [] (logged) if the table cannot be read."""
+        try:
+            return cache._sql("SELECT rowid, key, raw, mode, filename FROM Cache").fetchall()
+        except (sqlite3.Error, diskcache.Timeout) as err:
+            log.warning("result store %s cannot be listed: %s", self.directory, err)
+            return []
 
     def _scan(self, cache, deep: bool = False) -> list[str]:
         """Quarantine the rows this store did not write; the keys of the others. ``deep``
@@ -223,10 +228,10 @@ class ResultStore:
 
     def _quarantine(self, cache, rowid: int, problem: str) -> None:
         """Move a row to the Quarantine table (its file, if any, is not touched) and report it."""
-        if any(line.startswith(f"row {rowid}:") for line in self.quarantined):
-            return
-        self.quarantined.append(f"row {rowid}: {problem}")
-        log.warning("result store %s: quarantined row %s: %s", self.directory, rowid, problem)
+        line = f"row {rowid}: {problem}"
+        if line not in self.quarantined:
+            self.quarantined.append(line)
+            log.warning("result store %s: quarantined %s", self.directory, line)
         try:
             with cache.transact():
                 cache._sql("CREATE TABLE IF NOT EXISTS Quarantine AS SELECT * FROM Cache WHERE 0")
