@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--first", type=int, default=3, metavar="N", help="sink = the first N tokens (1..8)")
     audit.add_argument("--no-template", action="store_true", help="do not apply the chat template")
     audit.add_argument("--csv", metavar="OUT", help="also write the table as CSV to OUT")
+    audit.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                       help="spread the work over a Ray cluster (ADDRESS, e.g. ray://host:10001 or auto; "
+                            "none: a local one); needs requirements-ray.txt")
+    audit.add_argument("--workers", type=int, metavar="N",
+                       help="with --ray: model replicas (default: one per GPU, else 2; more than the GPUs share them)")
     lab = sub.add_parser("lab", help="mitigation lab: attention scaling, sink tokens")
     lab_sub = lab.add_subparsers(dest="experiment", required=True)
     scale = lab_sub.add_parser("scale", help="scale the attention logits of the first K keys")
@@ -209,7 +214,13 @@ def _audit(args) -> int:
             writer.writerow(COLUMNS)
         print(f"{'row':>4}  {'worst':>5}  {'sink mass':>9}  {'x uniform':>9}  {'severity':<9} first tokens / error")
         start = time.perf_counter()
-        for r in audit_rows(stream_prompts(args.file), settings, args.first):
+        if args.ray:
+            from .ray_audit import ray_audit_rows
+            rows = ray_audit_rows(stream_prompts(args.file), settings, args.first,
+                                  address=None if args.ray == "local" else args.ray, workers=args.workers)
+        else:
+            rows = audit_rows(stream_prompts(args.file), settings, args.first)
+        for r in rows:
             if writer:
                 writer.writerow(csv_cells(r))
                 out.flush()

@@ -1,0 +1,143 @@
+"""Audit throughput: the audit against a plain batched SDPA forward of the same prompts.
+
+    python3 bench/audit_throughput.py --shape llama3-8b --prompts 2000 [--ray 1 2]   # a GPU
+    .venv/bin/python bench/audit_throughput.py --shape default --prompts 200        # the CPU
+
+A synthetic library: word prompts whose lengths are drawn uniformly from 50-2,000 tokens
+(seeded). ``--shape llama3-8b`` (or another of bench/gpu_long_context.py's shapes) saves a
+random-weight bf16 model of that shape with a word-level tokenizer to --folder once; ``default``
+is the embedded model. In one run, each on a fresh store: the plain SDPA forward of the prompts
+in the audit's own batch plan (no statistics), the capture alone (capture_batch on that plan),
+the audit end to end (tokenizing, capture, store; what `python -m sinkviz audit` does), the
+batch-1 audit (one prompt per forward, as before batching), and with --ray N the Ray audit with
+N workers (the rows compared with the first Ray run's: same keys, numbers within 2e-4).
+Prints prompts/s, tokens/s and the share of the plain forward's token throughput.
+"""
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from bench.gpu_long_context import SHAPES  # noqa: E402
+from sinkviz import capture  # noqa: E402
+from sinkviz.analysis import BATCH_TOKENS, Settings, plan_batches  # noqa: E402
+from sinkviz.audit import audit_rows  # noqa: E402
+from sinkviz.models import get_model  # noqa: E402
+from sinkviz.store import ResultStore  # noqa: E402
+
+WORDS = 2000
+
+
+def word_tokenizer():
+    """Whitespace word-level fast tokenizer over w0..w1999 (one token per word, no specials added)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = {"<unk>": 0, **{f"w{i}": i + 1 for i in range(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+
+def saved_model(shape: str, folder: Path) -> str:
+    """A random-weight bf16 model of ``shape`` saved as safetensors (once), for load_model and workers."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    if not (folder / "config.json").exists():
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = LlamaForCausalLM._from_config(LlamaConfig(**SHAPES[shape], max_position_embeddings=8192),
+                                                  dtype=torch.bfloat16)
+        model.save_pretrained(folder)
+        word_tokenizer().save_pretrained(folder)
+        del model
+        torch.cuda.empty_cache()
+    return str(folder)
+
+
+def library(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(f"w{rng.randrange(WORDS)}" for _ in range(rng.randint(50, 2000))) for _ in range(n)]
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shape", default="default", choices=["default", *SHAPES])
+    parser.add_argument("--prompts", type=int, default=200)
+    parser.add_argument("--folder", default=str(Path(tempfile.gettempdir()) / "sinkviz-bench-model"))
+    parser.add_argument("--ray", type=int, nargs="*", default=[], metavar="WORKERS")
+    parser.add_argument("--skip-batch1", action="store_true")
+    args = parser.parse_args()
+    spec = "smollm2-135m-instruct" if args.shape == "default" else saved_model(args.shape, Path(args.folder))
+    settings = Settings(model=spec, use_template=False)
+    loaded = get_model(spec)
+    prompts = library(args.prompts)
+    ids = [loaded.tokenizer(p)["input_ids"] for p in prompts]
+    tokens = sum(len(i) for i in ids)
+    device = loaded.model.device
+    plan = plan_batches(ids, BATCH_TOKENS.get(device.type, BATCH_TOKENS["cpu"]), len)
+    print(f"{args.shape} on {torch.cuda.get_device_name(0) if device.type == 'cuda' else 'cpu'}, {loaded.info.dtype}: "
+          f"{len(prompts)} prompts, {tokens:,} tokens, {len(plan)} batches; torch {torch.__version__}", flush=True)
+
+    def plain():
+        loaded.model.set_attn_implementation("sdpa")
+        try:
+            for batch in plan:
+                lengths = [len(s) for s in batch]
+                x = torch.zeros(len(batch), max(lengths), dtype=torch.long)
+                mask = torch.zeros_like(x)
+                for b, s in enumerate(batch):
+                    x[b, :len(s)], mask[b, :len(s)] = torch.tensor(s), 1
+                with torch.no_grad():
+                    loaded.model(input_ids=x.to(device), attention_mask=mask.to(device), **capture.forward_kwargs(loaded.model))
+        finally:
+            loaded.model.set_attn_implementation(capture.ATTN_NAME)
+
+    def audit(store_dir, **kw):
+        return list(audit_rows(prompts, settings, store=ResultStore(store_dir), **kw))
+
+    runs = {"plain SDPA forward, batched": timed(plain),
+            "capture only, batched": timed(lambda: [capture.capture_batch(loaded.model, b, 128) for b in plan])}
+    with tempfile.TemporaryDirectory() as tmp:
+        runs["audit, batched (end to end)"] = timed(lambda: audit(Path(tmp) / "a"))
+        if not args.skip_batch1:
+            from sinkviz import analysis
+            budget = dict(analysis.BATCH_TOKENS)
+            analysis.BATCH_TOKENS.update({k: 1 for k in budget})          # one prompt per forward
+            try:
+                runs["audit, batch 1 (end to end)"] = timed(lambda: audit(Path(tmp) / "b"))
+            finally:
+                analysis.BATCH_TOKENS.update(budget)
+        first = None
+        for workers in args.ray:
+            from sinkviz.ray_audit import ray_audit_rows
+            rows = []
+            runs[f"Ray audit, {workers} worker(s)"] = timed(lambda: rows.extend(ray_audit_rows(
+                prompts, settings, workers=workers, store=ResultStore(Path(tmp) / f"ray{workers}"))))
+            first = first or rows
+            same_keys = [r.key for r in rows] == [r.key for r in first]
+            worst = max(abs(a.worst_sink_mass - b.worst_sink_mass) for a, b in zip(rows, first))
+            print(f"  Ray {workers}: rows {len(rows)}, keys equal to the first Ray run's: {same_keys}, "
+                  f"max |worst sink mass difference| {worst:.1e}", flush=True)
+    base = runs["plain SDPA forward, batched"]
+    print("| run | seconds | prompts/s | tokens/s | share of the plain forward's tokens/s |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, seconds in runs.items():
+        print(f"| {name} | {seconds:.1f} | {len(prompts) / seconds:.1f} | {tokens / seconds:,.0f} | "
+              f"{base / seconds:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
