@@ -59,9 +59,10 @@ def saved_model(shape: str, folder: Path) -> str:
     return str(folder)
 
 
-def library(n: int, seed: int = 0) -> list[str]:
+def library(n: int, longest: int = 2000, seed: int = 0) -> list[str]:
+    """n prompts of 50..longest words (uniform), seeded."""
     rng = random.Random(seed)
-    return [" ".join(f"w{rng.randrange(WORDS)}" for _ in range(rng.randint(50, 2000))) for _ in range(n)]
+    return [" ".join(f"w{rng.randrange(WORDS)}" for _ in range(rng.randint(50, longest))) for _ in range(n)]
 
 
 def timed(fn) -> float:
@@ -79,11 +80,12 @@ def main() -> None:
     parser.add_argument("--folder", default=str(Path(tempfile.gettempdir()) / "sinkviz-bench-model"))
     parser.add_argument("--ray", type=int, nargs="*", default=[], metavar="WORKERS")
     parser.add_argument("--skip-batch1", action="store_true")
+    parser.add_argument("--longest", type=int, default=2000, help="longest prompt in words (a smoke test: 100)")
     args = parser.parse_args()
     spec = "smollm2-135m-instruct" if args.shape == "default" else saved_model(args.shape, Path(args.folder))
     settings = Settings(model=spec, use_template=False)
     loaded = get_model(spec)
-    prompts = library(args.prompts)
+    prompts = library(args.prompts, args.longest)
     ids = [loaded.tokenizer(p)["input_ids"] for p in prompts]
     tokens = sum(len(i) for i in ids)
     device = loaded.model.device
@@ -108,6 +110,11 @@ def main() -> None:
     def audit(store_dir, **kw):
         return list(audit_rows(prompts, settings, store=ResultStore(store_dir), **kw))
 
+    warm = plan[:1]
+    plan, cold = warm, plan
+    plain()                                                       # warm-up: kernels, allocator
+    capture.capture_batch(loaded.model, warm[0], 128)
+    plan = cold
     runs = {"plain SDPA forward, batched": timed(plain),
             "capture only, batched": timed(lambda: [capture.capture_batch(loaded.model, b, 128) for b in plan])}
     with tempfile.TemporaryDirectory() as tmp:
