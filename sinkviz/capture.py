@@ -19,6 +19,8 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from . import fused
 from .errors import UnsupportedArchitecture
 from .host_copy import LayerArrays
+from .layers import check as check_layers
+from .layers import traced as layer_trace
 from .reduce import LayerReducer, bin_width
 from .stats import AttentionStats
 
@@ -248,25 +250,6 @@ def decoder_layers(model) -> torch.nn.ModuleList:
     raise UnsupportedArchitecture(f"cannot find the {n} decoder layers of {type(model).__name__}")
 
 
-@contextlib.contextmanager
-def _hidden_norm_hooks(layers: torch.nn.ModuleList, host: LayerArrays):
-    """Each decoder layer's hidden-state norms [L] go to ``host`` as "hidden_norm"; yields the
-    list of layers run so far (their indices)."""
-    ran: list[int] = []
-
-    def hook(_module, _inputs, output):
-        hidden = output[0] if isinstance(output, (tuple, list)) else output   # [1, L, d]
-        host.add(len(ran), {"hidden_norm": row_norms(hidden[0])})
-        ran.append(len(ran))
-
-    handles = [layer.register_forward_hook(hook) for layer in layers]
-    try:
-        yield ran
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def forward_kwargs(model) -> dict:
     """Prefill only, no KV cache; keep one logit row when the model allows it."""
     kwargs = {"use_cache": False}
@@ -293,32 +276,31 @@ def _captured_forward(model, input_ids, map_size, kwargs):
     recorder = _Recorder(map_size, len(layers))
     token = _recorder.set(recorder)
     try:
-        with _hidden_norm_hooks(layers, recorder.host) as layers_run, torch.no_grad():
+        with layer_trace(layers, recorder, hidden_norm_to(recorder)) as trace, torch.no_grad():
             out = model(input_ids=input_ids, **kwargs)
     finally:
         _recorder.reset(token)
         recorder.host.close()
-    n_layers = len(layers_run)
-    if n_layers == 0:
-        raise UnsupportedArchitecture(
-            f"{type(model).__name__} runs its {len(layers)} layers without calling them as modules, "
-            "so sinkviz cannot follow them layer by layer")
-    if n_layers > len(layers):
-        raise UnsupportedArchitecture(
-            f"{type(model).__name__} runs its {len(layers)} layers {n_layers} times in all (a looped model); "
-            "sinkviz shows each layer once")
-    if recorder.n_recorded != n_layers:
-        raise UnsupportedArchitecture(
-            f"{type(model).__name__} sent {recorder.n_recorded} of {n_layers} layers through the "
-            "attention interface; its attention cannot be captured exactly")
-    return _to_stats(recorder), out
+    rows, kinds = check_layers(model, layers, trace, recorder.n_recorded)
+    return _to_stats(recorder, rows, kinds), out
 
 
-def _to_stats(recorder: _Recorder) -> AttentionStats:
-    arrays = recorder.host.result()
+def hidden_norm_to(recorder: _Recorder):
+    """A hook body: the hidden-state norms [L] of an attention layer go to its row."""
+    def keep(_index, output):
+        hidden = output[0] if isinstance(output, (tuple, list)) else output   # [1, L, d]
+        recorder.host.add(recorder.n_recorded - 1, {"hidden_norm": row_norms(hidden[0])})
+    return keep
+
+
+def _to_stats(recorder: _Recorder, rows: tuple, kinds: tuple) -> AttentionStats:
+    """Rows are the attention layers (all layers but in hybrids); ``rows`` names their layers."""
+    arrays = {name: a[:len(rows)] for name, a in recorder.host.result().items()}
+    hybrid = len(rows) < len(kinds)
     return AttentionStats(
         sink_mass=arrays["sink_mass"], entropy=arrays["entropy"], received=arrays["received"],
         maps=arrays["maps"], hidden_norm=arrays["hidden_norm"], value_norm=arrays["value_norm"],
         bin_width=bin_width(arrays["received"].shape[-1], recorder.map_size),
-        causal=recorder.causal, windows=tuple(recorder.windows))
+        causal=recorder.causal, windows=tuple(recorder.windows),
+        layers=rows if hybrid else (), layer_kinds=kinds if hybrid else ())
 

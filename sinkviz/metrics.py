@@ -39,6 +39,7 @@ class LayerSinks:
     ratio: np.ndarray            # [layers]         sink_mass / baseline
     flagged: np.ndarray          # [layers] bool    ratio > ratio_flag, deep layers only
     severity: tuple[str, ...]    # per layer: "shallow", "ok", "warning", "critical"
+    layer_ids: tuple = ()        # model layer of each row (hybrids: attention layers only); () = 0..n-1
 
 
 def check_first_n(first_n: int, n_tokens: int) -> None:
@@ -72,12 +73,14 @@ def layer_sinks(stats: AttentionStats, first_n: int = DEFAULT_FIRST_N,
     heads = stats.sink_mass[:, :, first_n - 1]
     mass = heads.mean(axis=1)
     ratio = mass / baseline
-    deep = np.arange(stats.n_layers) >= thresholds.shallow_layers
+    ids = np.array(stats.layer_ids, dtype=int)          # shallow = the model's first layers
+    deep = ids >= thresholds.shallow_layers
     return LayerSinks(
         first_n=first_n, heads_sink_mass=heads, sink_mass=mass, baseline=baseline,
         max_ratio=1.0 / baseline, ratio=ratio,
         flagged=(ratio > thresholds.ratio_flag) & deep,
-        severity=tuple(severity(float(m), l, thresholds) for l, m in enumerate(mass)))
+        severity=tuple(severity(float(m), int(l), thresholds) for l, m in zip(ids, mass)),
+        layer_ids=stats.layers)
 
 
 def sink_rate(stats: AttentionStats, epsilon: float = SINK_RATE_EPSILON) -> float:

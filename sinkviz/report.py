@@ -15,7 +15,7 @@ def report_dict(analysis: Analysis, first_n: int = 3, epsilon: float = 0.3,
     entropy = layer_entropy(stats)
     top_pos, top_val = top_sink(stats)
     layers = [{
-        "layer": layer,
+        "layer": stats.layer_ids[layer],
         "sink_mass": float(sinks.sink_mass[layer]),
         "heads_sink_mass": [float(x) for x in sinks.heads_sink_mass[layer]],
         "ratio_to_uniform": float(sinks.ratio[layer]),
@@ -35,5 +35,6 @@ def report_dict(analysis: Analysis, first_n: int = 3, epsilon: float = 0.3,
         "baseline": sinks.baseline, "causal": stats.causal,
         "thresholds": asdict(thresholds), "epsilon": epsilon,
         "sink_rate": sink_rate(stats, epsilon), "layers": layers,
+        "layer_kinds": list(stats.layer_kinds) or ["attention"] * stats.n_layers,
         "timings": dict(analysis.timings),
     }
