@@ -84,9 +84,19 @@ def eager(model_class, folder, ids, dtype):
     with torch.no_grad(), float64_softmax():
         out = model(input_ids=ids, output_attentions=True, use_cache=False)
     att = getattr(out, "attentions", None) or getattr(out, "decoder_attentions", None)
-    if not att or any(a is None for a in att):
+    if not att:
         return None, out
-    return torch.stack([a.to(torch.float64) for a in att])[:, 0].numpy(), out
+    return [None if a is None else a.to(torch.float64)[0].numpy() for a in att], out
+
+
+def rows_of(att: list, stats) -> np.ndarray | None:
+    """The reference maps [rows, heads, L, L] of the captured rows: eager returns one entry per
+    layer, or (some hybrids) one per attention layer."""
+    if stats.layers and len(att) == len(stats.layer_kinds):
+        att = [att[i] for i in stats.layers]
+    if len(att) != stats.n_layers or any(a is None or a.shape != att[0].shape for a in att):
+        return None
+    return np.stack(att)
 
 
 def reference(att: np.ndarray, stats) -> dict:
@@ -136,15 +146,18 @@ def check(model_type: str, mapping: str, workdir: Path) -> dict:
             stats = capture(loaded.model, ids)
         phase = "reference"
         att, out64 = eager(type(loaded.model), folder, ids, torch.float64)
+        att = None if att is None else rows_of(att, stats)
         if att is None:
             return {**row, "status": "crash", "reason": "eager returns no attention weights to compare with"}
+        if stats.layer_kinds:
+            row["layer_kinds"] = list(stats.layer_kinds)
         ref = reference(att, stats)
         row["err64"] = errors(stats, ref)
         with torch.no_grad(), float64_softmax():
             mine = first_output(loaded.model(input_ids=ids, use_cache=False))
         want = first_output(out64)
         row["output_rel_err"] = float((mine - want).abs().max() / want.abs().max().clamp(min=1e-300))
-        att32, _ = eager(type(loaded.model), folder, ids, torch.float32)
+        att32 = rows_of(eager(type(loaded.model), folder, ids, torch.float32)[0], stats)
         row["err32"] = errors(stats32, ref)
         floor = errors(_AsStats(att32, stats32, ref["causal"]), ref)
         row["floor32"] = max(v for k, v in floor.items() if k != "causal")

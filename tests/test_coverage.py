@@ -30,6 +30,8 @@ QUICK = {  # model type, mapping -> expected status (one per attention kind, the
     ("deepseek_v32", "causal"): "exact",     # sparse attention: the indexer's keys
     ("bigbird_pegasus", "causal"): "exact",  # no SDPA in transformers: eager's materialized mask
     ("gemma4_text", "causal"): "exact",      # per-layer head sizes
+    ("qwen3_next", "causal"): "exact",       # hybrid: gated-delta-net (linear attention) and attention layers
+    ("jamba", "causal"): "exact",            # hybrid: Mamba and attention layers
     ("bert", "masked"): "exact",             # bidirectional encoder, checkpoint without a pooler
     ("layoutlm", "masked"): "exact",         # bidirectional by its mask, no is_causal attribute
     ("mamba", "causal"): "refused",          # no attention at all
@@ -54,6 +56,30 @@ def test_quick_subset_is_exact_or_refused_as_expected():
     for r in rows:
         if r["status"] == "exact":
             assert max(r["err64"].values()) <= 1e-12 and r["output_rel_err"] <= 1e-9, r
+    kinds = {r["type"]: r.get("layer_kinds") for r in rows}
+    assert kinds["qwen3_next"] == ["linear attention", "attention"] and kinds["jamba"] == ["mamba", "attention"]
+    assert kinds["llama"] is None
+
+
+def test_hybrid_rows_are_the_attention_layers_everywhere(tmp_path):
+    """qwen3_next's tiny model: layer 0 is linear attention, layer 1 attention. One row, named
+    layer 1 in the statistics, the store's arrays, the report and the charts."""
+    from coverage_sweep import build
+    from sinkviz.capture import capture
+    from sinkviz.figures import sink_bars
+    from sinkviz.metrics import layer_sinks
+    from sinkviz.models import load_model
+    from sinkviz.stats import AttentionStats
+    loaded = load_model(build("qwen3_next", "causal", tmp_path / "m"), device="cpu", dtype="float32")
+    stats = capture(loaded.model, torch.randint(4, 120, (1, 20)))
+    assert (stats.n_layers, stats.layers, stats.layer_ids) == (1, (1,), (1,))
+    assert stats.layer_kinds == ("linear attention", "attention")
+    again = AttentionStats.from_arrays(stats.to_arrays())
+    assert (again.layers, again.layer_kinds) == (stats.layers, stats.layer_kinds)
+    sinks = layer_sinks(stats, 3)
+    assert sinks.severity == ("shallow",) and list(sink_bars(sinks).data[0].x) == [1]
+    old = {k: v for k, v in stats.to_arrays().items() if k not in ("layers", "layer_kinds")}
+    assert AttentionStats.from_arrays(old).layer_ids == (0,)   # results stored before hybrids
 
 
 @pytest.mark.skipif(os.environ.get("SINKVIZ_FULL_COVERAGE") != "1",

@@ -65,6 +65,12 @@ OVERRIDES: dict[str, dict] = {  # model type -> extra keyword values (see the mo
     "esm": {"pad_token_id": 3, "mask_token_id": 3},
     "gemma3n_text": {"num_kv_shared_layers": 0},
     "reformer": {"axial_pos_embds_dim": [32, 32]},          # sums to the hidden size
+    # hybrids whose defaults put no attention layer among the first layers
+    "bamba": {"num_hidden_layers": 2, "attn_layer_indices": [1]},
+    "jamba": {"num_hidden_layers": 2, "attn_layer_period": 2, "attn_layer_offset": 1,
+              "expert_layer_period": 2, "expert_layer_offset": 1},
+    "granitemoehybrid": {"num_hidden_layers": 2, "layer_types": ["linear_attention", "full_attention"]},
+    "recurrent_gemma": {"num_hidden_layers": 3},            # block_types cycle: recurrent, recurrent, attention
 }
 
 
@@ -143,13 +149,13 @@ def _cut_layer_lists(default, names, kwargs) -> dict:
         isinstance(v, (list, tuple)) and len(v) == n or isinstance(v, str) and "pattern" in name and len(v) == n)}
     if not per_layer:
         return {}
-    kinds = max(per_layer.values(), key=lambda v: len(set(map(str, v))))
     keep, seen = [], set()
-    for i, kind in enumerate(kinds):
-        if str(kind) not in seen:
-            seen.add(str(kind))
-            keep.append(i)
-    keep = sorted(set(keep) | set(range(max(0, LAYERS - len(keep)))))[:max(LAYERS, len(keep))]
+    for name, kinds in per_layer.items():  # the first layer of each kind, in every per-layer list
+        for i, kind in enumerate(kinds):
+            if (name, str(kind)) not in seen:
+                seen.add((name, str(kind)))
+                keep.append(i)
+    keep = sorted(set(keep) | set(range(max(0, LAYERS - len(keep)))))
     out = {field: len(keep)}
     overrides = values.get("per_layer_config") or default.to_dict().get("per_layer_config")
     if isinstance(overrides, dict):  # heterogeneous configs: per-layer overrides follow their layers
