@@ -97,6 +97,10 @@ def render(a: Analysis) -> None:
     st.info(verdict(sinks, stats, tokens, a.tokens.special, thresholds))
     st.caption(f"{a.model.label} · {a.model.architecture} · {a.model.device} · {a.model.dtype} · "
                f"key {a.key}" + (" · from the result store" if a.cached else ""))
+    if a.model.eager_attention:
+        st.caption("This model computes attention its own way; sinkviz takes its eager attention maps "
+                   "(output_attentions), exactly, but they exist all at once, so the memory guard allows "
+                   "shorter prompts here, and value-vector norms are not available.")
     if stats.layer_kinds:
         st.caption("Layers without softmax attention, left out of every chart and table: " + ", ".join(
             f"{i} ({kind})" for i, kind in enumerate(stats.layer_kinds) if kind != "attention"))

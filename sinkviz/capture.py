@@ -16,7 +16,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from . import fused
+from . import eager_path, fused
 from .errors import UnsupportedArchitecture
 from .host_copy import LayerArrays
 from .layers import check as check_layers
@@ -270,6 +270,8 @@ def capture_with_logits(model, input_ids: torch.Tensor, map_size: int = 128) -> 
 
 
 def _captured_forward(model, input_ids, map_size, kwargs):
+    if eager_path.is_eager(model):  # attention outside the interface: the model's own maps
+        return eager_path.captured_forward(model, input_ids, map_size, kwargs, decoder_layers(model))
     if model.config._attn_implementation not in (ATTN_NAME, ATTN_FULL_MASK):
         raise UnsupportedArchitecture(f"model was not loaded with attn_implementation={ATTN_NAME!r}")
     layers = decoder_layers(model)

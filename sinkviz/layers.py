@@ -10,7 +10,7 @@ import contextlib
 
 import torch
 
-from .errors import UnsupportedArchitecture
+from .errors import AttentionOutsideInterface, UnsupportedArchitecture
 
 ATTENTION = "attention"
 # (token in a module class name or in the config's per-layer type, what the layer is)
@@ -97,7 +97,7 @@ def check(model, layers, trace: LayerTrace, n_recorded: int) -> tuple[tuple[int,
     kinds = tuple(ATTENTION if i in rows else layer_kind(model, layers, i) for i in range(n))
     bypass = [i for i in range(n) if i not in rows and kinds[i] == ATTENTION]
     if not rows or bypass or n_recorded != len(rows):
-        raise UnsupportedArchitecture(
+        raise AttentionOutsideInterface(
             f"{name} sent {n_recorded} of {n} layers through the attention interface; "
             "its attention cannot be captured exactly")
     return tuple(rows), kinds
