@@ -34,8 +34,10 @@ QUICK = {  # model type, mapping -> expected status (one per attention kind, the
     ("jamba", "causal"): "exact",            # hybrid: Mamba and attention layers
     ("bert", "masked"): "exact",             # bidirectional encoder, checkpoint without a pooler
     ("layoutlm", "masked"): "exact",         # bidirectional by its mask, no is_causal attribute
+    ("falcon", "causal"): "exact",           # attention classes from its own table: eager output_attentions
+    ("bloom", "causal"): "exact",            # ALiBi computed outside the interface: eager output_attentions
     ("mamba", "causal"): "refused",          # no attention at all
-    ("falcon", "causal"): "refused",         # attention classes from its own table
+    ("squeezebert", "masked"): "refused",    # layers called without module hooks
 }
 
 
@@ -52,7 +54,7 @@ def test_quick_subset_is_exact_or_refused_as_expected():
     assert got == QUICK, {k: (got[k], v) for k, v in QUICK.items() if got[k] != v}
     reasons = {r["type"]: r.get("reason", "") for r in rows}
     assert "no attention heads" in reasons["mamba"]
-    assert "own table" in reasons["falcon"] and "could not load" not in reasons["falcon"]
+    assert "without calling them as modules" in reasons["squeezebert"]
     for r in rows:
         if r["status"] == "exact":
             assert max(r["err64"].values()) <= 1e-12 and r["output_rel_err"] <= 1e-9, r
@@ -136,3 +138,27 @@ def test_indexed_keys_fold_into_the_mask_as_eager_does():
     folded = indexed_keys_mask(torch.zeros(1, 1, 3, 4), indices, 4)[0, 0]  # additive: 0 kept, min blocked
     np.testing.assert_array_equal(folded.numpy(), np.where(kept, 0.0, np.finfo(np.float32).min))
     assert indexed_keys_mask(mask, None, 4) is mask
+
+
+def test_attention_outside_the_interface_comes_from_eager_maps(tmp_path):
+    """Falcon picks its attention class from its own table: load_model falls back to its eager
+    path, says so in ModelInfo, and the memory guard counts every layer's L x L map."""
+    from coverage_sweep import build
+    from sinkviz.capture import capture
+    from sinkviz.memory import Shape, estimate_bytes
+    from sinkviz.models import load_model
+    folder = build("falcon", "causal", tmp_path / "m")
+    loaded = load_model(folder, device="cpu", dtype="float32")
+    assert loaded.info.eager_attention and loaded.model.config._attn_implementation == "eager"
+    stats = capture(loaded.model, torch.randint(4, 120, (1, 30)))
+    assert stats.causal and np.isnan(stats.value_norm).all() and np.isfinite(stats.hidden_norm).all()
+    np.testing.assert_allclose(stats.maps.sum(-1), 1.0, rtol=1e-5)       # every query row sums to 1
+    shape = Shape.of(loaded.model)
+    assert shape.eager and estimate_bytes(shape, 1000, 128, "cpu") - estimate_bytes(
+        Shape(**{**shape.__dict__, "eager": False}), 1000, 128, "cpu") == (shape.layers + 1) * shape.heads * 10**6 * 4
+    from sinkviz.analysis import Settings
+    from sinkviz.errors import UnsupportedArchitecture
+    from sinkviz.mitigation import attention_scaling
+    with pytest.raises(UnsupportedArchitecture, match="computes attention its own way"):
+        attention_scaling("w1 w2 w3 w4", Settings(model=folder, device="cpu", use_template=False))
+
