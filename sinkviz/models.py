@@ -142,7 +142,7 @@ def load_model(spec: str, device: str | None = None, dtype: str | None = None,
                                           "if the operator sets SINKVIZ_TRUST_REMOTE_CODE=1") from None
         raise UnsupportedArchitecture(f"{spec}: transformers cannot read this model's config "
                                       f"({_first_line(err)})") from None
-    auto = AutoModelForCausalLM if _is_causal_lm(config) else AutoModel
+    auto = AutoModelForCausalLM if _is_causal_lm(config) else _named_causal_lm(config) or AutoModel
     kwargs = dict(dtype=torch_dtype, attn_implementation=_attention_name(auto, config),
                   trust_remote_code=trust_remote_code, **source, **_experts_kwargs(torch_dtype))
     if device == "cuda" and torch.cuda.device_count() > 1:
@@ -192,6 +192,18 @@ def _probe(model, dtype) -> None:
                                       f"on {model.device.type} ({_first_line(err)})") from err
 
 
+def _named_causal_lm(config):
+    """The causal-LM class a checkpoint names in ``architectures`` where the auto mapping has no
+    entry for its config (a multimodal model's text part saved alone: emu3_text, mllama_text)."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    known = {n for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for n in ((v,) if isinstance(v, str) else v)}
+    for name in config.architectures or ():
+        if name in known and hasattr(transformers, name):
+            return getattr(transformers, name)
+    return None
+
+
 def _is_causal_lm(config) -> bool:
     """True when the checkpoint is a causal LM (its saved architecture, if any, is the LM class)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -215,7 +227,7 @@ def _attention_name(auto, config) -> str:
     by its mask; MPT needs the mask itself)."""
     from transformers.models.auto.auto_factory import _get_model_class
     try:
-        model_class = _get_model_class(config, auto._model_mapping)
+        model_class = _get_model_class(config, auto._model_mapping) if hasattr(auto, "_model_mapping") else auto
     except (KeyError, ValueError, AttributeError):  # unknown here; from_pretrained will say why
         return capture.ATTN_NAME
     return capture.ATTN_NAME if getattr(model_class, "_supports_sdpa", True) else capture.ATTN_FULL_MASK
