@@ -96,8 +96,9 @@ def eager(model_class, folder, ids, dtype):
 def rows_of(att: list, stats) -> np.ndarray | None:
     """The reference maps [rows, heads, L, L] of the captured rows: eager returns one entry per
     layer, or (some hybrids) one per attention layer."""
-    if stats.layers and len(att) == len(stats.layer_kinds):
-        att = [att[i] for i in stats.layers]
+    rows, kinds = getattr(stats, "layers", ()), getattr(stats, "layer_kinds", ())  # () before hybrids
+    if rows and len(att) == len(kinds):
+        att = [att[i] for i in rows]
     if len(att) != stats.n_layers or any(a is None or a.shape != att[0].shape for a in att):
         return None
     return np.stack(att)
@@ -153,7 +154,7 @@ def check(model_type: str, mapping: str, workdir: Path) -> dict:
         att = None if att is None else rows_of(att, stats)
         if att is None:
             return {**row, "status": "crash", "reason": "eager returns no attention weights to compare with"}
-        if stats.layer_kinds:
+        if getattr(stats, "layer_kinds", ()):
             row["layer_kinds"] = list(stats.layer_kinds)
         ref = reference(att, stats)
         row["err64"] = errors(stats, ref)

@@ -115,6 +115,11 @@ def test_committed_table_is_complete_and_printed_as_counted(capsys):
     assert all(r.get("reason") for r in refused)
     assert markdown(table).count("| refused |") == len(refused)
     assert render(table, show_all=True).count(" exact") >= c["causal"]["exact"] + c["masked"]["exact"]
+    from sinkviz.embedded import DEFAULT_MODEL, EMBEDDED
+    assert main(["models"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed] == list(EMBEDDED) and f"{DEFAULT_MODEL} " in listed[0] + " "
+    assert [line for line in listed if line.endswith("(default)")][0].startswith(DEFAULT_MODEL)
 
 
 def test_causality_is_read_from_the_mask():
