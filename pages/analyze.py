@@ -84,7 +84,7 @@ def render(a: Analysis) -> None:
         st.error(str(err))
         return
     stats, tokens = a.stats, a.tokens.tokens
-    deep = np.arange(stats.n_layers) >= thresholds.shallow_layers
+    deep = np.array(stats.layer_ids) >= thresholds.shallow_layers
     strongest = int(np.where(deep, sinks.sink_mass, -1).argmax())
     m = st.columns(4)
     m[0].metric("Tokens", stats.n_tokens, help="including template tokens" if a.tokens.templated else None)
@@ -92,11 +92,18 @@ def render(a: Analysis) -> None:
                 delta_color="off", delta_arrow="off")
     m[2].metric(f"Sink rate (ε = {epsilon:g})", f"{sink_rate(stats, epsilon):.1f} %",
                 help="Gu et al.: share of (layer, head) pairs whose attention to position 0 exceeds ε")
-    m[3].metric(f"Strongest layer (≥ {thresholds.shallow_layers})", f"L{strongest}",
+    m[3].metric(f"Strongest layer (≥ {thresholds.shallow_layers})", f"L{stats.layer_ids[strongest]}",
                 f"{sinks.sink_mass[strongest]:.0%} on first {first_n}", delta_color="off", delta_arrow="off")
     st.info(verdict(sinks, stats, tokens, a.tokens.special, thresholds))
     st.caption(f"{a.model.label} · {a.model.architecture} · {a.model.device} · {a.model.dtype} · "
                f"key {a.key}" + (" · from the result store" if a.cached else ""))
+    if a.model.eager_attention:
+        st.caption("This model computes attention its own way; sinkviz takes its eager attention maps "
+                   "(output_attentions), exactly, but they exist all at once, so the memory guard allows "
+                   "shorter prompts here, and value-vector norms are not available.")
+    if stats.layer_kinds:
+        st.caption("Layers without softmax attention, left out of every chart and table: " + ", ".join(
+            f"{i} ({kind})" for i, kind in enumerate(stats.layer_kinds) if kind != "attention"))
     sections = [lambda: render_bars(a, sinks), lambda: render_heatmaps(a), lambda: render_position0(a),
                 lambda: render_entropy(a), lambda: render_tokens(a), lambda: render_export(a)]
     for tab, draw in zip(st.tabs(TABS, key="an_tab", on_change="rerun"), sections):
@@ -118,7 +125,7 @@ def render_bars(a: Analysis, sinks) -> None:
 
 def render_entropy(a: Analysis) -> None:
     uniform = uniform_entropy(a.stats.n_tokens, a.stats.causal)
-    st.plotly_chart(figures.entropy_lines(layer_entropy(a.stats), uniform), key="an_entropy")
+    st.plotly_chart(figures.entropy_lines(layer_entropy(a.stats), uniform, a.stats.layer_ids), key="an_entropy")
     st.caption("Low entropy with high sink mass: the heads park their attention on the sink.")
 
 
@@ -131,7 +138,8 @@ def render_tokens(a: Analysis) -> None:
 def render_heatmaps(a: Analysis) -> None:
     stats = a.stats
     c = st.columns(4)
-    layer = c[0].selectbox("Layer", range(stats.n_layers), index=min(3, stats.n_layers - 1), key="an_layer")
+    layer = c[0].selectbox("Layer", range(stats.n_layers), index=min(3, stats.n_layers - 1), key="an_layer",
+                           format_func=lambda row: f"{stats.layer_ids[row]}")
     head_label = c[1].selectbox("Head", ["mean over heads"] + [f"head {h}" for h in range(stats.n_heads)],
                                 key="an_head")
     log = c[2].toggle("Log colour scale", key="an_log")
@@ -154,8 +162,8 @@ def render_position0(a: Analysis) -> None:
     pos = st.radio("Position", range(first), horizontal=True, key="an_pos",
                    format_func=lambda p: f"{p}: {tokens[p]!r}")
     st.plotly_chart(figures.position_heatmap(stats, pos, tokens[pos]), key="an_pos_map")
-    st.plotly_chart(figures.norm_ratio_lines(stats.hidden_norm, tokens, "Hidden-state", first), key="an_hidden")
-    st.plotly_chart(figures.norm_ratio_lines(stats.value_norm, tokens, "Value-vector", first), key="an_value")
+    st.plotly_chart(figures.norm_ratio_lines(stats.hidden_norm, tokens, "Hidden-state", first, stats.layer_ids), key="an_hidden")
+    st.plotly_chart(figures.norm_ratio_lines(stats.value_norm, tokens, "Value-vector", first, stats.layer_ids), key="an_value")
     st.caption("Sink tokens often carry 'massive activations' (Sun et al. 2024): a hidden-state norm many "
                "times the median token's, with a small value vector, so attending to them changes little.")
 

@@ -52,7 +52,8 @@ def show(results, sinks) -> None:
     st.plotly_chart(figures.compare_sink_lines(labels, sinks), key="cmp_lines")
     st.plotly_chart(figures.compare_difference(labels, sinks), key="cmp_diff")
     n_layers = results[0].stats.n_layers
-    layer = st.selectbox("Layer for the heatmaps", range(n_layers), index=min(3, n_layers - 1), key="cmp_layer")
+    layer = st.selectbox("Layer for the heatmaps", range(n_layers), index=min(3, n_layers - 1), key="cmp_layer",
+                         format_func=lambda row: f"{results[0].stats.layer_ids[row]}")
     suffix = shared_suffix([r.tokens.token_ids for r in results])
     rows = suffix if suffix and all(r.stats.bin_width == 1 for r in results) else None
     if rows:

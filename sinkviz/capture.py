@@ -18,9 +18,11 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from . import fused, invariants
+from . import eager_path, fused, invariants
 from .errors import UnsupportedArchitecture
 from .host_copy import LayerArrays
+from .layers import check as check_layers
+from .layers import traced as layer_trace
 from .reduce import LayerReducer, bin_width
 from .stats import AttentionStats
 
@@ -336,27 +338,8 @@ def decoder_layers(model) -> torch.nn.ModuleList:
             return module
     if found:
         return found[0][1]
-    raise UnsupportedArchitecture(f"cannot find the {n} decoder layers of {type(model).__name__}")
-
-
-@contextlib.contextmanager
-def _hidden_norm_hooks(layers: torch.nn.ModuleList, hosts: list[LayerArrays], lengths: list[int]):
-    """Each decoder layer's hidden-state norms go to ``hosts[b]`` as "hidden_norm" [lengths[b]],
-    one per prompt of the batch; yields the list of layers run so far (their indices)."""
-    ran: list[int] = []
-
-    def hook(_module, _inputs, output):
-        hidden = output[0] if isinstance(output, (tuple, list)) else output   # [B, L, d]
-        for b, (host, n) in enumerate(zip(hosts, lengths)):
-            host.add(len(ran), {"hidden_norm": row_norms(hidden[b, :n])})
-        ran.append(len(ran))
-
-    handles = [layer.register_forward_hook(hook) for layer in layers]
-    try:
-        yield ran
-    finally:
-        for handle in handles:
-            handle.remove()
+    raise UnsupportedArchitecture(f"cannot find the {n} decoder layers of {type(model).__name__} "
+                                  "as one list of modules (its layers are shared, grouped or nested)")
 
 
 def forward_kwargs(model) -> dict:
@@ -393,51 +376,54 @@ def capture_batch(model, sequences: list[list[int]], map_size: int = 128) -> lis
 
 def _captured_forward(model, input_ids, map_size, kwargs, lengths: list[int] | None = None):
     """(stats, model output); with ``lengths``, a batch: (a list of stats, one per prompt, output)."""
+    if eager_path.is_eager(model):  # attention outside the interface: the model's own maps
+        if lengths:
+            raise BatchUnsupported(f"{type(model).__name__} is captured through its own attention maps, one prompt at a time")
+        return eager_path.captured_forward(model, input_ids, map_size, kwargs, decoder_layers(model))
     if model.config._attn_implementation not in (ATTN_NAME, ATTN_FULL_MASK):
         raise UnsupportedArchitecture(f"model was not loaded with attn_implementation={ATTN_NAME!r}")
     layers = decoder_layers(model)
     recorders = [_Recorder(map_size, len(layers)) for _ in (lengths or [input_ids.shape[1]])]
     token = _recorder.set(_Batch(recorders, lengths) if lengths else recorders[0])
     try:
-        with _hidden_norm_hooks(layers, [r.host for r in recorders], lengths or [input_ids.shape[1]]) as layers_run, \
+        with layer_trace(layers, recorders[0], hidden_norm_to(recorders, lengths or [input_ids.shape[1]])) as trace, \
                 torch.no_grad():
             out = model(input_ids=input_ids, **kwargs)
     finally:
         _recorder.reset(token)
         for recorder in recorders:
             recorder.host.close()
-    _check_layer_count(model, len(layers), len(layers_run), recorders[0].n_recorded)
-    stats = [_to_stats(recorder) for recorder in recorders]
+    rows, kinds = check_layers(model, layers, trace, recorders[0].n_recorded)
+    stats = [_to_stats(recorder, rows, kinds) for recorder in recorders]
     return (stats if lengths else stats[0]), out
 
 
-def _check_layer_count(model, n_layers: int, n_run: int, n_recorded: int) -> None:
-    """Refuse a capture unless each of the model's layers ran once, through the interface."""
-    name = type(model).__name__
-    if n_run == 0:
-        raise UnsupportedArchitecture(f"{name} runs its {n_layers} layers without calling them as modules, "
-                                      "so sinkviz cannot follow them layer by layer")
-    if n_run > n_layers:
-        raise UnsupportedArchitecture(f"{name} runs its {n_layers} layers {n_run} times in all (a looped model); "
-                                      "sinkviz shows each layer once")
-    if n_recorded != n_run:
-        raise UnsupportedArchitecture(f"{name} sent {n_recorded} of {n_run} layers through the "
-                                      "attention interface; its attention cannot be captured exactly")
+def hidden_norm_to(recorders: list[_Recorder], lengths: list[int]):
+    """A hook body: the hidden-state norms of an attention layer go to its row, [lengths[b]] for
+    each prompt b of the batch."""
+    def keep(_index, output):
+        hidden = output[0] if isinstance(output, (tuple, list)) else output   # [B, L, d]
+        for b, (recorder, n) in enumerate(zip(recorders, lengths)):
+            recorder.host.add(recorder.n_recorded - 1, {"hidden_norm": row_norms(hidden[b, :n])})
+    return keep
 
 
-def _to_stats(recorder: _Recorder) -> AttentionStats:
-    """The recorder's host arrays as AttentionStats, checked against what every attention obeys."""
-    arrays = recorder.host.result()
+def _to_stats(recorder: _Recorder, rows: tuple, kinds: tuple) -> AttentionStats:
+    """The recorder's host arrays as AttentionStats, checked against what every attention obeys.
+    Rows are the attention layers (all layers but in hybrids); ``rows`` names their layers."""
+    arrays = {name: a[:len(rows)] for name, a in recorder.host.result().items()}
     sinks = {}
     if recorder.learned_sink_layers:        # layers without a learned sink give it nothing
-        without = np.setdiff1d(np.arange(recorder.n_recorded), recorder.learned_sink_layers)
+        without = np.setdiff1d(np.arange(len(rows)), recorder.learned_sink_layers)
         for name in ("learned_sink", "learned_sink_map"):
             arrays[name][without] = 0.0
             sinks[name] = arrays[name]
+    hybrid = len(rows) < len(kinds)
     stats = AttentionStats(
         sink_mass=arrays["sink_mass"], entropy=arrays["entropy"], received=arrays["received"],
         maps=arrays["maps"], hidden_norm=arrays["hidden_norm"], value_norm=arrays["value_norm"],
         bin_width=bin_width(arrays["received"].shape[-1], recorder.map_size),
-        causal=recorder.causal, windows=tuple(recorder.windows), **sinks)
+        causal=recorder.causal, windows=tuple(recorder.windows), **sinks,
+        layers=rows if hybrid else (), layer_kinds=kinds if hybrid else ())
     invariants.check(stats)
     return stats

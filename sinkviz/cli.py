@@ -289,6 +289,9 @@ def _table(report: dict) -> str:
         lines.append(f"{row['layer']:>5}  {row['sink_mass']:>9.3f}  {row['ratio_to_uniform']:>8.1f}x"
                      f"  {row['severity']:<9} {row['top_sink_position']:>4} "
                      f"{report['tokens'][row['top_sink_position']]!r} {row['top_sink_received']:.3f}{flag}")
+    others = [f"{i} {kind}" for i, kind in enumerate(report["layer_kinds"]) if kind != "attention"]
+    if others:
+        lines.append("layers without softmax attention (not in the table): " + ", ".join(others))
     lines.append(f"* over {report['thresholds']['ratio_flag']:g}x uniform.  "
                  f"Sink rate (Gu et al., eps={report['epsilon']:g}): {report['sink_rate']:.1f}%"
                  + ("  (from the result store)" if report["cached"] else ""))

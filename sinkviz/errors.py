@@ -21,6 +21,10 @@ class UnsupportedArchitecture(SinkvizError):
     """The model's attention does not go through the attention interface we hook."""
 
 
+class AttentionOutsideInterface(UnsupportedArchitecture):
+    """The model computes attention itself; its eager ``output_attentions`` path may still serve."""
+
+
 class BadSetting(SinkvizError):
     """A setting is out of its allowed range."""
 

@@ -17,7 +17,7 @@ SMALL_MAP_BINS = 32  # bins per side in the all-layers grid
 
 def sink_bars(sinks: LayerSinks, thresholds: Thresholds = Thresholds()) -> go.Figure:
     """Sink mass per layer, coloured by severity, with baseline, thresholds and ratio flags."""
-    layers = np.arange(len(sinks.sink_mass))
+    layers = np.array(sinks.layer_ids or range(len(sinks.sink_mass)))   # hybrids: gaps where no attention
     fig = go.Figure(go.Bar(
         x=layers, y=sinks.sink_mass, name="sink mass",
         marker_color=[SEVERITY_COLORS[s] for s in sinks.severity],
@@ -35,7 +35,7 @@ def sink_bars(sinks: LayerSinks, thresholds: Thresholds = Thresholds()) -> go.Fi
                              hovertemplate="layer %{x}<br>learned sink %{y:.1%}<extra></extra>"))
         fig.update_layout(barmode="group")
     fig.add_trace(go.Scatter(
-        x=flagged, y=np.minimum(sinks.sink_mass[flagged] + 0.04, 1.04), mode="markers",
+        x=layers[flagged], y=np.minimum(sinks.sink_mass[flagged] + 0.04, 1.04), mode="markers",
         marker_symbol="triangle-down", marker_size=9, marker_color="black",
         name=f"> {thresholds.ratio_flag:g}x uniform", hoverinfo="skip"))
     fig.update_layout(
@@ -101,7 +101,7 @@ def attention_heatmap(stats: AttentionStats, tokens: tuple[str, ...], layer: int
         colorbar_title="log10 a" if log else "attention",
         hovertemplate="query %{y}<br>key %{x}<br>" + ("log10 a %{z:.2f}" if log else "a %{z:.3f}")
                       + "<extra></extra>"))
-    fig.update_layout(title=f"Layer {layer}, {who}{pooled}{hidden}", height=560,
+    fig.update_layout(title=f"Layer {stats.layer_ids[layer]}, {who}{pooled}{hidden}", height=560,
                       xaxis_title="key", yaxis_title="query", yaxis_autorange="reversed",
                       xaxis_showticklabels=len(labels) <= 40, yaxis_showticklabels=len(labels) <= 40)
     return fig
@@ -123,13 +123,13 @@ def all_layers_grid(stats: AttentionStats, hide_first: bool = False, log: bool =
     """Small multiples: every layer's head-mean map, coarsened to at most SMALL_MAP_BINS."""
     rows = -(-stats.n_layers // cols)
     factor = -(-stats.maps.shape[-1] // SMALL_MAP_BINS)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"L{l}" for l in range(stats.n_layers)],
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"L{l}" for l in stats.layer_ids],
                         horizontal_spacing=0.02, vertical_spacing=0.04)
     for layer in range(stats.n_layers):
         z = map_for_display(coarsen(layer_map(stats, layer), factor), stats.bin_width * factor,
                             hide_first, log)
         fig.add_trace(go.Heatmap(z=z, coloraxis="coloraxis", hovertemplate=
-                                 f"layer {layer}<br>query bin %{{y}}<br>key bin %{{x}}<br>%{{z:.3f}}<extra></extra>"),
+                                 f"layer {stats.layer_ids[layer]}<br>query bin %{{y}}<br>key bin %{{x}}<br>%{{z:.3f}}<extra></extra>"),
                       row=layer // cols + 1, col=layer % cols + 1)
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False, autorange="reversed")
@@ -141,7 +141,8 @@ def all_layers_grid(stats: AttentionStats, hide_first: bool = False, log: bool =
 def position_heatmap(stats: AttentionStats, position: int, token: str) -> go.Figure:
     """Attention received by one position, per layer x head (mean over queries i >= position)."""
     z = stats.received[:, :, position]                                               # [layers, heads]
-    fig = go.Figure(go.Heatmap(z=z, x=[f"h{h}" for h in range(stats.n_heads)], colorscale="Viridis",
+    fig = go.Figure(go.Heatmap(z=z, x=[f"h{h}" for h in range(stats.n_heads)], y=list(stats.layer_ids),
+                               colorscale="Viridis",
                                zmin=0, zmax=1, colorbar_title="received",
                                hovertemplate="layer %{y}, %{x}<br>%{z:.3f}<extra></extra>"))
     fig.update_layout(title=f"Attention received by position {position} ({token!r}), per layer and head",
@@ -149,10 +150,12 @@ def position_heatmap(stats: AttentionStats, position: int, token: str) -> go.Fig
     return fig
 
 
-def norm_ratio_lines(norms: np.ndarray, tokens: tuple[str, ...], what: str, positions: int = 5) -> go.Figure:
-    """Norm of each first position / the layer's median norm, per layer."""
+def norm_ratio_lines(norms: np.ndarray, tokens: tuple[str, ...], what: str, positions: int = 5,
+                     layers=None) -> go.Figure:
+    """Norm of each first position / the layer's median norm, per layer (x: ``layers``)."""
     ratio = norm_vs_median(norms, positions)                                         # [layers, positions]
-    fig = go.Figure([go.Scatter(x=np.arange(len(ratio)), y=ratio[:, p], mode="lines+markers",
+    x = np.arange(len(ratio)) if layers is None else list(layers)
+    fig = go.Figure([go.Scatter(x=x, y=ratio[:, p], mode="lines+markers",
                                 name=f"{p}: {tokens[p]!r}") for p in range(ratio.shape[1])])
     fig.add_hline(y=1.0, line_dash="dot", annotation_text="median token")
     fig.update_layout(title=f"{what} norm of the first tokens / median token, per layer",
@@ -160,9 +163,11 @@ def norm_ratio_lines(norms: np.ndarray, tokens: tuple[str, ...], what: str, posi
     return fig
 
 
-def entropy_lines(entropy_by_layer: np.ndarray, uniform_entropy: float) -> go.Figure:
-    """Mean attention entropy per layer, with the entropy uniform attention would have."""
-    fig = go.Figure(go.Scatter(x=np.arange(len(entropy_by_layer)), y=entropy_by_layer,
+def entropy_lines(entropy_by_layer: np.ndarray, uniform_entropy: float, layers=None) -> go.Figure:
+    """Mean attention entropy per layer (x: ``layers``, default 0..n-1), with the entropy uniform
+    attention would have."""
+    fig = go.Figure(go.Scatter(x=np.arange(len(entropy_by_layer)) if layers is None else list(layers),
+                               y=entropy_by_layer,
                                mode="lines+markers", name="mean entropy"))
     fig.add_hline(y=uniform_entropy, line_dash="dot", annotation_text="uniform attention")
     fig.update_layout(title="Attention entropy per layer (nats, mean over heads and queries)",
@@ -172,7 +177,8 @@ def entropy_lines(entropy_by_layer: np.ndarray, uniform_entropy: float) -> go.Fi
 
 def compare_sink_lines(labels: list[str], sinks: list[LayerSinks]) -> go.Figure:
     """Sink mass per layer of every variant on one chart."""
-    fig = go.Figure([go.Scatter(x=np.arange(len(s.sink_mass)), y=s.sink_mass, mode="lines+markers",
+    fig = go.Figure([go.Scatter(x=list(s.layer_ids or range(len(s.sink_mass))), y=s.sink_mass,
+                                mode="lines+markers",
                                 name=label) for label, s in zip(labels, sinks)])
     fig.update_layout(title=f"Sink mass per layer (first {sinks[0].first_n} tokens)",
                       xaxis_title="layer", yaxis_title="sink mass", yaxis_tickformat=".0%", height=380)
@@ -182,7 +188,8 @@ def compare_sink_lines(labels: list[str], sinks: list[LayerSinks]) -> go.Figure:
 def compare_difference(labels: list[str], sinks: list[LayerSinks]) -> go.Figure:
     """Sink mass of each variant minus the first variant's, per layer."""
     base = sinks[0].sink_mass
-    fig = go.Figure([go.Bar(x=np.arange(len(base)), y=s.sink_mass - base, name=f"{label} − {labels[0]}")
+    x = list(sinks[0].layer_ids or range(len(base)))
+    fig = go.Figure([go.Bar(x=x, y=s.sink_mass - base, name=f"{label} − {labels[0]}")
                      for label, s in zip(labels[1:], sinks[1:])])
     fig.update_layout(title=f"Difference from {labels[0]} (percentage points)", xaxis_title="layer",
                       yaxis_title="Δ sink mass", yaxis_tickformat="+.0%", barmode="group", height=340)

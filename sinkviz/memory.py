@@ -4,6 +4,7 @@ The estimate (bytes) for L tokens, hidden size h, MLP size m, H heads of size D,
   forward, one layer live at a time:  L (6h + 3m + 3 H D) x dtype bytes
   capture scratch per layer:          CPU block-wise: 5 x H x 128 x L x 4;  CUDA fused: 12 x H x L x 4
   statistics kept for every layer:    n (H L + H B^2 + 2 L) x 4      (B = map bins)
+  eager path (output_attentions):     + (n + 1) H L^2 x dtype bytes  (every map at once, one being made)
 It is a planning number (within a factor of about 2), used to refuse a run that cannot fit.
 """
 
@@ -26,6 +27,7 @@ class Shape:
     heads: int
     head_dim: int
     dtype_bytes: int
+    eager: bool = False  # attention maps from output_attentions, all layers at once
 
     @classmethod
     def of(cls, model) -> "Shape":
@@ -33,7 +35,8 @@ class Shape:
         c = model.config.get_text_config()
         heads = c.num_attention_heads
         return cls(c.num_hidden_layers, c.hidden_size, config_value(c, "intermediate_size") or 4 * c.hidden_size,
-                   heads, config_value(c, "head_dim") or c.hidden_size // heads, model.dtype.itemsize)
+                   heads, config_value(c, "head_dim") or c.hidden_size // heads, model.dtype.itemsize,
+                   model.config._attn_implementation == "eager")
 
 
 def estimate_bytes(shape: Shape, n_tokens: int, map_size: int, device_type: str) -> int:
@@ -44,7 +47,8 @@ def forward_bytes(shape: Shape, n_tokens: int, device_type: str) -> int:
     """The forward with one layer live, plus one layer's capture scratch, for L tokens."""
     L, s = n_tokens, shape
     forward = L * (6 * s.hidden + 3 * s.mlp + 3 * s.heads * s.head_dim) * s.dtype_bytes
-    return forward + ((12 * s.heads * L * 4) if device_type == "cuda" else (5 * s.heads * 128 * L * 4))
+    eager = (s.layers + 1) * s.heads * L * L * s.dtype_bytes if s.eager else 0
+    return forward + eager + ((12 * s.heads * L * 4) if device_type == "cuda" else (5 * s.heads * 128 * L * 4))
 
 
 def kept_bytes(shape: Shape, n_tokens: int, map_size: int) -> int:

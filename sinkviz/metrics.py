@@ -41,6 +41,7 @@ class LayerSinks:
     severity: tuple[str, ...]    # per layer: "shallow", "ok", "warning", "critical"
     heads_learned_sink: np.ndarray | None = None  # [layers, heads] mean over queries of the learned sink
     learned_sink: np.ndarray | None = None        # [layers] mean over heads (None: the model has none)
+    layer_ids: tuple = ()        # model layer of each row (hybrids: attention layers only); () = 0..n-1
 
 
 def check_first_n(first_n: int, n_tokens: int) -> None:
@@ -74,12 +75,14 @@ def layer_sinks(stats: AttentionStats, first_n: int = DEFAULT_FIRST_N,
     heads = stats.sink_mass[:, :, first_n - 1]
     mass = heads.mean(axis=1)
     ratio = mass / baseline
-    deep = np.arange(stats.n_layers) >= thresholds.shallow_layers
+    ids = np.array(stats.layer_ids, dtype=int)          # shallow = the model's first layers
+    deep = ids >= thresholds.shallow_layers
     return LayerSinks(
         first_n=first_n, heads_sink_mass=heads, sink_mass=mass, baseline=baseline,
         max_ratio=1.0 / baseline, ratio=ratio,
         flagged=(ratio > thresholds.ratio_flag) & deep,
-        severity=tuple(severity(float(m), l, thresholds) for l, m in enumerate(mass)),
+        severity=tuple(severity(float(m), int(l), thresholds) for l, m in zip(ids, mass)),
+        layer_ids=stats.layers,
         heads_learned_sink=stats.learned_sink,
         learned_sink=None if stats.learned_sink is None else stats.learned_sink.mean(axis=1))
 

@@ -87,6 +87,9 @@ def attention_scaling(prompt: str, settings: Settings = Settings(), first_keys: 
     if first_keys < 1 or not 0.0 < gamma <= 4.0:
         raise BadSetting("K must be at least 1 and gamma between 0 and 4")
     loaded = language_model(settings)
+    if loaded.info.eager_attention:
+        raise UnsupportedArchitecture(f"{loaded.info.label} ({loaded.info.architecture}) computes attention "
+                                      "its own way, so sinkviz cannot scale its attention logits")
     tokens = tokenize(loaded.tokenizer, prompt, settings.use_template, settings.system)
     ids = _limited(loaded, settings, tokens.token_ids, "the prompt")[None]
     with loaded.lock:

@@ -17,7 +17,7 @@ import torch
 
 from . import capture, embedded
 from .devices import dtype_name, pick_device, pick_dtype
-from .errors import ModelNotFound, SinkvizError, UnsupportedArchitecture
+from .errors import AttentionOutsideInterface, ModelNotFound, SinkvizError, UnsupportedArchitecture
 
 WEIGHT_SUFFIXES = (".safetensors", ".gguf")
 MAX_LOADED = 2  # models kept in memory; the least recently used one is dropped
@@ -41,6 +41,7 @@ class ModelInfo:
     dtype: str
     fingerprint: str   # sha256 over the weight files (see ``weights_fingerprint``)
     revision: str | None
+    eager_attention: bool = False  # attention taken from the model's own output_attentions (eager_path)
 
 
 @dataclass(frozen=True, eq=False)
@@ -154,23 +155,41 @@ def load_model(spec: str, device: str | None = None, dtype: str | None = None,
                                           "if the operator sets SINKVIZ_TRUST_REMOTE_CODE=1") from None
         raise UnsupportedArchitecture(f"{spec}: transformers cannot read this model's config "
                                       f"({_first_line(err)})") from None
-    auto = AutoModelForCausalLM if _is_causal_lm(config) else AutoModel
+    auto = AutoModelForCausalLM if _is_causal_lm(config) else _named_causal_lm(config) or AutoModel
     kwargs = dict(dtype=torch_dtype, attn_implementation=_attention_name(auto, config),
                   trust_remote_code=trust_remote_code, **weights, **_experts_kwargs(torch_dtype))
     if device == "cuda" and torch.cuda.device_count() > 1:
         kwargs["device_map"] = "auto"  # spread a large model over this host's GPUs
-    model = _load_weights(spec, auto, folder, config, kwargs)
-    if "device_map" not in kwargs:
-        model.to(device)
-    model.eval()
+    model = _captured_model(spec, auto, folder, config, kwargs, device, torch_dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code,
                                                   **source)
     except (ValueError, OSError, TypeError) as err:
         raise ModelNotFound(f"{spec}: no usable tokenizer ({_first_line(err)})") from None
-    _probe(model, torch_dtype)
     return LoadedModel(model, tokenizer, _info(spec, label, revision, folder, model, tokenizer,
                                                 device, torch_dtype))
+
+
+def _captured_model(spec, auto, folder, config, kwargs, device, dtype) -> torch.nn.Module:
+    """The model, loaded and probed: through the attention interface, else (its attention is its
+    own) through its eager ``output_attentions`` path; see ``eager_path``."""
+    try:
+        return _placed(_load_weights(spec, auto, folder, config, kwargs), kwargs, device, dtype)
+    except AttentionOutsideInterface as err:
+        outside = err
+    try:
+        return _placed(_load_weights(spec, auto, folder, config, {**kwargs, "attn_implementation": "eager"}),
+                       kwargs, device, dtype)
+    except UnsupportedArchitecture as err:  # neither path: say both
+        raise UnsupportedArchitecture(f"{outside}; its eager path cannot serve either: {err}") from None
+
+
+def _placed(model, kwargs, device, dtype) -> torch.nn.Module:
+    if "device_map" not in kwargs:
+        model.to(device)
+    model.eval()
+    _probe(model, dtype)
+    return model
 
 
 def _probe(model, dtype) -> None:
@@ -203,6 +222,18 @@ def weight_source(spec: str, files: list[str]) -> dict:
     raise ModelNotFound(f"{spec}: no safetensors or GGUF weights{pickled}")
 
 
+def _named_causal_lm(config):
+    """The causal-LM class a checkpoint names in ``architectures`` where the auto mapping has no
+    entry for its config (a multimodal model's text part saved alone: emu3_text, mllama_text)."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    known = {n for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for n in ((v,) if isinstance(v, str) else v)}
+    for name in config.architectures or ():
+        if name in known and hasattr(transformers, name):
+            return getattr(transformers, name)
+    return None
+
+
 def _is_causal_lm(config) -> bool:
     """True when the checkpoint is a causal LM (its saved architecture, if any, is the LM class)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -226,7 +257,7 @@ def _attention_name(auto, config) -> str:
     by its mask; MPT needs the mask itself)."""
     from transformers.models.auto.auto_factory import _get_model_class
     try:
-        model_class = _get_model_class(config, auto._model_mapping)
+        model_class = _get_model_class(config, auto._model_mapping) if hasattr(auto, "_model_mapping") else auto
     except (KeyError, ValueError, AttributeError):  # unknown here; from_pretrained will say why
         return capture.ATTN_NAME
     return capture.ATTN_NAME if getattr(model_class, "_supports_sdpa", True) else capture.ATTN_FULL_MASK
@@ -240,11 +271,11 @@ def _load_weights(spec, auto, folder, config, kwargs) -> torch.nn.Module:
         model, loading = auto.from_pretrained(folder, output_loading_info=True, **kwargs)
     except (ValueError, OSError, TypeError, KeyError, AttributeError) as err:
         if isinstance(err, KeyError) and err.args[:1] in ((capture.ATTN_NAME,), (capture.ATTN_FULL_MASK,)):
-            raise UnsupportedArchitecture(
+            raise AttentionOutsideInterface(
                 f"{config.model_type}: its attention classes come from its own table (eager, SDPA, ...), "
                 "not transformers' AttentionInterface, so sinkviz cannot capture them") from None
         if "attention" in str(err).lower():
-            raise UnsupportedArchitecture(
+            raise AttentionOutsideInterface(
                 f"{config.model_type}: its attention does not go through transformers' "
                 "AttentionInterface, so sinkviz cannot capture it") from None
         raise ModelNotFound(f"{spec}: transformers could not load it ({_first_line(err)})") from None
@@ -280,7 +311,8 @@ def _info(spec, label, revision, folder, model, tokenizer, device, dtype) -> Mod
         max_context=config_value(text, "max_position_embeddings"),
         bos_token=tokenizer.bos_token, has_chat_template=bool(tokenizer.chat_template),
         sliding_window=config_value(text, "sliding_window"),
-        device=device, dtype=dtype_name(dtype), fingerprint=fingerprint(folder), revision=revision)
+        device=device, dtype=dtype_name(dtype), fingerprint=fingerprint(folder), revision=revision,
+        eager_attention=capture.eager_path.is_eager(model))
 
 
 _loaded: "OrderedDict[tuple, LoadedModel]" = OrderedDict()

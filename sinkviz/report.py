@@ -17,7 +17,7 @@ def report_dict(analysis: Analysis, first_n: int = 3, epsilon: float = 0.3,
     top_pos, top_val = top_sink(stats)
     learned = sinks.learned_sink is not None
     layers = [{
-        "layer": layer,
+        "layer": stats.layer_ids[layer],
         "sink_mass": float(sinks.sink_mass[layer]),
         "heads_sink_mass": [float(x) for x in sinks.heads_sink_mass[layer]],
         "learned_sink": float(sinks.learned_sink[layer]) if learned else None,
@@ -39,5 +39,6 @@ def report_dict(analysis: Analysis, first_n: int = 3, epsilon: float = 0.3,
         "baseline": sinks.baseline, "causal": stats.causal, "learned_sink": learned,
         "thresholds": asdict(thresholds), "epsilon": epsilon,
         "sink_rate": sink_rate(stats, epsilon), "layers": layers,
+        "layer_kinds": list(stats.layer_kinds) or ["attention"] * stats.n_layers,
         "timings": dict(analysis.timings),
     }

@@ -36,6 +36,11 @@ class AttentionStats:
     windows: tuple           # per layer: sliding-window length, or None for full attention
     learned_sink: np.ndarray | None = None      # [layers, heads]
     learned_sink_map: np.ndarray | None = None  # [layers, heads, B]
+    # Hybrids (attention among Mamba / linear-attention / convolution layers): the arrays hold the
+    # attention layers only; ``layers`` gives each row's model layer, ``layer_kinds`` what every
+    # model layer is ("attention", "mamba", ...). Both empty: row l is model layer l, all attention.
+    layers: tuple = ()
+    layer_kinds: tuple = ()
 
     def __post_init__(self):
         for name in ARRAY_FIELDS + OPTIONAL_FIELDS:
@@ -51,6 +56,11 @@ class AttentionStats:
         return self.sink_mass.shape[1]
 
     @property
+    def layer_ids(self) -> tuple:
+        """The model layer of each row."""
+        return self.layers or tuple(range(self.n_layers))
+
+    @property
     def n_tokens(self) -> int:
         return self.received.shape[-1]
 
@@ -61,15 +71,19 @@ class AttentionStats:
         out["bin_width"] = np.array(self.bin_width)
         out["causal"] = np.array(self.causal)
         out["windows"] = np.array([-1 if w is None else w for w in self.windows])
+        out["layers"] = np.array(self.layers, dtype=np.int64)
+        out["layer_kinds"] = np.array(self.layer_kinds, dtype=np.str_)
         return out
 
     @classmethod
     def from_arrays(cls, arrays) -> "AttentionStats":
-        names = {f.name for f in fields(cls)} - set(OPTIONAL_FIELDS)
-        missing = names - set(arrays.keys())
+        names = {f.name for f in fields(cls)} - set(OPTIONAL_FIELDS) - {"layers", "layer_kinds"}
+        missing = names - set(arrays.keys())  # (older results lack layers, layer_kinds: all attention)
         if missing:
             raise KeyError(f"stored statistics lack {sorted(missing)}")
         optional = {name: np.array(arrays[name]) for name in OPTIONAL_FIELDS if name in arrays}
         return cls(**{name: np.array(arrays[name]) for name in ARRAY_FIELDS}, **optional,
                    bin_width=int(arrays["bin_width"]), causal=bool(arrays["causal"]),
-                   windows=tuple(None if w < 0 else int(w) for w in arrays["windows"]))
+                   windows=tuple(None if w < 0 else int(w) for w in arrays["windows"]),
+                   layers=tuple(int(i) for i in arrays.get("layers", ())),
+                   layer_kinds=tuple(str(k) for k in arrays.get("layer_kinds", ())))

@@ -9,7 +9,8 @@ from .stats import AttentionStats
 def verdict(sinks: LayerSinks, stats: AttentionStats, tokens: tuple[str, ...],
             special: tuple[bool, ...], thresholds: Thresholds = Thresholds()) -> str:
     """Which layers send how much attention to which token, how many times uniform, severity."""
-    n, deep = sinks.first_n, np.arange(stats.n_layers) >= thresholds.shallow_layers
+    ids = np.array(stats.layer_ids)                     # model layers (hybrids: attention layers only)
+    n, deep = sinks.first_n, ids >= thresholds.shallow_layers
     if not deep.any():
         return "The model has no layers beyond the first two; nothing to judge."
     mass = np.where(deep, sinks.sink_mass, -1.0)
@@ -24,7 +25,7 @@ def verdict(sinks: LayerSinks, stats: AttentionStats, tokens: tuple[str, ...],
         f"Severity: {level}. In {counts['critical']} of {int(deep.sum())} layers beyond the first "
         f"{thresholds.shallow_layers}, at least {thresholds.critical:.0%} of attention goes to the "
         f"first {n} tokens; in {counts['warning']} more, at least {thresholds.warning:.0%}.",
-        f"The strongest is layer {worst}: {sinks.sink_mass[worst]:.0%} of its attention lands on "
+        f"The strongest is layer {ids[worst]}: {sinks.sink_mass[worst]:.0%} of its attention lands on "
         f"the first {n} tokens, {sinks.ratio[worst]:.1f}x what uniform attention would give. "
         f"The token that receives most there is position {top}, {tokens[top]!r}{kind}, "
         f"with {received[top]:.0%} of the attention of the queries that see it.",

@@ -115,3 +115,32 @@ def test_plan_batches_sorts_and_respects_the_budget():
     assert batches == [[10, 30, 50], [200], [400], [1200]]
     assert [n for b in batches for n in b] == sorted(lengths)
     assert all(len(b) * max(b) <= 600 or len(b) == 1 for b in batches)
+
+
+def test_batch_of_a_hybrid(tmp_path):
+    """qwen3_next (linear-attention and attention layers): rows are the attention layers, as alone."""
+    from coverage_sweep import build
+    folder = build("qwen3_next", "causal", tmp_path)
+    model = load_model(folder, device="cpu", dtype="float32").model
+    seqs, seed = sequences([30, 9, 70])
+    for seq, stats in zip(seqs, cap.capture_batch(model, seqs, 32)):
+        single = cap.capture(model, torch.tensor([seq]), 32)
+        assert stats.layers == single.layers and stats.layer_kinds == single.layer_kinds
+        assert_same(stats, single, seed, f"qwen3_next L={len(seq)}")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-4)])
+def test_batch_on_gpu_equals_one_at_a_time(dtype, atol):
+    """A Llama on CUDA: prompts longer than the map take the fused path inside the batch too."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cap.register()
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+    torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
+    with torch.device("cuda"):
+        model = LlamaForCausalLM._from_config(config, dtype=dtype, attn_implementation=cap.ATTN_NAME).eval()
+    seqs, seed = sequences([2500, 40, 700, 129, 1500])
+    for seq, stats in zip(seqs, cap.capture_batch(model, seqs, 128)):
+        assert_same(stats, cap.capture(model, torch.tensor([seq], device="cuda"), 128), seed,
+                    f"{dtype} L={len(seq)}", atol=atol)

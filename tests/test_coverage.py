@@ -30,10 +30,14 @@ QUICK = {  # model type, mapping -> expected status (one per attention kind, the
     ("deepseek_v32", "causal"): "exact",     # sparse attention: the indexer's keys
     ("bigbird_pegasus", "causal"): "exact",  # no SDPA in transformers: eager's materialized mask
     ("gemma4_text", "causal"): "exact",      # per-layer head sizes
+    ("qwen3_next", "causal"): "exact",       # hybrid: gated-delta-net (linear attention) and attention layers
+    ("jamba", "causal"): "exact",            # hybrid: Mamba and attention layers
     ("bert", "masked"): "exact",             # bidirectional encoder, checkpoint without a pooler
     ("layoutlm", "masked"): "exact",         # bidirectional by its mask, no is_causal attribute
+    ("falcon", "causal"): "exact",           # attention classes from its own table: eager output_attentions
+    ("bloom", "causal"): "exact",            # ALiBi computed outside the interface: eager output_attentions
     ("mamba", "causal"): "refused",          # no attention at all
-    ("falcon", "causal"): "refused",         # attention classes from its own table
+    ("squeezebert", "masked"): "refused",    # layers called without module hooks
 }
 
 
@@ -50,10 +54,34 @@ def test_quick_subset_is_exact_or_refused_as_expected():
     assert got == QUICK, {k: (got[k], v) for k, v in QUICK.items() if got[k] != v}
     reasons = {r["type"]: r.get("reason", "") for r in rows}
     assert "no attention heads" in reasons["mamba"]
-    assert "own table" in reasons["falcon"] and "could not load" not in reasons["falcon"]
+    assert "without calling them as modules" in reasons["squeezebert"]
     for r in rows:
         if r["status"] == "exact":
             assert max(r["err64"].values()) <= 1e-12 and r["output_rel_err"] <= 1e-9, r
+    kinds = {r["type"]: r.get("layer_kinds") for r in rows}
+    assert kinds["qwen3_next"] == ["linear attention", "attention"] and kinds["jamba"] == ["mamba", "attention"]
+    assert kinds["llama"] is None
+
+
+def test_hybrid_rows_are_the_attention_layers_everywhere(tmp_path):
+    """qwen3_next's tiny model: layer 0 is linear attention, layer 1 attention. One row, named
+    layer 1 in the statistics, the store's arrays, the report and the charts."""
+    from coverage_sweep import build
+    from sinkviz.capture import capture
+    from sinkviz.figures import sink_bars
+    from sinkviz.metrics import layer_sinks
+    from sinkviz.models import load_model
+    from sinkviz.stats import AttentionStats
+    loaded = load_model(build("qwen3_next", "causal", tmp_path / "m"), device="cpu", dtype="float32")
+    stats = capture(loaded.model, torch.randint(4, 120, (1, 20)))
+    assert (stats.n_layers, stats.layers, stats.layer_ids) == (1, (1,), (1,))
+    assert stats.layer_kinds == ("linear attention", "attention")
+    again = AttentionStats.from_arrays(stats.to_arrays())
+    assert (again.layers, again.layer_kinds) == (stats.layers, stats.layer_kinds)
+    sinks = layer_sinks(stats, 3)
+    assert sinks.severity == ("shallow",) and list(sink_bars(sinks).data[0].x) == [1]
+    old = {k: v for k, v in stats.to_arrays().items() if k not in ("layers", "layer_kinds")}
+    assert AttentionStats.from_arrays(old).layer_ids == (0,)   # results stored before hybrids
 
 
 @pytest.mark.skipif(os.environ.get("SINKVIZ_FULL_COVERAGE") != "1",
@@ -87,6 +115,11 @@ def test_committed_table_is_complete_and_printed_as_counted(capsys):
     assert all(r.get("reason") for r in refused)
     assert markdown(table).count("| refused |") == len(refused)
     assert render(table, show_all=True).count(" exact") >= c["causal"]["exact"] + c["masked"]["exact"]
+    from sinkviz.embedded import DEFAULT_MODEL, EMBEDDED
+    assert main(["models"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed] == list(EMBEDDED) and f"{DEFAULT_MODEL} " in listed[0] + " "
+    assert [line for line in listed if line.endswith("(default)")][0].startswith(DEFAULT_MODEL)
 
 
 def test_causality_is_read_from_the_mask():
@@ -110,3 +143,27 @@ def test_indexed_keys_fold_into_the_mask_as_eager_does():
     folded = indexed_keys_mask(torch.zeros(1, 1, 3, 4), indices, 4)[0, 0]  # additive: 0 kept, min blocked
     np.testing.assert_array_equal(folded.numpy(), np.where(kept, 0.0, np.finfo(np.float32).min))
     assert indexed_keys_mask(mask, None, 4) is mask
+
+
+def test_attention_outside_the_interface_comes_from_eager_maps(tmp_path):
+    """Falcon picks its attention class from its own table: load_model falls back to its eager
+    path, says so in ModelInfo, and the memory guard counts every layer's L x L map."""
+    from coverage_sweep import build
+    from sinkviz.capture import capture
+    from sinkviz.memory import Shape, estimate_bytes
+    from sinkviz.models import load_model
+    folder = build("falcon", "causal", tmp_path / "m")
+    loaded = load_model(folder, device="cpu", dtype="float32")
+    assert loaded.info.eager_attention and loaded.model.config._attn_implementation == "eager"
+    stats = capture(loaded.model, torch.randint(4, 120, (1, 30)))
+    assert stats.causal and np.isnan(stats.value_norm).all() and np.isfinite(stats.hidden_norm).all()
+    np.testing.assert_allclose(stats.maps.sum(-1), 1.0, rtol=1e-5)       # every query row sums to 1
+    shape = Shape.of(loaded.model)
+    assert shape.eager and estimate_bytes(shape, 1000, 128, "cpu") - estimate_bytes(
+        Shape(**{**shape.__dict__, "eager": False}), 1000, 128, "cpu") == (shape.layers + 1) * shape.heads * 10**6 * 4
+    from sinkviz.analysis import Settings
+    from sinkviz.errors import UnsupportedArchitecture
+    from sinkviz.mitigation import attention_scaling
+    with pytest.raises(UnsupportedArchitecture, match="computes attention its own way"):
+        attention_scaling("w1 w2 w3 w4", Settings(model=folder, device="cpu", use_template=False))
+

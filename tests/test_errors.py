@@ -70,11 +70,18 @@ def test_pickle_weights_are_refused(tmp_path):
 
 
 def test_architecture_without_the_interface(tmp_path):
+    """XLNet computes attention itself and returns one map per layer: its eager maps serve.
+    Longformer's are [L, window] bands, not maps: refused, both reasons given."""
+    from transformers import AutoModel
     config = T.XLNetConfig(vocab_size=120, d_model=32, n_layer=2, n_head=2, d_inner=64)
-    folder = save_tiny_model(config, tmp_path / "xlnet")
+    assert load_model(save_tiny_model(config, tmp_path / "xlnet")).info.eager_attention
+    config = T.LongformerConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=64, attention_window=4)
+    folder = save_tiny_model(config, tmp_path / "longformer", model_class=AutoModel)
     with pytest.raises(UnsupportedArchitecture) as info:
         load_model(folder)
     assert "sent 0 of 2 layers through the attention interface" in str(info.value)
+    assert "its eager path cannot serve either" in str(info.value)
 
 
 def test_model_without_attention(tmp_path):

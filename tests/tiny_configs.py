@@ -36,6 +36,8 @@ SIZES = {  # field -> tiny value (only fields whose default is an int are touche
     **dict.fromkeys(["qk_rope_head_dim", "qk_nope_head_dim"], 8),
     **dict.fromkeys(["index_n_heads", "indexer_n_heads", "linear_num_heads", "linear_num_value_heads"], HEADS),
     "linear_num_key_heads": 2, "swa_num_key_value_heads": 2, "index_topk": 8,
+    "indexer_budget": 16, "indexer_compress_ratio": 4,     # sparse attention keeps 16 of 40 keys
+    "indexer_kv_heads": 1,
     **dict.fromkeys(["max_position_embeddings", "n_positions", "n_ctx", "max_target_positions",
                      "max_source_positions", "max_seq_len", "context_length"], 512),
     **dict.fromkeys(["sliding_window", "sliding_window_size", "attention_window_size", "window_size",
@@ -46,7 +48,9 @@ SIZES = {  # field -> tiny value (only fields whose default is an int are touche
     "vocab_size_per_layer_input": VOCAB, "type_vocab_size": 2, "laurel_rank": 8, "rotary_dim": 8,
 }
 # fields whose None default real checkpoints always fill (the model cannot be built without them)
-FILL_NONE = {"head_dim", "vocab_size", "num_experts_per_tok", "n_routed_experts", "moe_intermediate_size"}
+FILL_NONE = {"head_dim", "vocab_size", "num_experts_per_tok", "n_routed_experts", "moe_intermediate_size",
+             "n_shared_experts", "indexer_budget", "indexer_compress_ratio", "indexer_n_heads",
+             "indexer_kv_heads", "indexer_head_dim"}
 TOKEN_IDS = {"pad_token_id": 3, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 1,
              "sep_token_id": 2, "cls_token_id": 1, "mask_token_id": 3, "pad_index": 3, "bos_index": 1,
              "eos_index": 2, "unk_index": 0, "mask_index": 3, "forced_eos_token_id": 2}
@@ -65,6 +69,12 @@ OVERRIDES: dict[str, dict] = {  # model type -> extra keyword values (see the mo
     "esm": {"pad_token_id": 3, "mask_token_id": 3},
     "gemma3n_text": {"num_kv_shared_layers": 0},
     "reformer": {"axial_pos_embds_dim": [32, 32]},          # sums to the hidden size
+    # hybrids whose defaults put no attention layer among the first layers
+    "bamba": {"num_hidden_layers": 2, "attn_layer_indices": [1]},
+    "jamba": {"num_hidden_layers": 2, "attn_layer_period": 2, "attn_layer_offset": 1,
+              "expert_layer_period": 2, "expert_layer_offset": 1},
+    "granitemoehybrid": {"num_hidden_layers": 2, "layer_types": ["linear_attention", "full_attention"]},
+    "recurrent_gemma": {"num_hidden_layers": 3},            # block_types cycle: recurrent, recurrent, attention
 }
 
 
@@ -143,13 +153,13 @@ def _cut_layer_lists(default, names, kwargs) -> dict:
         isinstance(v, (list, tuple)) and len(v) == n or isinstance(v, str) and "pattern" in name and len(v) == n)}
     if not per_layer:
         return {}
-    kinds = max(per_layer.values(), key=lambda v: len(set(map(str, v))))
     keep, seen = [], set()
-    for i, kind in enumerate(kinds):
-        if str(kind) not in seen:
-            seen.add(str(kind))
-            keep.append(i)
-    keep = sorted(set(keep) | set(range(max(0, LAYERS - len(keep)))))[:max(LAYERS, len(keep))]
+    for name, kinds in per_layer.items():  # the first layer of each kind, in every per-layer list
+        for i, kind in enumerate(kinds):
+            if (name, str(kind)) not in seen:
+                seen.add((name, str(kind)))
+                keep.append(i)
+    keep = sorted(set(keep) | set(range(max(0, LAYERS - len(keep)))))
     out = {field: len(keep)}
     overrides = values.get("per_layer_config") or default.to_dict().get("per_layer_config")
     if isinstance(overrides, dict):  # heterogeneous configs: per-layer overrides follow their layers
