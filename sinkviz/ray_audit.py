@@ -47,8 +47,13 @@ def connect(address: str | None, workers: int | None) -> tuple[object, int, floa
         raise BadSetting("--ray needs Ray: pip install -r requirements-ray.txt") from None
     if address not in (None, "auto"):
         _reachable(address)
-    env = {k: v for k, v in os.environ.items() if k.startswith(("SINKVIZ_", "HF_HUB_OFFLINE", "TQDM_"))}
-    runtime = {"py_modules": [str(Path(__file__).resolve().parent)], "env_vars": env}
+    package_root = str(Path(__file__).resolve().parent.parent)
+    if address is None:   # a local cluster's workers inherit this environment: sinkviz on their path
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+        runtime = None
+    else:                 # a remote one gets the package shipped (needs ray[default] there)
+        env = {k: v for k, v in os.environ.items() if k.startswith(("SINKVIZ_", "HF_HUB_OFFLINE", "TQDM_"))}
+        runtime = {"py_modules": [str(Path(__file__).resolve().parent)], "env_vars": env}
     try:
         ray.init(address=address, runtime_env=runtime, ignore_reinit_error=True, log_to_driver=False,
                  include_dashboard=False)
