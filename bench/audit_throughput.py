@@ -83,8 +83,10 @@ def main() -> None:
     parser.add_argument("--longest", type=int, default=2000, help="longest prompt in words (a smoke test: 100)")
     args = parser.parse_args()
     spec = "smollm2-135m-instruct" if args.shape == "default" else saved_model(args.shape, Path(args.folder))
-    settings = Settings(model=spec, use_template=False)
-    loaded = get_model(spec)
+    # one GPU for this process (a several-GPU host would spread the model with device_map="auto");
+    # a Ray worker's cuda:0 is the GPU Ray gave it
+    settings = Settings(model=spec, use_template=False, device="cuda:0" if torch.cuda.is_available() else None)
+    loaded = get_model(spec, settings.device)
     prompts = library(args.prompts, args.longest)
     ids = [loaded.tokenizer(p)["input_ids"] for p in prompts]
     tokens = sum(len(i) for i in ids)
