@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--folder", default=str(Path(tempfile.gettempdir()) / "sinkviz-bench-model"))
     parser.add_argument("--ray", type=int, nargs="*", default=[], metavar="WORKERS")
     parser.add_argument("--skip-batch1", action="store_true")
+    parser.add_argument("--skip-local", action="store_true", help="only the plain forward and the Ray runs")
     parser.add_argument("--longest", type=int, default=2000, help="longest prompt in words (a smoke test: 100)")
     args = parser.parse_args()
     spec = "smollm2-135m-instruct" if args.shape == "default" else saved_model(args.shape, Path(args.folder))
@@ -117,11 +118,14 @@ def main() -> None:
     plain()                                                       # warm-up: kernels, allocator
     capture.capture_batch(loaded.model, warm[0], 128)
     plan = cold
-    runs = {"plain SDPA forward, batched": timed(plain),
-            "capture only, batched": timed(lambda: [capture.capture_batch(loaded.model, b, 128) for b in plan])}
+    runs = Runs(len(prompts), tokens)
+    runs["plain SDPA forward, batched"] = timed(plain)
+    if not args.skip_local:
+        runs["capture only, batched"] = timed(lambda: [capture.capture_batch(loaded.model, b, 128) for b in plan])
     with tempfile.TemporaryDirectory() as tmp:
-        runs["audit, batched (end to end)"] = timed(lambda: audit(Path(tmp) / "a"))
-        if not args.skip_batch1:
+        if not args.skip_local:
+            runs["audit, batched (end to end)"] = timed(lambda: audit(Path(tmp) / "a"))
+        if not args.skip_batch1 and not args.skip_local:
             from sinkviz import analysis
             budget = dict(analysis.BATCH_TOKENS)
             analysis.BATCH_TOKENS.update({k: 1 for k in budget})          # one prompt per forward
@@ -140,12 +144,22 @@ def main() -> None:
             worst = max(abs(a.worst_sink_mass - b.worst_sink_mass) for a, b in zip(rows, first))
             print(f"  Ray {workers}: rows {len(rows)}, keys equal to the first Ray run's: {same_keys}, "
                   f"max |worst sink mass difference| {worst:.1e}", flush=True)
-    base = runs["plain SDPA forward, batched"]
-    print("| run | seconds | prompts/s | tokens/s | share of the plain forward's tokens/s |")
-    print("| --- | --- | --- | --- | --- |")
-    for name, seconds in runs.items():
-        print(f"| {name} | {seconds:.1f} | {len(prompts) / seconds:.1f} | {tokens / seconds:,.0f} | "
-              f"{base / seconds:.0%} |")
+
+
+class Runs(dict):
+    """Run name -> seconds; each printed as a table row the moment it is measured."""
+
+    def __init__(self, prompts: int, tokens: int):
+        super().__init__()
+        self.prompts, self.tokens = prompts, tokens
+        print("| run | seconds | prompts/s | tokens/s | share of the plain forward's tokens/s |")
+        print("| --- | --- | --- | --- | --- |", flush=True)
+
+    def __setitem__(self, name: str, seconds: float) -> None:
+        super().__setitem__(name, seconds)
+        base = next(iter(self.values()))
+        print(f"| {name} | {seconds:.1f} | {self.prompts / seconds:.1f} | {self.tokens / seconds:,.0f} | "
+              f"{base / seconds:.0%} |", flush=True)
 
 
 if __name__ == "__main__":
