@@ -16,11 +16,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .analysis import Settings, analyze_many, from_stored, load_stored, result_key, to_meta
-from .audit import CHUNK, AuditRow, BadRow, _chunks, row_of
+from .audit import AuditRow, BadRow, _chunks, row_of
 from .errors import BadSetting, SinkvizError
 from .metrics import Thresholds
 from .prompts import check_prompt
 from .store import ResultStore
+
+
+RAY_CHUNK = 32   # prompts per worker call: small enough that every worker has work (batches form inside)
 
 
 class AuditWorker:
@@ -82,7 +85,7 @@ def _reachable(address: str, seconds: float = 5.0) -> None:
 def ray_audit_rows(prompts: Iterable[str | BadRow], settings: Settings, first_n: int = 3,
                    thresholds: Thresholds = Thresholds(), *, address: str | None = None,
                    workers: int | None = None, store: ResultStore | None = None,
-                   chunk: int = CHUNK) -> Iterator[AuditRow]:
+                   chunk: int = RAY_CHUNK) -> Iterator[AuditRow]:
     """audit_rows() with the computing spread over Ray workers: the same rows, keys and store.
     Up to two chunks per worker are in flight while the driver saves and yields the oldest."""
     from .models import identity
