@@ -8,7 +8,7 @@ import csv
 import io
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -16,20 +16,22 @@ from .analysis import Progress, Settings, analyze
 from .errors import BadPrompt, SinkvizError
 from .export import csv_row
 from .metrics import Thresholds, layer_sinks
+from .readings import audit_columns
 from .store import ResultStore
 
 SURROGATES = re.compile("[\ud800-\udfff]")   # not text: shown as U+FFFD in rows and CSV
 MAX_FILE_BYTES = 5 * 2**20
 MAX_ROWS = 500
 COLUMNS = ("row", "prompt", "first_tokens", "n_tokens", "worst_layer", "worst_sink_mass",
-           "ratio_to_uniform", "flagged_layers", "severity", "key", "error")
+           "ratio_to_uniform", "flagged_layers", "severity", "sequence_first_tokens", "user_opening_mass",
+           "share_template", "share_system", "share_user", "share_learned_sink", "key", "error")
 
 
 @dataclass(frozen=True)
 class AuditRow:
     row: int
     prompt: str
-    first_tokens: str = ""
+    first_tokens: str = ""           # the user's first tokens (the sequence's where there is no template)
     n_tokens: int = 0
     worst_layer: int = -1            # deep layer with the highest sink mass
     worst_sink_mass: float = float("nan")
@@ -38,6 +40,12 @@ class AuditRow:
     severity: str = ""               # of the worst layer: ok / warning / critical
     key: str = ""                    # store key, to open the analysis
     error: str = ""                  # why this prompt has no numbers
+    sequence_first_tokens: str = ""  # position 0 onwards (with a template: the template's tokens)
+    user_opening_mass: float = float("nan")   # readings.audit_columns: deep-layer means
+    share_template: float = float("nan")
+    share_system: float = float("nan")
+    share_user: float = float("nan")
+    share_learned_sink: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -138,9 +146,10 @@ def audit_row(index: int, prompt: str | BadRow, settings: Settings, first_n: int
         return AuditRow(index, SURROGATES.sub("\ufffd", prompt), error=str(err))
     deep = np.arange(len(sinks.sink_mass)) >= thresholds.shallow_layers
     worst = int(np.where(deep, sinks.sink_mass, -1.0).argmax())
-    return AuditRow(index, prompt, " · ".join(repr(t) for t in result.tokens.tokens[:4]),
+    return replace(AuditRow(index, prompt, " · ".join(repr(t) for t in result.tokens.tokens[:4]),
                     result.stats.n_tokens, worst, float(sinks.sink_mass[worst]), float(sinks.ratio[worst]),
-                    int(sinks.flagged.sum()), sinks.severity[worst], result.key)
+                    int(sinks.flagged.sum()), sinks.severity[worst], result.key),
+                   **audit_columns(result, first_n, thresholds))
 
 
 def audit(prompts: list[str | BadRow], settings: Settings, first_n: int = 3, thresholds: Thresholds = Thresholds(),

@@ -45,6 +45,7 @@ def _fraction(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     from .embedded import DEFAULT_MODEL
+    from .segments import BLOCK_RULES
     parser = _Parser(prog="python -m sinkviz",
                                      description="See attention sinks in transformer models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", help="float32, bfloat16, float16 or float64 (default: auto)")
     run.add_argument("--max-tokens", type=_token_count, help="refuse prompts longer than this")
     run.add_argument("--epsilon", type=_fraction, default=0.3, help="sink-rate threshold (default 0.3)")
+    run.add_argument("--blocks", choices=sorted(BLOCK_RULES), metavar="RULE",
+                     help="split the user's text into blocks for the segment shares: "
+                          + "; ".join(f"'{k}': {v}" for k, v in BLOCK_RULES.items()))
     run.add_argument("--json", action="store_true", help="one JSON object on stdout")
     sweep = sub.add_parser("sweep", help="sink mass per layer as the context grows")
     text = sweep.add_mutually_exclusive_group()
@@ -251,7 +255,7 @@ def _analyze(args) -> int:
     settings = Settings(model=args.model, use_template=not args.no_template, system=args.system,
                         device=args.device, dtype=args.dtype, max_tokens=args.max_tokens)
     analysis = analyze(prompt, settings)
-    report = report_dict(analysis, args.first, args.epsilon)
+    report = report_dict(analysis, args.first, args.epsilon, blocks=args.blocks)
     print(json.dumps(report, allow_nan=False) if args.json else _table(report))
     return 0
 

@@ -114,3 +114,10 @@ def top_sink(stats: AttentionStats) -> tuple[np.ndarray, np.ndarray]:
 def norm_vs_median(norms: np.ndarray, positions: int = 5) -> np.ndarray:
     """[layers, positions] norm of each of the first positions / median norm of its layer."""
     return norms[:, :positions] / np.median(norms, axis=1, keepdims=True)
+
+
+def deep_mean(values: np.ndarray, thresholds: Thresholds = Thresholds()) -> np.ndarray:
+    """Mean over the layers beyond the first ``shallow_layers`` (all layers if there are no
+    others) of values [layers, ...]: the one "mean over layers" every page uses."""
+    deep = values[thresholds.shallow_layers:] if len(values) > thresholds.shallow_layers else values
+    return np.nanmean(deep, axis=0)

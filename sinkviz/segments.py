@@ -191,3 +191,22 @@ def openings(stats: AttentionStats, segments: tuple[Segment, ...], first_n: int)
     heads = np.stack([col[:, :, list(p)].sum(-1) / ((n - p[0]) if stats.causal else n)
                       for p in found.values()], -1)                                # [l, h, K]
     return Openings(first_n, tuple(found), tuple(found.values()), heads, heads.mean(axis=1))
+
+
+def segment_report(stats: AttentionStats, tokens: TokenizedPrompt, first_n: int,
+                   blocks: str | None = None) -> tuple[dict, list[dict]]:
+    """JSON-ready (summary, per-layer fields) for report_dict: the segments with their token spans
+    and token shares, the openings' positions; per layer each segment's share, its uniform share
+    and each opening's mass."""
+    segs = segments_of(tokens, blocks)
+    shares = segment_shares(stats, segs)
+    opens = openings(stats, segs, first_n)
+    summary = {"rule": blocks or "turns", "parts": [
+        {"name": s.name, "kind": s.kind, "spans": [list(r) for r in s.spans], "n_tokens": s.n_tokens,
+         "token_share": float(t)} for s, t in zip(segs, shares.token_share)],
+        "openings": {name: list(pos) for name, pos in zip(opens.names, opens.positions)}}
+    layers = [{"segment_share": dict(zip(shares.names, map(float, shares.share[l]))),
+               "segment_uniform": dict(zip(shares.names, map(float, shares.uniform[l]))),
+               "opening_mass": dict(zip(opens.names, map(float, opens.mass[l])))}
+              for l in range(stats.n_layers)]
+    return summary, layers

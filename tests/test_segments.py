@@ -112,3 +112,33 @@ def test_default_model_turns_and_shares(default_model_dir, store):
 ])
 def test_find_blocks(rule, text, want):
     assert [text[a:b] for a, b in find_blocks(text, rule)] == want
+
+
+def test_cli_json_and_audit_columns_carry_the_segments(chat_model, store, capsys, monkeypatch):
+    import json
+
+    from sinkviz.audit import audit
+    from sinkviz.cli import main
+    from sinkviz.metrics import deep_mean
+    prompt = f"{random_words(6)}\n\n{random_words(8)}"
+    settings = Settings(model=chat_model, map_size=64)
+    result = analyze(prompt, settings, store=store)
+    segs = segments_of(result.tokens, "blank lines")
+    shares = segment_shares(result.stats, segs)
+    monkeypatch.setenv("SINKVIZ_STORE_DIR", str(store.directory))
+    assert main(["analyze", "--prompt", prompt, "--model", chat_model, "--blocks", "blank lines", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [p["name"] for p in report["segments"]["parts"]] == ["template", "system turn", "block 1", "block 2"]
+    assert [p["n_tokens"] for p in report["segments"]["parts"]] == [8, 4, 6, 8]
+    got = np.array([list(row["segment_share"].values()) for row in report["layers"]])   # [layers, S]
+    np.testing.assert_allclose(got, shares.share, rtol=1e-12)
+    np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
+    row = audit([prompt], settings, 3, store=store)[0]
+    words = prompt.split()
+    assert row.first_tokens == " · ".join(f"'{w}'" for w in words[:4])           # the user's, not the template's
+    assert row.sequence_first_tokens.startswith("'<s>' · '<unk>' · 'w1'")
+    user = shares.share[:, 2:].sum(-1)
+    assert row.share_user == pytest.approx(deep_mean(user)) and np.isnan(row.share_learned_sink)
+    assert row.share_template + row.share_system + row.share_user == pytest.approx(1.0, abs=1e-5)
+    opens = openings(result.stats, segs, 3)
+    assert row.user_opening_mass == pytest.approx(deep_mean(opens.mass[:, 2]))
