@@ -1,0 +1,49 @@
+"""Plotly figures of segments and openings: pure functions, numbers plotted as the engine gives them."""
+
+import numpy as np
+import plotly.graph_objects as go
+
+from .segments import LEARNED_SINK, Openings, SegmentShares
+
+KIND_COLORS = {"template": "#9aa5b1", "system": "#72b7b2", "user": "#4c78a8", LEARNED_SINK: "#54a24b"}
+BLOCK_COLORS = ("#4c78a8", "#f58518", "#e45756", "#b279a2", "#eeca3b", "#ff9da6", "#9d755d", "#bab0ac")
+OPENING_COLORS = {"sequence": "#9aa5b1", "system turn": "#72b7b2", "user text": "#d62728"}
+
+
+def segment_colors(shares: SegmentShares) -> list[str]:
+    """One colour per segment: by kind; blocks take distinct colours in order."""
+    kinds = [s.kind for s in shares.segments] + ([LEARNED_SINK] if len(shares.names) > len(shares.segments) else [])
+    blocks = iter(BLOCK_COLORS * 8)
+    return [next(blocks) if k == "block" else KIND_COLORS[k] for k in kinds]
+
+
+def segment_share_bars(shares: SegmentShares) -> go.Figure:
+    """Stacked bars per layer: each segment's share of attention (they sum to 1); hover gives the
+    segment's share of the tokens and its share under uniform attention."""
+    layers = np.arange(shares.share.shape[0])
+    fig = go.Figure()
+    for s, (name, color) in enumerate(zip(shares.names, segment_colors(shares))):
+        custom = np.stack([np.full(len(layers), shares.token_share[s]), shares.uniform[:, s]], -1)
+        fig.add_trace(go.Bar(x=layers, y=shares.share[:, s], name=name, marker_color=color, customdata=custom,
+                             hovertemplate=f"{name}<br>layer %{{x}}: %{{y:.1%}} of attention<br>"
+                                           "%{customdata[0]:.1%} of the tokens, %{customdata[1]:.1%} "
+                                           "under uniform attention<extra></extra>"))
+    fig.update_layout(barmode="stack", title="Share of attention per segment, per layer (mean over queries and heads)",
+                      xaxis_title="layer", yaxis_title="share of attention", yaxis_tickformat=".0%",
+                      yaxis_range=[0, 1.0001], legend_orientation="h", margin_t=60, height=400)
+    return fig
+
+
+def opening_lines(opens: Openings) -> go.Figure:
+    """Opening mass per layer of the sequence, the system turn and the user's text."""
+    layers = np.arange(opens.mass.shape[0])
+    fig = go.Figure([go.Scatter(x=layers, y=opens.mass[:, k], mode="lines+markers", name=name,
+                                line_color=OPENING_COLORS.get(name, "#333"),
+                                hovertemplate=f"{name}: first {len(opens.positions[k])} tokens<br>"
+                                              "layer %{x}: %{y:.1%}<extra></extra>")
+                     for k, name in enumerate(opens.names)])
+    fig.update_layout(title=f"Attention on the first {opens.first_n} tokens of each part "
+                            "(mean over the queries that can see them, and heads)",
+                      xaxis_title="layer", yaxis_title="opening mass", yaxis_tickformat=".0%",
+                      yaxis_range=[0, 1.04], legend_orientation="h", margin_t=60, height=360)
+    return fig

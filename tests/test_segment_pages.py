@@ -1,0 +1,65 @@
+"""AppTest: the segment shares, openings and readable tokens the pages show are the engine's."""
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ["SINKVIZ_WARM"] = "0"
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from conftest import APP, app_store  # noqa: E402
+from plotly_json import array, by_title  # noqa: E402
+from sinkviz.analysis import Settings, analyze  # noqa: E402
+from sinkviz.metrics import deep_mean  # noqa: E402
+from sinkviz.segments import openings, segment_shares, segments_of  # noqa: E402
+
+SUPPORT = ("You are the support assistant of Acme Cloud.\n\n---\n\nCustomer: my invoice shows the "
+           "wrong VAT number.\n\n---\n\nAnswer politely and cite the policy section.")
+JAPANESE = "請求書の税番号が間違っています。直してください 🙏"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def page_store(tmp_path_factory, default_model_dir):
+    with app_store(tmp_path_factory.mktemp("segment-page-store")):
+        yield
+
+
+def analyze_page(prompt: str, tab: str, first_n: int = 3) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["an_tab"] = tab
+    at.run()
+    at.text_area(key="an_prompt").set_value(prompt)
+    at.slider(key="an_first_n").set_value(first_n)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_segment_bars_and_openings_equal_engine():
+    at = analyze_page(SUPPORT, "Segments")
+    at.selectbox(key="an_blocks").set_value("blocks: auto").run()
+    result = analyze(SUPPORT, Settings())
+    segs = segments_of(result.tokens, "auto")
+    shares = segment_shares(result.stats, segs)
+    bars = by_title(at, "Share of attention per segment")
+    assert [t["name"] for t in bars["data"]] == ["template", "system turn", "block 1", "block 2", "block 3"]
+    plotted = np.stack([array(t["y"]) for t in bars["data"]], -1)                   # [layers, S]
+    np.testing.assert_allclose(plotted, shares.share, rtol=1e-6)
+    np.testing.assert_allclose(plotted.sum(-1), 1.0, atol=1e-5)
+    table = at.dataframe[0].value
+    np.testing.assert_allclose(table["attention share"], deep_mean(shares.share), rtol=1e-6)
+    opens = openings(result.stats, segs, 3)
+    lines = by_title(at, "Attention on the first 3 tokens of each part")
+    assert [t["name"] for t in lines["data"]] == ["sequence", "system turn", "user text"]
+    np.testing.assert_allclose(np.stack([array(t["y"]) for t in lines["data"]], -1), opens.mass, rtol=1e-6)
+    user = at.metric[4]
+    assert user.value == f"{deep_mean(opens.mass[:, 2]):.1%}" and user.delta == "'You' · '␣are' · '␣the'"
+
+
+def test_japanese_tokens_are_readable_everywhere():
+    at = analyze_page(JAPANESE, "Tokens")
+    shown = list(at.dataframe[0].value["token"])
+    assert "\ufffd" not in "".join(shown) and "↵" in shown
+    assert any(label.startswith("請") and "⟨0x" in label for label in shown)
+    assert "\ufffd" not in at.info[0].value
