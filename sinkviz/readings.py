@@ -5,9 +5,11 @@ Layer values are averaged with ``metrics.deep_mean`` (layers beyond the first tw
 Analyze and Compare state.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from .metrics import Thresholds, deep_mean
+from .metrics import Thresholds, deep_mean, layer_sinks
 from .readable import quoted
 from .segments import LEARNED_SINK, opening_positions, openings, segment_shares, segments_of
 
@@ -46,3 +48,37 @@ def audit_columns(result, first_n: int, thresholds: Thresholds = Thresholds()) -
             "user_opening_mass": float(deep_mean(opens.mass[:, user], thresholds)) if user is not None else float("nan"),
             **{f"share_{k.replace(' ', '_')}": float(deep_mean(shares[k], thresholds)) if k in shares else float("nan")
                for k in KINDS}}
+
+
+READINGS = {"user": "your text's first N tokens (opening mass)",
+            "sequence": "the sequence's first N tokens (sink mass, from position 0)"}
+
+
+def per_layer_reading(result, first_n: int, reading: str, thresholds: Thresholds = Thresholds()) -> np.ndarray:
+    """[layers] the chosen reading: 'user', the opening mass of the user's text (the sequence's
+    opening where the user's text is not located); 'sequence', m_N of ``metrics.layer_sinks``."""
+    if reading == "sequence":
+        return layer_sinks(result.stats, first_n, thresholds).sink_mass
+    opens = openings(result.stats, segments_of(result.tokens), first_n)
+    return opens.mass[:, opens.names.index("user text") if "user text" in opens.names else 0]
+
+
+@dataclass(frozen=True)
+class VariantReading:
+    label: str             # "A", "B", ...
+    opening: str           # the first tokens the reading measures, readable
+    per_layer: np.ndarray  # [layers]
+    mean: float            # deep_mean of per_layer
+    diff: float            # mean - A's mean (a fraction: x 100 for points)
+    ratio: float           # mean / A's mean (NaN when A's is 0)
+
+
+def compare_readings(results, first_n: int, reading: str = "user",
+                     thresholds: Thresholds = Thresholds()) -> list[VariantReading]:
+    """One reading per variant, in input order; rank with ``sorted(..., key=lambda v: -v.mean)``."""
+    per_layer = [per_layer_reading(r, first_n, reading, thresholds) for r in results]
+    means = [float(deep_mean(p, thresholds)) for p in per_layer]
+    base = means[0]
+    return [VariantReading(chr(65 + i), opening_tokens(r.tokens, first_n, user=reading == "user"), p, m,
+                           m - base, m / base if base > 0 else float("nan"))
+            for i, (r, p, m) in enumerate(zip(results, per_layer, means))]

@@ -47,3 +47,27 @@ def opening_lines(opens: Openings) -> go.Figure:
                       xaxis_title="layer", yaxis_title="opening mass", yaxis_tickformat=".0%",
                       yaxis_range=[0, 1.04], legend_orientation="h", margin_t=60, height=360)
     return fig
+
+
+VARIANT_COLORS = ("#4c78a8", "#f58518", "#54a24b", "#b279a2")
+
+
+def compare_lines(labels: list[str], values: list[np.ndarray], what: str) -> go.Figure:
+    """values: per variant, [layers] of the reading ``what``; one distinct colour per variant."""
+    fig = go.Figure([go.Scatter(x=np.arange(len(v)), y=v, mode="lines+markers", name=label,
+                                line_color=VARIANT_COLORS[i % len(VARIANT_COLORS)])
+                     for i, (label, v) in enumerate(zip(labels, values))])
+    fig.update_layout(title=f"{what} per layer", xaxis_title="layer", yaxis_title=what,
+                      yaxis_tickformat=".0%", legend_orientation="h", height=380)
+    return fig
+
+
+def compare_difference(labels: list[str], values: list[np.ndarray], what: str) -> go.Figure:
+    """Each variant's reading minus the first variant's, per layer, in its variant's colour."""
+    base = values[0]
+    fig = go.Figure([go.Bar(x=np.arange(len(base)), y=v - base, name=f"{label} − {labels[0]}",
+                            marker_color=VARIANT_COLORS[(i + 1) % len(VARIANT_COLORS)])
+                     for i, (label, v) in enumerate(zip(labels[1:], values[1:]))])
+    fig.update_layout(title=f"Difference from {labels[0]} (percentage points): {what}", xaxis_title="layer",
+                      yaxis_title="Δ", yaxis_tickformat="+.0%", barmode="group", height=340)
+    return fig

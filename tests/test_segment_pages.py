@@ -63,3 +63,18 @@ def test_japanese_tokens_are_readable_everywhere():
     assert "\ufffd" not in "".join(shown) and "↵" in shown
     assert any(label.startswith("請") and "⟨0x" in label for label in shown)
     assert "\ufffd" not in at.info[0].value
+
+
+def test_compare_never_shows_results_under_changed_inputs():
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("pages/compare.py").run()
+    at.number_input(key="cmp_count").set_value(3).run()
+    at.button[0].click().run()
+    assert len(at.metric) == 3 and not at.exception
+    at.text_area(key="cmp_prompt_1").set_value("Completely different: list three colours.").run()
+    assert not at.metric and not at.get("plotly_chart")
+    assert "inputs changed" in at.info[0].value
+    at.button[0].click().run()
+    assert len(at.metric) == 3
+    at.number_input(key="cmp_count").set_value(2).run()          # fewer variants: the old three vanish
+    assert not at.metric and not at.get("plotly_chart")
