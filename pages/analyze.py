@@ -5,9 +5,10 @@ import json
 import numpy as np
 import streamlit as st
 
-from pages.common import (EXAMPLES, URL_PROMPT_LIMIT, device_dtype_pickers, first_n_from_params,
+from pages.common import (EXAMPLES, URL_PROMPT_LIMIT, device_dtype_pickers, first_n_from_params, guarded,
                           model_picker, open_stored, run_analysis, settings_from_params,
-                          settings_to_params, threshold_inputs)
+                          settings_to_params, step_progress, store, threshold_inputs)
+from sinkviz.calibration import calibrate, calibration_prompts, load_calibration, sentences
 from sinkviz import figures, segment_figures
 from sinkviz.analysis import Analysis, Settings
 from sinkviz.errors import SinkvizError
@@ -104,7 +105,8 @@ def render(a: Analysis) -> None:
                     " · ".join(quoted(tokens[p]) for p in opens.positions[k]), delta_color="off", delta_arrow="off",
                     help=f"Mean over layers ≥ {thresholds.shallow_layers} of the attention that the queries able to "
                          "see your text's opening give to it (Segments tab). Position 0 is the template's.")
-    st.info(verdict(sinks, stats, tokens, a.tokens.special, thresholds))
+    render_baseline(a)
+    st.info("**By seed 000's fixed thresholds.** " + verdict(sinks, stats, tokens, a.tokens.special, thresholds))
     st.caption(f"{a.model.label} · {a.model.architecture} · {a.model.device} · {a.model.dtype} · "
                f"key {a.key}" + (" · from the result store" if a.cached else ""))
     sections = [lambda: render_bars(a, sinks), lambda: render_segments(a), lambda: render_heatmaps(a), lambda: render_position0(a),
@@ -113,6 +115,22 @@ def render(a: Analysis) -> None:
         if tab.open:  # only the open tab is computed and sent to the browser
             with tab:
                 draw()
+
+
+def render_baseline(a: Analysis) -> None:
+    """The headline: this prompt against what is normal for this model (its calibration)."""
+    cal = guarded(lambda: load_calibration(a.settings, store()), "Loading the calibration")
+    if cal is None and st.button(f"Judge against this model (runs {len(calibration_prompts())} shipped prompts once)",
+                                 key="an_calibrate"):
+        bar = st.progress(0.0, text="calibrating …")
+        cal = guarded(lambda: calibrate(a.settings, store(), progress=step_progress(bar, "calibration prompt")),
+                      "Calibration")
+        bar.empty()
+    if cal is not None:
+        st.success("**Against this model.** " + " ".join(sentences(cal, a, first_n, thresholds)))
+    else:
+        st.caption("Not yet judged against this model: the button runs a shipped set of varied prompts once and "
+                   "keeps their distribution, so each reading gets a percentile (Method page).")
 
 
 def render_bars(a: Analysis, sinks) -> None:

@@ -170,3 +170,31 @@ def judge(cal: Calibration, layer_values: np.ndarray, reading: str, first_n: int
     pct = percentile(means, value)
     per_layer = np.array([percentile(values[:, l], float(x)) for l, x in enumerate(layer_values)])
     return Judgement(reading, value, pct, label(pct, value, means), np.asarray(layer_values), per_layer, cal.n_prompts)
+
+
+def ordinal(pct: float) -> str:
+    """55.0 -> '55th', 1 -> '1st', 92.5 -> '92nd' (rounded)."""
+    n = int(round(pct))
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def sentences(cal: Calibration, result, first_n: int, thresholds: Thresholds = Thresholds()) -> list[str]:
+    """The calibrated headline of an analysis: the user's opening (with a template) and the
+    sequence's strongest deep layer, each with its percentile among the calibration prompts."""
+    from .metrics import layer_sinks
+    from .readings import per_layer_reading
+    out = []
+    if result.tokens.templated and result.tokens.user_span:
+        j = judge(cal, per_layer_reading(result, first_n, "user", thresholds), "user", first_n, thresholds)
+        out.append(f"Your text's first {first_n} tokens receive {j.value:.1%} of the attention of the queries that "
+                   f"see them (mean over layers ≥ {thresholds.shallow_layers}): {ordinal(j.percentile)} percentile "
+                   f"of {cal.n_prompts} calibration prompts, {j.label}.")
+    sinks = layer_sinks(result.stats, first_n, thresholds)
+    j = judge(cal, sinks.sink_mass, "sequence", first_n, thresholds)
+    deep = np.arange(len(sinks.sink_mass)) >= thresholds.shallow_layers
+    worst = int(np.where(deep, sinks.sink_mass, -1.0).argmax())
+    out.append(f"Layer {worst}: {sinks.sink_mass[worst]:.0%} on the sequence's first {first_n} tokens, "
+               f"{ordinal(j.layer_percentiles[worst])} percentile of this model's layer {worst}; over layers "
+               f"≥ {thresholds.shallow_layers}, {j.value:.0%}, {ordinal(j.percentile)} percentile, {j.label}.")
+    return out

@@ -78,3 +78,27 @@ def test_compare_never_shows_results_under_changed_inputs():
     assert len(at.metric) == 3
     at.number_input(key="cmp_count").set_value(2).run()          # fewer variants: the old three vanish
     assert not at.metric and not at.get("plotly_chart")
+
+
+@pytest.fixture
+def few_calibration_prompts(monkeypatch):
+    """Six of the shipped calibration prompts, so the page test calibrates in seconds."""
+    from sinkviz import calibration
+    few = calibration.calibration_prompts()[::7]
+    monkeypatch.setattr(calibration, "calibration_prompts", lambda: few)
+    return few
+
+
+def test_analyze_judges_against_the_model_after_calibrating(few_calibration_prompts):
+    from sinkviz.calibration import calibrate, sentences
+    from sinkviz.store import ResultStore
+    at = analyze_page(SUPPORT, "Sink mass per layer")
+    assert not at.success and "Not yet judged" in at.caption[0].value
+    at.button(key="an_calibrate").click().run()
+    assert not at.exception, at.exception
+    cal = calibrate(Settings(), ResultStore(), progress=pytest.fail)     # made by the page, kept
+    assert cal.n_prompts == 6
+    want = " ".join(sentences(cal, analyze(SUPPORT, Settings()), 3))
+    assert at.success[0].value == "**Against this model.** " + want
+    assert "percentile of 6 calibration prompts" in want and "Layer " in want
+    assert at.info[0].value.startswith("**By seed 000's fixed thresholds.** Severity:")
