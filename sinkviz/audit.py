@@ -23,7 +23,7 @@ SURROGATES = re.compile("[\ud800-\udfff]")   # not text: shown as U+FFFD in rows
 MAX_FILE_BYTES = 5 * 2**20
 MAX_ROWS = 500
 COLUMNS = ("row", "prompt", "first_tokens", "n_tokens", "worst_layer", "worst_sink_mass",
-           "ratio_to_uniform", "flagged_layers", "severity", "sequence_first_tokens", "user_opening_mass",
+           "ratio_to_uniform", "flagged_layers", "severity", "sequence_first_tokens", "mean_sink_mass", "user_opening_mass",
            "share_template", "share_system", "share_user", "share_learned_sink", "key", "error")
 
 
@@ -41,7 +41,8 @@ class AuditRow:
     key: str = ""                    # store key, to open the analysis
     error: str = ""                  # why this prompt has no numbers
     sequence_first_tokens: str = ""  # position 0 onwards (with a template: the template's tokens)
-    user_opening_mass: float = float("nan")   # readings.audit_columns: deep-layer means
+    mean_sink_mass: float = float("nan")      # readings.audit_columns: deep-layer means
+    user_opening_mass: float = float("nan")
     share_template: float = float("nan")
     share_system: float = float("nan")
     share_user: float = float("nan")

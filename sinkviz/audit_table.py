@@ -61,16 +61,31 @@ def extra_names(extras: list[dict[str, str]]) -> list[str]:
     return list(names)
 
 
-def filtered_csv(rows: list[AuditRow], extras: list[dict[str, str]]) -> str:
-    """``rows`` (already filtered) as CSV: the prompt first, then the file's columns, then the
-    audit's; text a spreadsheet would run as a formula is neutralised."""
-    names = extra_names(extras)
-    ours = ["prompt"] + [c for c in COLUMNS if c != "prompt"]
+def filtered_csv(rows: list[AuditRow], extras: list[dict[str, str]], added: list[dict] | None = None) -> str:
+    """``rows`` (already filtered) as CSV: the prompt first, then the file's columns, then ``added``
+    (per row, e.g. the percentile), then the audit's; text a spreadsheet would run as a formula
+    is neutralised."""
+    names, added = extra_names(extras), added or [{} for _ in rows]
+    more = list(added[0]) if added else []
+    ours = [c for c in COLUMNS if c != "prompt"]
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["prompt"] + names + ours[1:])
-    for row in rows:
+    writer.writerow(["prompt"] + names + more + ours)
+    for row, plus in zip(rows, added):
         extra = extras[row.row - 1] if row.row - 1 < len(extras) else {}
         values = asdict(row)
-        writer.writerow(csv_row([values["prompt"]] + [extra.get(n, "") for n in names] + [values[c] for c in ours[1:]]))
+        writer.writerow(csv_row([values["prompt"]] + [extra.get(n, "") for n in names]
+                                + [plus.get(c, "") for c in more] + [values[c] for c in ours]))
     return out.getvalue()
+
+
+def judged(rows: list[AuditRow], cal, reading: str, first_n: int) -> list[dict]:
+    """Per row: the reading's deep-layer mean, its percentile against ``cal`` (a Calibration, or
+    None) and the label; NaN / '' where the row has no numbers or there is no calibration."""
+    from .calibration import judge_value
+    out = []
+    for row in rows:
+        value = row.user_opening_mass if reading == "user" else row.mean_sink_mass
+        pct, text = judge_value(cal, value, reading, first_n) if cal is not None and not row.error else (float("nan"), "")
+        out.append({"reading": value, "percentile": pct, "against_model": text})
+    return out

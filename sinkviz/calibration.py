@@ -198,3 +198,11 @@ def sentences(cal: Calibration, result, first_n: int, thresholds: Thresholds = T
                f"{ordinal(j.layer_percentiles[worst])} percentile of this model's layer {worst}; over layers "
                f"≥ {thresholds.shallow_layers}, {j.value:.0%}, {ordinal(j.percentile)} percentile, {j.label}.")
     return out
+
+
+def judge_value(cal: Calibration, value: float, reading: str, first_n: int = 3,
+                thresholds: Thresholds = Thresholds()) -> tuple[float, str]:
+    """(percentile, label) of a deep-layer mean ``value`` of ``reading`` against the calibration."""
+    means = np.array([deep_mean(v, thresholds) for v in cal.values(reading, first_n)])   # [P]
+    pct = percentile(means, value)
+    return pct, label(pct, value, means)

@@ -102,3 +102,47 @@ def test_analyze_judges_against_the_model_after_calibrating(few_calibration_prom
     assert at.success[0].value == "**Against this model.** " + want
     assert "percentile of 6 calibration prompts" in want and "Layer " in want
     assert at.info[0].value.startswith("**By seed 000's fixed thresholds.** Severity:")
+
+
+AUDIT_CSV = ("id,owner,prompt\n"
+             "t-1,ana,\"### Refund policy\nRefunds are possible within 30 days.\"\n"
+             "t-2,ben,\"Hello team,\n\nplease summarise the call below.\"\n"
+             "t-3,chi,請求書の税番号が間違っています。\n"
+             "t-4,dan,What is the capital of France?\n")
+
+
+def test_audit_keeps_the_files_columns_and_judges_the_users_text(few_calibration_prompts):
+    from sinkviz.audit import audit, read_prompts
+    from sinkviz.audit_table import file_columns, filtered_csv, judged
+    from sinkviz.calibration import calibrate
+    from sinkviz.store import ResultStore
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.switch_page("pages/audit.py").run()
+    at.file_uploader(key="au_file").upload("tickets.csv", AUDIT_CSV.encode(), "text/csv")
+    at.button[0].click().run()
+    assert not at.exception and not at.error, (at.exception, at.error)
+    table = at.dataframe[0].value
+    assert list(table.columns[:4]) == ["prompt", "id", "owner", "your first tokens"]
+    by_id = table.set_index("id")
+    assert by_id.loc["t-1", "your first tokens"] == "'###' · '␣Ref' · 'und' · '␣policy'"
+    assert by_id.loc["t-1", "prompt"] == "### Refund policy ↵ Refunds are possible within 30 days."
+    assert "\ufffd" not in by_id.loc["t-3", "your first tokens"] and by_id.loc["t-3", "owner"] == "chi"
+    cal = calibrate(Settings(), ResultStore(), progress=pytest.fail)
+    rows = audit(read_prompts(AUDIT_CSV.encode(), "t.csv"), Settings(), 3, store=ResultStore())
+    marks = judged(rows, cal, "user", 3)
+    for row, mark in zip(rows, marks):
+        shown = table[table["row"] == row.row].iloc[0]
+        assert shown["percentile"] == pytest.approx(mark["percentile"]) and shown["against this model"] == mark["against_model"]
+        assert shown["reading"] == pytest.approx(row.user_opening_mass)
+    assert list(table["percentile"]) == sorted(table["percentile"], reverse=True)    # most unusual first
+    at.multiselect(key="au_bands").set_value(["typical"]).run()
+    kept = at.dataframe[0].value
+    assert set(kept["row"]) == {r.row for r, m in zip(rows, marks) if 5 <= m["percentile"] <= 95}
+    import csv
+    import io
+    shown = [(r, m) for r, m in zip(rows, marks) if r.row in set(kept["row"])]
+    out = list(csv.DictReader(io.StringIO(filtered_csv([r for r, _ in shown], file_columns(AUDIT_CSV.encode(), "t.csv"),
+                                                       [m for _, m in shown]))))
+    assert list(out[0])[:6] == ["prompt", "id", "owner", "reading", "percentile", "against_model"]
+    assert [(o["id"], o["owner"]) for o in out] == [(f"t-{r.row}", "abcd"[r.row - 1] + {1: "na", 2: "en", 3: "hi", 4: "an"}[r.row])
+                                                    for r, _ in shown]
