@@ -2,11 +2,12 @@
 
 import streamlit as st
 
-from pages.common import EXAMPLES, model_picker, run_analysis
+from pages.common import EXAMPLES, guarded, model_picker, run_analysis, store
 from sinkviz import figures, segment_figures
 from sinkviz.analysis import Settings
 from sinkviz.errors import SinkvizError
 from sinkviz.metrics import Thresholds
+from sinkviz.calibration import judge_value, load_calibration, ordinal
 from sinkviz.readings import READINGS, compare_readings
 
 SHALLOW = Thresholds().shallow_layers
@@ -57,10 +58,15 @@ def headline(results, readings) -> None:
         st.info(f"Position 0 is the template's {results[0].tokens.shown[0]!r} in every variant; the ranking "
                 "compares the openings of your own text.")
     ranked = sorted(readings, key=lambda v: -v.mean)
+    cal = guarded(lambda: load_calibration(results[0].settings, store()), "Loading the calibration")
     for rank, (col, v) in enumerate(zip(st.columns(len(ranked)), ranked), start=1):
         delta = "reference" if v.label == "A" else f"{100 * v.diff:+.1f} pts · {v.ratio:.2f}× A"
         col.metric(f"#{rank} · Variant {v.label}", f"{v.mean:.1%}", delta, delta_color="off", delta_arrow="off")
-        col.caption(f"measures: {v.opening}")
+        judged = ""
+        if cal is not None:
+            pct, text = judge_value(cal, v.mean, reading, first_n)
+            judged = f" · {ordinal(pct)} percentile for this model, {text}"
+        col.caption(f"measures: {v.opening}{judged}")
 
 
 def show(results) -> None:

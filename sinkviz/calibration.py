@@ -173,7 +173,9 @@ def judge(cal: Calibration, layer_values: np.ndarray, reading: str, first_n: int
 
 
 def ordinal(pct: float) -> str:
-    """55.0 -> '55th', 1 -> '1st', 92.5 -> '92nd' (rounded)."""
+    """55.0 -> '55th', 1 -> '1st', 92.5 -> '92nd' (rounded); NaN -> 'no'."""
+    if not np.isfinite(pct):
+        return "no"
     n = int(round(pct))
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"

@@ -264,7 +264,7 @@ def _table(report: dict) -> str:
     n = report["first_n"]
     lines = [f"model {report['model']['label']} on {report['model']['device']} "
              f"({report['model']['dtype']}), {len(report['token_ids'])} tokens, "
-             f"position 0 = {report['tokens'][0]!r}",
+             f"position 0 = {report['tokens_readable'][0]!r}",
              f"sink mass = attention on the first {n} tokens, mean over queries i >= {n} and heads; "
              f"uniform baseline {report['baseline']:.3f}",
              f"{'layer':>5}  {'sink mass':>9}  {'x uniform':>9}  {'severity':<9} top sink (position, token, received)"]
@@ -272,7 +272,7 @@ def _table(report: dict) -> str:
         flag = " *" if row["flagged"] else ""
         lines.append(f"{row['layer']:>5}  {row['sink_mass']:>9.3f}  {row['ratio_to_uniform']:>8.1f}x"
                      f"  {row['severity']:<9} {row['top_sink_position']:>4} "
-                     f"{report['tokens'][row['top_sink_position']]!r} {row['top_sink_received']:.3f}{flag}")
+                     f"{report['tokens_readable'][row['top_sink_position']]!r} {row['top_sink_received']:.3f}{flag}")
     lines.append(f"* over {report['thresholds']['ratio_flag']:g}x uniform.  "
                  f"Sink rate (Gu et al., eps={report['epsilon']:g}): {report['sink_rate']:.1f}%"
                  + ("  (from the result store)" if report["cached"] else ""))
