@@ -97,7 +97,7 @@ def show(run: dict) -> None:
                   f"{TYPICAL[0]:.0f}th–{TYPICAL[1]:.0f}th)." if run["cal"] else "; not judged against the model."))
     st.download_button("Download these rows (CSV)",
                        filtered_csv([r for r, _ in keep], extras, [m for _, m in keep]), "sinkviz-audit.csv", "text/csv")
-    openable = [r for r, _ in keep if r.key]
+    openable = sorted((r for r, _ in keep if r.key), key=lambda r: r.row)
     if openable:
         pick = st.selectbox("Read or open a row", range(len(openable)), key="au_pick",
                             format_func=lambda i: f"row {openable[i].row}: {one_line(openable[i].prompt)[:70]}")

@@ -17,6 +17,8 @@ judged against the calibration prompts' deep-layer means; per layer, against tha
 
 import hashlib
 import json
+import os
+import threading
 from dataclasses import dataclass, replace
 from importlib import resources
 
@@ -69,9 +71,18 @@ def calibration_key(settings: Settings) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
+_stores: dict[str, ResultStore] = {}
+_stores_lock = threading.Lock()
+
+
 def calibration_store(store: ResultStore) -> ResultStore:
-    """A store beside the results, so the calibration prompts never appear in History."""
-    return ResultStore(f"{store.directory}-calibration")
+    """A store beside the results (one per folder, opened once), so the calibration prompts never
+    appear in History."""
+    directory = f"{store.directory}-calibration"
+    with _stores_lock:
+        if directory not in _stores or not os.path.isdir(directory):
+            _stores[directory] = ResultStore(directory)
+        return _stores[directory]
 
 
 def prompt_values(result) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -92,13 +92,19 @@ def find_blocks(prompt: str, rule: str = "auto") -> list[tuple[int, int]]:
 
 
 def token_owners(offsets: tuple, char_spans: list[tuple[int, int]], n_tokens: int) -> np.ndarray:
-    """[L] index into ``char_spans`` of the span holding most of each token's characters
+    """[L] index into ``char_spans`` (disjoint) of the span holding most of each token's characters
     (ties: the earlier span); -1 for a token inside none or covering no character."""
+    end = max([b for _, b in char_spans] + [b for _, b in offsets[:n_tokens]] + [0])
+    by_char = np.full(end + 1, -1)                                               # [chars] span of each character
+    for k, (a, b) in enumerate(char_spans):
+        by_char[a:b] = k
     owners = np.full(n_tokens, -1)
-    for k, (a, b) in enumerate(offsets[:n_tokens]):
-        overlap = [max(0, min(b, s1) - max(a, s0)) for s0, s1 in char_spans]
-        if b > a and overlap and max(overlap) > 0:
-            owners[k] = int(np.argmax(overlap))
+    for t, (a, b) in enumerate(offsets[:n_tokens]):
+        inside = by_char[a:b]
+        inside = inside[inside >= 0]
+        if inside.size:
+            counts = np.bincount(inside)
+            owners[t] = int(np.argmax(counts))                                   # argmax: the earliest of ties
     return owners
 
 
