@@ -36,18 +36,14 @@ def opening_tokens(tokens, first_n: int = SHOWN_TOKENS, user: bool = True) -> st
 
 
 def audit_columns(result, first_n: int, thresholds: Thresholds = Thresholds()) -> dict:
-    """Extra audit-row fields of an Analysis: the user's first tokens, the sequence's first tokens,
-    the sequence's sink mass m_N and the user's opening mass (first ``first_n`` tokens of the user's
-    text), each a deep-layer mean, and each
-    kind's share of attention (deep-layer mean; NaN where the sequence has no such part)."""
+    """Extra audit-row fields of an Analysis: the user's first tokens and the sequence's; the two
+    readings of ``per_layer_reading`` (m_N of the sequence, the user's opening mass) and each kind's
+    share of attention (NaN where the sequence has no such part), each a deep-layer mean."""
     stats, tokens = result.stats, result.tokens
-    segs = segments_of(tokens)
-    opens = openings(stats, segs, first_n)
-    user = opens.names.index("user text") if "user text" in opens.names else None
     shares = kind_shares(stats, tokens)
+    mean = lambda reading: float(deep_mean(per_layer_reading(result, first_n, reading, thresholds), thresholds))  # noqa: E731
     return {"first_tokens": opening_tokens(tokens), "sequence_first_tokens": opening_tokens(tokens, user=False),
-            "mean_sink_mass": float(deep_mean(layer_sinks(stats, first_n, thresholds).sink_mass, thresholds)),
-            "user_opening_mass": float(deep_mean(opens.mass[:, user], thresholds)) if user is not None else float("nan"),
+            "mean_sink_mass": mean("sequence"), "user_opening_mass": mean("user"),
             **{f"share_{k.replace(' ', '_')}": float(deep_mean(shares[k], thresholds)) if k in shares else float("nan")
                for k in KINDS}}
 

@@ -5,7 +5,8 @@ import plotly.graph_objects as go
 
 from .segments import LEARNED_SINK, Openings, SegmentShares
 
-KIND_COLORS = {"template": "#9aa5b1", "system": "#72b7b2", "user": "#4c78a8", LEARNED_SINK: "#54a24b"}
+KIND_COLORS = {"sequence": "#4c78a8", "template": "#9aa5b1", "system": "#72b7b2", "user": "#4c78a8",
+               LEARNED_SINK: "#54a24b"}
 BLOCK_COLORS = ("#4c78a8", "#f58518", "#e45756", "#b279a2", "#eeca3b", "#ff9da6", "#9d755d", "#bab0ac")
 OPENING_COLORS = {"sequence": "#9aa5b1", "system turn": "#72b7b2", "user text": "#d62728"}
 

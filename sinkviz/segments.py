@@ -40,7 +40,7 @@ LEARNED_SINK = "learned sink"
 
 @dataclass(frozen=True)
 class Segment:
-    kind: str                         # "template", "system", "user" or "block"
+    kind: str                         # "template", "system", "user", "block" ("sequence": no parts found)
     name: str                         # e.g. "template", "system turn", "user turn", "block 2"
     spans: tuple[tuple[int, int], ...]  # token ranges [start, stop), in order
 
@@ -124,7 +124,7 @@ def segments_of(tokens: TokenizedPrompt, blocks: str | None = None) -> tuple[Seg
     or a located user turn: one segment, the whole sequence."""
     n = len(tokens.token_ids)
     if not tokens.offsets or not tokens.user_span:
-        return (Segment("user", "whole sequence", ((0, n),)),)
+        return (Segment("sequence", "whole sequence", ((0, n),)),)
     u0, u1 = tokens.user_span
     parts = [("user", "user turn", (u0, u1))]
     if blocks is not None:
@@ -184,7 +184,7 @@ def opening_positions(segments: tuple[Segment, ...], n: int, first_n: int) -> di
     found = {"sequence": tuple(range(min(first_n, n)))}
     for kind, name in (("system", "system turn"), ("user", "user text")):
         kinds = ("user", "block") if kind == "user" else (kind,)
-        pos = [seg.positions for seg in segments if seg.kind in kinds and seg.name != "whole sequence"]
+        pos = [seg.positions for seg in segments if seg.kind in kinds]
         if pos:
             found[name] = tuple(int(p) for p in np.sort(np.concatenate(pos))[:first_n])
     return found

@@ -142,3 +142,17 @@ def test_cli_json_and_audit_columns_carry_the_segments(chat_model, store, capsys
     assert row.share_template + row.share_system + row.share_user == pytest.approx(1.0, abs=1e-5)
     opens = openings(result.stats, segs, 3)
     assert row.user_opening_mass == pytest.approx(deep_mean(opens.mass[:, 2]))
+
+
+def test_without_offsets_the_whole_sequence_is_one_part(tiny_models, store):
+    from dataclasses import replace
+
+    from sinkviz.readings import audit_columns
+    result = analyze(random_words(12), Settings(model=tiny_models["gpt2"], map_size=16), store=store)
+    bare = replace(result, tokens=replace(result.tokens, offsets=()))       # a slow tokenizer gives none
+    segs = segments_of(bare.tokens, "auto")
+    assert [(s.kind, s.spans) for s in segs] == [("sequence", ((0, 13),))]
+    np.testing.assert_allclose(segment_shares(bare.stats, segs).share, 1.0, atol=1e-5)
+    assert openings(bare.stats, segs, 3).names == ("sequence",)
+    columns = audit_columns(bare, 3)
+    assert np.isnan(columns["share_user"]) and columns["first_tokens"] == columns["sequence_first_tokens"]
