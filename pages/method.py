@@ -97,6 +97,9 @@ sequence's own opening ($u = 0$) it is slightly above $m_N$.
    layer also gets its percentile among the same layer's values ("layer 24: 88 %, 25th
    percentile of this model's layer 24"). Trained models put most attention on the first tokens in
    most layers, so a fixed bar fires on nearly every prompt; the percentile tells prompts apart.
+   The calibration prompts are short (31–110 tokens on SmolLM2 with its template); attention on the
+   first tokens changes with length (Sweep page), so for a prompt outside the calibration's lengths
+   the headline says to read its percentiles with care.
 2. **Seed 000's fixed thresholds** (warning 35 %, critical 50 % of $m_N$ in layers beyond the
    first two) stay as the second reading, as before.
 

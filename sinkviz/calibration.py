@@ -32,7 +32,7 @@ from .reduce import MAX_FIRST_N
 from .segments import openings, segments_of
 from .store import ResultStore
 
-VERSION = 1
+VERSION = 2            # 2: the prompts' lengths kept
 MAP_SIZE = 32          # maps are not calibrated; small ones keep the calibration store small
 TYPICAL = (5.0, 95.0)  # percentiles outside this band are 'unusual'
 
@@ -44,6 +44,7 @@ class Calibration:
     sink_mass: np.ndarray     # [P, layers, 8]  m_N, layer mean over heads (NaN where L <= N)
     user_opening: np.ndarray  # [P, layers, 8]  opening mass of the user's text, N = 1..8
     shares: np.ndarray        # [P, layers, 4]  KINDS' shares of attention (NaN where absent)
+    n_tokens: np.ndarray      # [P]             each prompt's length, template included
 
     def values(self, reading: str, first_n: int = 3) -> np.ndarray:
         """[P, layers] the calibration prompts' values of ``reading``."""
@@ -111,15 +112,17 @@ def calibrate(settings: Settings, store: ResultStore | None = None,
     if found is not None:
         return found
     cal_store, prompts = calibration_store(store), calibration_prompts()
-    values = []
+    values, lengths = [], []
     for i, prompt in enumerate(prompts, start=1):
         if progress:
             progress(f"{i}/{len(prompts)}")
-        values.append(prompt_values(analyze(prompt, calibration_settings(settings), store=cal_store)))
+        result = analyze(prompt, calibration_settings(settings), store=cal_store)
+        values.append(prompt_values(result))
+        lengths.append(result.stats.n_tokens)
     sink, opening, shares = (np.stack(v) for v in zip(*values))
-    cal = Calibration(calibration_key(settings), len(prompts), sink, opening, shares)
+    cal = Calibration(calibration_key(settings), len(prompts), sink, opening, shares, np.array(lengths))
     cal_store.put(cal.key, {"schema": VERSION, "key": cal.key, "n_prompts": cal.n_prompts},
-                  {"sink_mass": sink, "user_opening": opening, "shares": shares})
+                  {"sink_mass": sink, "user_opening": opening, "shares": shares, "n_tokens": cal.n_tokens})
     return cal
 
 
@@ -131,7 +134,7 @@ def load_calibration(settings: Settings, store: ResultStore | None = None) -> Ca
         return None
     meta, arrays = stored
     try:
-        return Calibration(key, int(meta["n_prompts"]), *(np.array(arrays[k]) for k in ("sink_mass", "user_opening", "shares")))
+        return Calibration(key, int(meta["n_prompts"]), *(np.array(arrays[k]) for k in ("sink_mass", "user_opening", "shares", "n_tokens")))
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -210,6 +213,10 @@ def sentences(cal: Calibration, result, first_n: int, thresholds: Thresholds = T
     out.append(f"Layer {worst}: {sinks.sink_mass[worst]:.0%} on the sequence's first {first_n} tokens, "
                f"{ordinal(j.layer_percentiles[worst])} percentile of this model's layer {worst}; over layers "
                f"≥ {thresholds.shallow_layers}, {j.value:.0%}, {ordinal(j.percentile)} percentile, {j.label}.")
+    low, high, n = int(cal.n_tokens.min()), int(cal.n_tokens.max()), result.stats.n_tokens
+    if not low <= n <= high:
+        out.append(f"Read these percentiles with care: this prompt has {n:,} tokens, the calibration prompts "
+                   f"{low}–{high}, and attention on the first tokens changes with length (Sweep page).")
     return out
 
 

@@ -32,7 +32,7 @@ BLOCK_RULES = {
     "--- lines": "a line of three or more '-', '=' or '*' ends a block",
     "headings": "a line starting with '#' starts a block",
 }
-RULE_LINE = re.compile(r"^[ \t]*([-=*])\1{2,}[ \t]*$", re.M)
+RULE_LINE = re.compile(r"^[ \t]*([-=*])\1{2,}[ \t]*(?:\n\s*|\Z)", re.M)   # with the blank lines after it
 BLANK = re.compile(r"\n[ \t]*\n\s*")
 HEADING = re.compile(r"^#", re.M)
 LEARNED_SINK = "learned sink"
@@ -86,7 +86,6 @@ def find_blocks(prompt: str, rule: str = "auto") -> list[tuple[int, int]]:
     else:
         pattern = BLANK if rule == "blank lines" else RULE_LINE
         starts = [m.end() for m in pattern.finditer(prompt) if 0 < m.end() < len(prompt)]
-        starts = [s + 1 if prompt[s:s + 1] == "\n" else s for s in starts]   # a rule line's newline
     bounds = [0] + sorted(set(s for s in starts if 0 < s < len(prompt))) + [len(prompt)]
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 

@@ -29,8 +29,9 @@ def test_calibration_is_kept_stable_and_monotone(settings, store):
     n = len(calibration_prompts())
     assert cal.n_prompts == n == 40 and steps == [f"{i}/{n}" for i in range(1, n + 1)]
     assert cal.sink_mass.shape == (n, 3, 8) and cal.user_opening.shape == (n, 3, 8) and cal.shares.shape == (n, 3, 4)
+    assert cal.n_tokens.shape == (n,) and cal.n_tokens.min() >= 2
     again = load_calibration(settings, store)
-    for name in ("sink_mass", "user_opening", "shares"):
+    for name in ("sink_mass", "user_opening", "shares", "n_tokens"):
         np.testing.assert_array_equal(getattr(again, name), getattr(cal, name))
     assert calibrate(settings, store, progress=pytest.fail).key == cal.key     # kept: nothing runs again
     np.testing.assert_allclose(np.nansum(cal.shares, -1), 1.0, atol=1e-5)      # template + user = all

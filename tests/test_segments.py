@@ -108,6 +108,7 @@ def test_default_model_turns_and_shares(default_model_dir, store):
     ("--- lines", "intro\n---\nbody\n***\nend", ["intro\n---\n", "body\n***\n", "end"]),
     ("headings", "pre\n# One\nx\n## Two\ny", ["pre\n", "# One\nx\n", "## Two\ny"]),
     ("auto", "a\n\nb\n---\nc", ["a\n\nb\n---\n", "c"]),
+    ("--- lines", "one\n\n---\n\ntwo\n===", ["one\n\n---\n\n", "two\n==="]),
     ("auto", "no boundary at all", ["no boundary at all"]),
 ])
 def test_find_blocks(rule, text, want):
