@@ -90,7 +90,7 @@ def show(run: dict) -> None:
                                 "reading": pct, "sink mass (worst layer)": pct, "share: template": pct,
                                 "share: system": pct, "share: your text": pct,
                                 "percentile": st.column_config.NumberColumn(format="%.0f")})
-    st.caption(f"{len(keep)} of {len(rows)} rows, most unusual first. Reading: mean over layers ≥ 2 of "
+    st.caption(f"{len(keep)} of {len(rows)} rows, highest percentile first. Reading: mean over layers ≥ 2 of "
                + ("the attention on the first N tokens of your text, from every query that can see them"
                   if reading == "user" else "the attention queries i ≥ N give to the sequence's first N tokens")
                + (f"; percentile among {run['cal'].n_prompts} calibration prompts on this model (typical: "

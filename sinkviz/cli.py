@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--blocks", choices=sorted(BLOCK_RULES), metavar="RULE",
                      help="split the user's text into blocks for the segment shares: "
                           + "; ".join(f"'{k}': {v}" for k, v in BLOCK_RULES.items()))
+    run.add_argument("--calibrate", action="store_true",
+                     help="judge against this model: run the shipped calibration prompts once (kept), "
+                          "and add each reading's percentile")
     run.add_argument("--json", action="store_true", help="one JSON object on stdout")
     sweep = sub.add_parser("sweep", help="sink mass per layer as the context grows")
     text = sweep.add_mutually_exclusive_group()
@@ -256,8 +259,23 @@ def _analyze(args) -> int:
                         device=args.device, dtype=args.dtype, max_tokens=args.max_tokens)
     analysis = analyze(prompt, settings)
     report = report_dict(analysis, args.first, args.epsilon, blocks=args.blocks)
+    if args.calibrate:
+        report["against_model"] = _against_model(analysis, args.first)
     print(json.dumps(report, allow_nan=False) if args.json else _table(report))
     return 0
+
+
+def _against_model(analysis, first_n: int) -> dict:
+    """Each reading's deep-layer mean, percentile and label against the model's calibration."""
+    from .calibration import calibrate, judge, sentences
+    from .readings import READINGS, per_layer_reading
+    cal = calibrate(analysis.settings, progress=lambda step: print(f"sinkviz: calibration {step}", file=sys.stderr))
+    out = {"n_prompts": cal.n_prompts, "sentences": sentences(cal, analysis, first_n)}
+    for reading in READINGS:
+        j = judge(cal, per_layer_reading(analysis, first_n, reading), reading, first_n)
+        out[reading] = {"value": j.value, "percentile": j.percentile, "label": j.label,
+                        "layer_percentiles": [None if p != p else float(p) for p in j.layer_percentiles]}
+    return out
 
 
 def _table(report: dict) -> str:
@@ -273,6 +291,7 @@ def _table(report: dict) -> str:
         lines.append(f"{row['layer']:>5}  {row['sink_mass']:>9.3f}  {row['ratio_to_uniform']:>8.1f}x"
                      f"  {row['severity']:<9} {row['top_sink_position']:>4} "
                      f"{report['tokens_readable'][row['top_sink_position']]!r} {row['top_sink_received']:.3f}{flag}")
+    lines += report.get("against_model", {}).get("sentences", [])
     lines.append(f"* over {report['thresholds']['ratio_flag']:g}x uniform.  "
                  f"Sink rate (Gu et al., eps={report['epsilon']:g}): {report['sink_rate']:.1f}%"
                  + ("  (from the result store)" if report["cached"] else ""))

@@ -55,3 +55,19 @@ def test_a_calibration_prompt_lands_at_its_rank(settings, store, reading):
         want = 100 * (np.sum(finite < means[k]) + 0.5 * np.sum(finite == means[k])) / len(finite)
         assert j.value == pytest.approx(means[k], rel=1e-9) and j.percentile == pytest.approx(want)
         assert j.label == calibration.label(want, means[k], finite)
+
+
+def test_cli_judges_against_the_model(settings, store, capsys, monkeypatch):
+    import json
+
+    from sinkviz.cli import main
+    monkeypatch.setenv("SINKVIZ_STORE_DIR", str(store.directory))
+    prompt = "w3 w1 w4 w1 w5 w9 w2 w6"
+    assert main(["analyze", "--prompt", prompt, "--model", settings.model, "--calibrate", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["against_model"]
+    cal = calibrate(Settings(model=settings.model), store, progress=pytest.fail)   # kept by the CLI's run
+    result = analyze(prompt, Settings(model=settings.model), store=store)
+    for reading in ("user", "sequence"):
+        j = judge(cal, per_layer_reading(result, 3, reading), reading)
+        assert (report[reading]["percentile"], report[reading]["label"]) == (j.percentile, j.label)
+    assert report["n_prompts"] == 40 and len(report["sentences"]) >= 1
