@@ -65,8 +65,9 @@ the tokenizer's character offsets, not guessed: the template is rendered once wi
 learn where each turn's content sits. A token belongs to the part holding most of its characters.
 Block rules (the Segments tab names the one in use): *blank lines* end a block; *`---` lines* (three
 or more `-`, `=` or `*`) end a block; *headings* (a line starting with `#`) start one; *auto* takes
-`---` lines if your text has any, else blank lines. A blank line or marker line that ends a block
-belongs to it.
+`---` lines if your text has any, else blank lines; *halves* and *thirds* cut your text's tokens
+into equal runs (seed 000: how much attention reaches the later half of the context; seed 003:
+content in the middle). A blank line or marker line that ends a block belongs to it.
 
 The **share** of a part $S$:
 $$\mathrm{share}[l,h,S] = \frac{1}{L}\sum_{i}\ \sum_{j \in S,\, j \le i} a_{l,h,i,j}

@@ -31,7 +31,10 @@ BLOCK_RULES = {
     "blank lines": "one or more empty lines end a block",
     "--- lines": "a line of three or more '-', '=' or '*' ends a block",
     "headings": "a line starting with '#' starts a block",
+    "halves": "the first and second half of your text's tokens",
+    "thirds": "beginning, middle and end: thirds of your text's tokens",
 }
+EQUAL_PARTS = {"halves": ("first half", "second half"), "thirds": ("beginning", "middle", "end")}
 RULE_LINE = re.compile(r"^[ \t]*([-=*])\1{2,}[ \t]*(?:\n\s*|\Z)", re.M)   # with the blank lines after it
 BLANK = re.compile(r"\n[ \t]*\n\s*")
 HEADING = re.compile(r"^#", re.M)
@@ -117,6 +120,16 @@ def _spans(positions: np.ndarray) -> tuple[tuple[int, int], ...]:
     return tuple((int(a), int(b)) for a, b in zip(starts, stops))
 
 
+def equal_parts(tokens: TokenizedPrompt, names: tuple[str, ...]) -> list[tuple[str, str, tuple[int, int]]]:
+    """The user turn cut into len(names) runs of (nearly) equal token counts, as character spans:
+    each part starts at the first character of its first token."""
+    u0, u1 = tokens.user_span
+    inside = [k for k, (a, b) in enumerate(tokens.offsets) if b > a and u0 <= a < u1]   # the user's tokens
+    cuts = [inside[len(inside) * p // len(names)] for p in range(1, len(names))] if len(inside) >= len(names) else []
+    bounds = [u0] + [tokens.offsets[k][0] for k in cuts] + [u1]
+    return [("block", name, (a, b)) for name, a, b in zip(names, bounds, bounds[1:]) if b > a]
+
+
 def segments_of(tokens: TokenizedPrompt, blocks: str | None = None) -> tuple[Segment, ...]:
     """The parts of a sequence: template (its own and special tokens), system turn, and the user
     turn, or with ``blocks`` (a BLOCK_RULES key) the user turn's blocks. Without character offsets
@@ -126,7 +139,9 @@ def segments_of(tokens: TokenizedPrompt, blocks: str | None = None) -> tuple[Seg
         return (Segment("sequence", "whole sequence", ((0, n),)),)
     u0, u1 = tokens.user_span
     parts = [("user", "user turn", (u0, u1))]
-    if blocks is not None:
+    if blocks in EQUAL_PARTS:
+        parts = equal_parts(tokens, EQUAL_PARTS[blocks])
+    elif blocks is not None:
         found = find_blocks(tokens.text[u0:u1], blocks)
         parts = [("block", f"block {k + 1}", (u0 + a, u0 + b)) for k, (a, b) in enumerate(found)]
     if tokens.system_span:

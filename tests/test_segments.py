@@ -157,3 +157,13 @@ def test_without_offsets_the_whole_sequence_is_one_part(tiny_models, store):
     assert openings(bare.stats, segs, 3).names == ("sequence",)
     columns = audit_columns(bare, 3)
     assert np.isnan(columns["share_user"]) and columns["first_tokens"] == columns["sequence_first_tokens"]
+
+
+@pytest.mark.parametrize("rule,names,sizes", [("halves", ["first half", "second half"], [15, 15]),
+                                              ("thirds", ["beginning", "middle", "end"], [10, 10, 10])])
+def test_halves_and_thirds_of_the_users_tokens(chat_model, store, rule, names, sizes):
+    prompt = random_words(30)
+    settings = Settings(model=chat_model, dtype="float64", map_size=64)
+    result, segs, _ = check_against_eager(chat_model, prompt, settings, store, blocks=rule)
+    assert [s.name for s in segs] == ["template", "system turn"] + names
+    assert [s.n_tokens for s in segs[2:]] == sizes and segs[2].spans[0][0] == 9
