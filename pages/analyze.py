@@ -8,7 +8,9 @@ import streamlit as st
 from pages.common import (EXAMPLES, URL_PROMPT_LIMIT, device_dtype_pickers, first_n_from_params, guarded,
                           model_picker, open_stored, run_analysis, settings_from_params,
                           settings_to_params, step_progress, store, threshold_inputs)
-from sinkviz.calibration import calibrate, calibration_prompts, load_calibration, sentences
+from sinkviz.calibration import (TYPICAL, calibrate, calibration_key, calibration_prompts, judge, load_calibration,
+                                 sentences)
+from sinkviz.readings import per_layer_reading
 from sinkviz import figures, segment_figures
 from sinkviz.analysis import Analysis, Settings
 from sinkviz.errors import SinkvizError
@@ -128,13 +130,28 @@ def render_baseline(a: Analysis) -> None:
         bar.empty()
     if cal is not None:
         st.success("**Against this model.** " + " ".join(sentences(cal, a, first_n, thresholds)))
+        st.session_state["an_calibration"] = cal
     else:
         st.caption("Not yet judged against this model: the button runs a shipped set of varied prompts once and "
                    "keeps their distribution, so each reading gets a percentile (Method page).")
 
 
+def render_percentiles(a: Analysis) -> None:
+    """Each layer's reading as a percentile of the same layer's calibration values."""
+    cal = st.session_state.get("an_calibration")
+    if cal is None or cal.key != guarded(lambda: calibration_key(a.settings), "Calibration"):
+        return
+    names = {"sequence": f"sequence's first {first_n} (sink mass)"}
+    if a.tokens.templated and a.tokens.user_span:
+        names = {"user": f"your text's first {first_n}", **names}
+    judged = {label: judge(cal, per_layer_reading(a, first_n, r, thresholds), r, first_n, thresholds)
+              for r, label in names.items()}
+    st.plotly_chart(segment_figures.percentile_lines(judged, TYPICAL), key="an_percentiles")
+
+
 def render_bars(a: Analysis, sinks) -> None:
     st.plotly_chart(figures.sink_bars(sinks, thresholds), key="an_bars")
+    render_percentiles(a)
     st.caption(f"Averaged over queries i ≥ {first_n} (each query's attention to the first {first_n} "
                f"tokens), then over heads. Uniform attention would give {sinks.baseline:.1%}; the "
                f"largest possible ratio at this length is {sinks.max_ratio:.1f}×.")

@@ -72,3 +72,21 @@ def compare_difference(labels: list[str], values: list[np.ndarray], what: str) -
     fig.update_layout(title=f"Difference from {labels[0]} (percentage points): {what}", xaxis_title="layer",
                       yaxis_title="Δ", yaxis_tickformat="+.0%", barmode="group", height=340)
     return fig
+
+
+def percentile_lines(judgements: dict, typical: tuple[float, float]) -> go.Figure:
+    """judgements: reading name -> calibration.Judgement; each layer's percentile among the same
+    layer's calibration values, with the typical band shaded."""
+    fig = go.Figure()
+    fig.add_hrect(y0=typical[0], y1=typical[1], fillcolor="#e8eef5", line_width=0, layer="below",
+                  annotation_text="typical for this model", annotation_position="top left")
+    for k, (name, j) in enumerate(judgements.items()):
+        layers = np.arange(len(j.layer_percentiles))
+        fig.add_trace(go.Scatter(x=layers, y=j.layer_percentiles, mode="lines+markers", name=name,
+                                 line_color=VARIANT_COLORS[k % len(VARIANT_COLORS)], customdata=j.layer_values,
+                                 hovertemplate="layer %{x}: %{customdata:.1%}, percentile %{y:.0f}<extra></extra>"))
+    n = next(iter(judgements.values())).n_prompts if judgements else 0
+    fig.update_layout(title=f"Percentile per layer among {n} calibration prompts on this model",
+                      xaxis_title="layer", yaxis_title="percentile", yaxis_range=[0, 101], legend_orientation="h",
+                      margin_t=60, height=340)
+    return fig

@@ -146,3 +146,23 @@ def test_audit_keeps_the_files_columns_and_judges_the_users_text(few_calibration
     assert list(out[0])[:6] == ["prompt", "id", "owner", "reading", "percentile", "against_model"]
     assert [(o["id"], o["owner"]) for o in out] == [(f"t-{r.row}", "abcd"[r.row - 1] + {1: "na", 2: "en", 3: "hi", 4: "an"}[r.row])
                                                     for r, _ in shown]
+
+
+def test_layer_percentiles_plotted_after_calibrating(few_calibration_prompts):
+    from sinkviz.calibration import calibrate, judge
+    from sinkviz.readings import per_layer_reading
+    from sinkviz.store import ResultStore
+    at = analyze_page(PROMPT_JA_OPENING, "Sink mass per layer")
+    if any(b.key == "an_calibrate" for b in at.button):    # not yet made by an earlier test of this module
+        at.button(key="an_calibrate").click().run()
+    cal = calibrate(Settings(), ResultStore(), progress=pytest.fail)
+    result = analyze(PROMPT_JA_OPENING, Settings())
+    lines = by_title(at, "Percentile per layer among 6 calibration prompts")
+    assert [t["name"] for t in lines["data"]] == ["your text's first 3", "sequence's first 3 (sink mass)"]
+    for trace, reading in zip(lines["data"], ("user", "sequence")):
+        want = judge(cal, per_layer_reading(result, 3, reading), reading)
+        np.testing.assert_allclose(array(trace["y"]), want.layer_percentiles)
+        assert np.all((want.layer_percentiles >= 0) & (want.layer_percentiles <= 100))
+
+
+PROMPT_JA_OPENING = "請求書について質問があります。\n\nThe VAT number on invoice 1042 is wrong."
