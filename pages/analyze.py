@@ -215,7 +215,9 @@ def render_heatmaps(a: Analysis) -> None:
     hide = c[3].toggle("Hide position 0", key="an_hide",
                        help="Blank the first column so the rest of the map gets the colour range")
     head = None if head_label.startswith("mean") else int(head_label.split()[1])
-    st.plotly_chart(figures.attention_heatmap(stats, a.tokens.shown, layer, head, hide, log), key="an_map_big")
+    big = figures.attention_heatmap(stats, a.tokens.shown, layer, head, hide, log)
+    segment_figures.mark_segments(big, segments_of(a.tokens), stats.bin_width)   # where each turn starts
+    st.plotly_chart(big, key="an_map_big")
     st.plotly_chart(figures.all_layers_grid(stats, hide, log), key="an_grid")
 
 

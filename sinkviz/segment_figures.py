@@ -90,3 +90,20 @@ def percentile_lines(judgements: dict, typical: tuple[float, float]) -> go.Figur
                       xaxis_title="layer", yaxis_title="percentile", yaxis_range=[0, 101], legend_orientation="h",
                       margin_t=60, height=340)
     return fig
+
+
+def mark_segments(fig: go.Figure, segments, bin_width: int) -> go.Figure:
+    """Dashed lines on a heatmap (keys along x) where each part's spans start, named at the top;
+    positions in bins of ``bin_width`` tokens (category index - 0.5 is the left edge of a cell)."""
+    if len(segments) < 2:
+        return fig
+    for seg in segments:
+        for start, _ in seg.spans:
+            if start == 0:
+                continue
+            x = start / bin_width - 0.5
+            fig.add_shape(type="line", x0=x, x1=x, y0=0, y1=1, yref="paper", line_dash="dash",
+                          line_color="white", line_width=1)
+            fig.add_annotation(x=x, y=1.0, yref="paper", text=seg.name, showarrow=False, xanchor="left",
+                               yanchor="bottom", font_size=10, textangle=-30)
+    return fig

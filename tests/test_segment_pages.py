@@ -166,3 +166,13 @@ def test_layer_percentiles_plotted_after_calibrating(few_calibration_prompts):
 
 
 PROMPT_JA_OPENING = "請求書について質問があります。\n\nThe VAT number on invoice 1042 is wrong."
+
+
+def test_heatmap_marks_where_each_turn_starts():
+    at = analyze_page(SUPPORT, "Heatmaps")
+    result = analyze(SUPPORT, Settings())
+    big = by_title(at, "Layer 3, mean over heads")
+    starts = sorted(a for s in segments_of(result.tokens) for a, _ in s.spans if a > 0)
+    assert sorted(s["x0"] + 0.5 for s in big["layout"]["shapes"]) == starts
+    names = {s.name for s in segments_of(result.tokens)}
+    assert {a["text"] for a in big["layout"]["annotations"]} == names
