@@ -79,7 +79,7 @@ _stores_lock = threading.Lock()
 def calibration_store(store: ResultStore) -> ResultStore:
     """A store beside the results (one per folder, opened once), so the calibration prompts never
     appear in History."""
-    directory = f"{store.directory}-calibration"
+    directory = os.path.normpath(store.directory) + "-calibration"
     with _stores_lock:
         if directory not in _stores or not os.path.isdir(directory):
             _stores[directory] = ResultStore(directory)
