@@ -17,7 +17,7 @@ from sinkviz.errors import SinkvizError
 from sinkviz.export import layers_csv, metadata, npz_bytes
 from sinkviz.metrics import deep_mean, layer_entropy, layer_sinks, norm_vs_median, sink_rate, uniform_entropy
 from sinkviz.readable import quoted
-from sinkviz.segments import BLOCK_RULES, openings, segment_shares, segments_of
+from sinkviz.segments import BLOCK_RULES, openings, segment_shares, segment_table, segments_of
 from sinkviz.report import report_dict
 from sinkviz.verdict import verdict
 
@@ -171,13 +171,7 @@ def render_segments(a: Analysis) -> None:
     segs = segments_of(a.tokens, BLOCK_CHOICES[choice])
     shares = segment_shares(a.stats, segs)
     st.plotly_chart(segment_figures.segment_share_bars(shares), key="an_segments")
-    deep = deep_mean(shares.share, thresholds)
-    uniform = deep_mean(shares.uniform, thresholds)
-    st.dataframe({"part": shares.names,
-                  "tokens": [f"{s.n_tokens} ({', '.join(f'{x}–{y - 1}' for x, y in s.spans)})" for s in segs] + ["–"] * (len(shares.names) - len(segs)),
-                  "starts with": [" ".join(a.tokens.shown[p] for p in s.positions[:4]) for s in segs] + [""] * (len(shares.names) - len(segs)),
-                  "share of tokens": shares.token_share, "uniform share": uniform, "attention share": deep,
-                  "× uniform": np.divide(deep, uniform, out=np.full_like(deep, np.nan), where=uniform > 0)},
+    st.dataframe(segment_table(shares, a.tokens, thresholds.shallow_layers),
                  hide_index=True, key="an_segment_table",
                  column_config={c: st.column_config.NumberColumn(format="percent")
                                 for c in ("share of tokens", "uniform share", "attention share")})
@@ -216,7 +210,7 @@ def render_heatmaps(a: Analysis) -> None:
                        help="Blank the first column so the rest of the map gets the colour range")
     head = None if head_label.startswith("mean") else int(head_label.split()[1])
     big = figures.attention_heatmap(stats, a.tokens.shown, layer, head, hide, log)
-    segment_figures.mark_segments(big, segments_of(a.tokens), stats.bin_width)   # where each turn starts
+    segment_figures.mark_segments(big, segments_of(a.tokens), stats.bin_width)     # where each turn starts
     st.plotly_chart(big, key="an_map_big")
     st.plotly_chart(figures.all_layers_grid(stats, hide, log), key="an_grid")
 

@@ -134,7 +134,8 @@ def load_calibration(settings: Settings, store: ResultStore | None = None) -> Ca
         return None
     meta, arrays = stored
     try:
-        return Calibration(key, int(meta["n_prompts"]), *(np.array(arrays[k]) for k in ("sink_mass", "user_opening", "shares", "n_tokens")))
+        names = ("sink_mass", "user_opening", "shares", "n_tokens")
+        return Calibration(key, int(meta["n_prompts"]), *(np.array(arrays[k]) for k in names))
     except (KeyError, TypeError, ValueError):
         return None
 

@@ -41,7 +41,8 @@ def audit_columns(result, first_n: int, thresholds: Thresholds = Thresholds()) -
     share of attention (NaN where the sequence has no such part), each a deep-layer mean."""
     stats, tokens = result.stats, result.tokens
     shares = kind_shares(stats, tokens)
-    mean = lambda reading: float(deep_mean(per_layer_reading(result, first_n, reading, thresholds), thresholds))  # noqa: E731
+    def mean(reading: str) -> float:
+        return float(deep_mean(per_layer_reading(result, first_n, reading, thresholds), thresholds))
     return {"first_tokens": opening_tokens(tokens), "sequence_first_tokens": opening_tokens(tokens, user=False),
             "mean_sink_mass": mean("sequence"), "user_opening_mass": mean("user"),
             **{f"share_{k.replace(' ', '_')}": float(deep_mean(shares[k], thresholds)) if k in shares else float("nan")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .metrics import Thresholds, deep_mean
 from .prompts import TokenizedPrompt
 from .stats import AttentionStats
 
@@ -230,3 +231,19 @@ def segment_report(stats: AttentionStats, tokens: TokenizedPrompt, first_n: int,
                "opening_mass": dict(zip(opens.names, map(float, opens.mass[l])))}
               for l in range(stats.n_layers)]
     return summary, layers
+
+
+def segment_table(shares: SegmentShares, tokens: TokenizedPrompt, shallow_layers: int = 2) -> dict[str, list]:
+    """Columns of the Segments table: each part's tokens (count and ranges), its first tokens, its
+    share of the tokens, and its uniform and attention shares as means over layers >= shallow_layers
+    with their ratio (NaN where the uniform share is 0)."""
+    deep = Thresholds(shallow_layers=shallow_layers)
+    share, uniform = deep_mean(shares.share, deep), deep_mean(shares.uniform, deep)          # [S], [S]
+    extra = len(shares.names) - len(shares.segments)                                       # the learned sink
+    return {"part": list(shares.names),
+            "tokens": [f"{s.n_tokens} ({', '.join(f'{a}–{b - 1}' for a, b in s.spans)})" for s in shares.segments]
+            + ["–"] * extra,
+            "starts with": [" ".join(tokens.shown[p] for p in s.positions[:4]) for s in shares.segments] + [""] * extra,
+            "share of tokens": list(shares.token_share), "uniform share": list(uniform),
+            "attention share": list(share),
+            "× uniform": list(np.divide(share, uniform, out=np.full_like(share, np.nan), where=uniform > 0))}
