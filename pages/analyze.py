@@ -5,18 +5,23 @@ import json
 import numpy as np
 import streamlit as st
 
-from pages.common import (EXAMPLES, URL_PROMPT_LIMIT, device_dtype_pickers, first_n_from_params,
+from pages.common import (EXAMPLES, URL_PROMPT_LIMIT, device_dtype_pickers, first_n_from_params, guarded,
                           model_picker, open_stored, run_analysis, settings_from_params,
-                          settings_to_params, threshold_inputs)
-from sinkviz import figures
+                          settings_to_params, step_progress, store, threshold_inputs)
+from sinkviz.calibration import (TYPICAL, calibrate, calibration_key, calibration_prompts, judge, load_calibration,
+                                 sentences)
+from sinkviz.readings import per_layer_reading
+from sinkviz import figures, segment_figures
 from sinkviz.analysis import Analysis, Settings
 from sinkviz.errors import SinkvizError
 from sinkviz.export import layers_csv, metadata, npz_bytes
-from sinkviz.metrics import layer_entropy, layer_sinks, norm_vs_median, sink_rate, uniform_entropy
+from sinkviz.metrics import deep_mean, layer_entropy, layer_sinks, norm_vs_median, sink_rate, uniform_entropy
+from sinkviz.readable import quoted
+from sinkviz.segments import BLOCK_RULES, openings, segment_shares, segment_table, segments_of
 from sinkviz.report import report_dict
 from sinkviz.verdict import verdict
 
-TABS = ["Sink mass per layer", "Heatmaps", "Position-0 inspector", "Entropy", "Tokens", "Export"]
+TABS = ["Sink mass per layer", "Segments", "Heatmaps", "Position-0 inspector", "Entropy", "Tokens", "Export"]
 MAP_SIZES = [32, 64, 128, 192, 256]
 # Every widget starts from the URL (a shared link, or the last analysis of this session) through
 # its default value, not through st.session_state: Streamlit drops widget keys that the browser
@@ -83,10 +88,12 @@ def render(a: Analysis) -> None:
     except SinkvizError as err:
         st.error(str(err))
         return
-    stats, tokens = a.stats, a.tokens.tokens
+    stats, tokens = a.stats, a.tokens.shown
     deep = np.array(stats.layer_ids) >= thresholds.shallow_layers
     strongest = int(np.where(deep, sinks.sink_mass, -1).argmax())
-    m = st.columns(4)
+    opens = openings(stats, segments_of(a.tokens), first_n)
+    user = "user text" in opens.names and a.tokens.templated
+    m = st.columns(5 if user else 4)
     m[0].metric("Tokens", stats.n_tokens, help="including template tokens" if a.tokens.templated else None)
     m[1].metric("Position 0", repr(tokens[0]), "special token" if a.tokens.special[0] else "text token",
                 delta_color="off", delta_arrow="off")
@@ -94,7 +101,14 @@ def render(a: Analysis) -> None:
                 help="Gu et al.: share of (layer, head) pairs whose attention to position 0 exceeds ε")
     m[3].metric(f"Strongest layer (≥ {thresholds.shallow_layers})", f"L{stats.layer_ids[strongest]}",
                 f"{sinks.sink_mass[strongest]:.0%} on first {first_n}", delta_color="off", delta_arrow="off")
-    st.info(verdict(sinks, stats, tokens, a.tokens.special, thresholds))
+    if user:
+        k = opens.names.index("user text")
+        m[4].metric(f"Your text's first {first_n} tokens", f"{deep_mean(opens.mass[:, k], thresholds):.1%}",
+                    " · ".join(quoted(tokens[p]) for p in opens.positions[k]), delta_color="off", delta_arrow="off",
+                    help=f"Mean over layers ≥ {thresholds.shallow_layers} of the attention that the queries able to "
+                         "see your text's opening give to it (Segments tab). Position 0 is the template's.")
+    render_baseline(a)
+    st.info("**By seed 000's fixed thresholds.** " + verdict(sinks, stats, tokens, a.tokens.special, thresholds))
     st.caption(f"{a.model.label} · {a.model.architecture} · {a.model.device} · {a.model.dtype} · "
                f"key {a.key}" + (" · from the result store" if a.cached else ""))
     if a.model.eager_attention:
@@ -104,7 +118,7 @@ def render(a: Analysis) -> None:
     if stats.layer_kinds:
         st.caption("Layers without softmax attention, left out of every chart and table: " + ", ".join(
             f"{i} ({kind})" for i, kind in enumerate(stats.layer_kinds) if kind != "attention"))
-    sections = [lambda: render_bars(a, sinks), lambda: render_heatmaps(a), lambda: render_position0(a),
+    sections = [lambda: render_bars(a, sinks), lambda: render_segments(a), lambda: render_heatmaps(a), lambda: render_position0(a),
                 lambda: render_entropy(a), lambda: render_tokens(a), lambda: render_export(a)]
     for tab, draw in zip(st.tabs(TABS, key="an_tab", on_change="rerun"), sections):
         if tab.open:  # only the open tab is computed and sent to the browser
@@ -112,8 +126,39 @@ def render(a: Analysis) -> None:
                 draw()
 
 
+def render_baseline(a: Analysis) -> None:
+    """The headline: this prompt against what is normal for this model (its calibration)."""
+    cal = guarded(lambda: load_calibration(a.settings, store()), "Loading the calibration")
+    if cal is None and st.button(f"Judge against this model (runs {len(calibration_prompts())} shipped prompts once)",
+                                 key="an_calibrate"):
+        bar = st.progress(0.0, text="calibrating …")
+        cal = guarded(lambda: calibrate(a.settings, store(), progress=step_progress(bar, "calibration prompt")),
+                      "Calibration")
+        bar.empty()
+    if cal is not None:
+        st.success("**Against this model.** " + " ".join(sentences(cal, a, first_n, thresholds)))
+        st.session_state["an_calibration"] = cal
+    else:
+        st.caption("Not yet judged against this model: the button runs a shipped set of varied prompts once and "
+                   "keeps their distribution, so each reading gets a percentile (Method page).")
+
+
+def render_percentiles(a: Analysis) -> None:
+    """Each layer's reading as a percentile of the same layer's calibration values."""
+    cal = st.session_state.get("an_calibration")
+    if cal is None or cal.key != guarded(lambda: calibration_key(a.settings), "Calibration"):
+        return
+    names = {"sequence": f"sequence's first {first_n} (sink mass)"}
+    if a.tokens.templated and a.tokens.user_span:
+        names = {"user": f"your text's first {first_n}", **names}
+    judged = {label: judge(cal, per_layer_reading(a, first_n, r, thresholds), r, first_n, thresholds)
+              for r, label in names.items()}
+    st.plotly_chart(segment_figures.percentile_lines(judged, TYPICAL), key="an_percentiles")
+
+
 def render_bars(a: Analysis, sinks) -> None:
     st.plotly_chart(figures.sink_bars(sinks, thresholds), key="an_bars")
+    render_percentiles(a)
     st.caption(f"Averaged over queries i ≥ {first_n} (each query's attention to the first {first_n} "
                f"tokens), then over heads. Uniform attention would give {sinks.baseline:.1%}; the "
                f"largest possible ratio at this length is {sinks.max_ratio:.1f}×.")
@@ -123,6 +168,32 @@ def render_bars(a: Analysis, sinks) -> None:
                    f"{max(w for w in windows if w)} tokens: queries further away cannot see position 0 there.")
 
 
+BLOCK_CHOICES = {"turns only": None, **{f"blocks: {rule}": rule for rule in BLOCK_RULES}}
+
+
+def render_segments(a: Analysis) -> None:
+    choice = st.selectbox("Parts of the sequence", list(BLOCK_CHOICES), key="an_blocks",
+                          help="Template, system turn and user turn; or the user's text cut into blocks. "
+                               + " ".join(f"{rule}: {text}." for rule, text in BLOCK_RULES.items()))
+    segs = segments_of(a.tokens, BLOCK_CHOICES[choice])
+    shares = segment_shares(a.stats, segs)
+    st.plotly_chart(segment_figures.segment_share_bars(shares), key="an_segments")
+    st.dataframe(segment_table(shares, a.tokens, thresholds.shallow_layers),
+                 hide_index=True, key="an_segment_table",
+                 column_config={c: st.column_config.NumberColumn(format="percent")
+                                for c in ("share of tokens", "uniform share", "attention share")})
+    st.caption(f"Share of a part = mean over every query of the attention it gives to the part's tokens (that it "
+               f"can see); all parts{' and the learned sink' if a.stats.learned_sink is not None else ''} sum to "
+               f"100 % in every layer. Table: mean over layers ≥ {thresholds.shallow_layers}. Uniform share: the "
+               "same if every query spread its attention evenly over the keys it sees. Parts come from the "
+               "tokenizer's character offsets; a token belongs to the part holding most of its characters.")
+    opens = openings(a.stats, segs, first_n)
+    st.plotly_chart(segment_figures.opening_lines(opens), key="an_openings")
+    st.caption(f"Opening mass of a part: the attention on its first {first_n} tokens, averaged over the queries "
+               "that can see them (from the part's first token on). For the sequence this counts its first "
+               f"{first_n} queries too, so it is a little above the sink mass of the bars.")
+
+
 def render_entropy(a: Analysis) -> None:
     uniform = uniform_entropy(a.stats.n_tokens, a.stats.causal)
     st.plotly_chart(figures.entropy_lines(layer_entropy(a.stats), uniform, a.stats.layer_ids), key="an_entropy")
@@ -130,7 +201,7 @@ def render_entropy(a: Analysis) -> None:
 
 
 def render_tokens(a: Analysis) -> None:
-    st.dataframe({"position": range(a.stats.n_tokens), "id": a.tokens.token_ids, "token": a.tokens.tokens,
+    st.dataframe({"position": range(a.stats.n_tokens), "id": a.tokens.token_ids, "token": a.tokens.shown,
                   "special": a.tokens.special,
                   "received (mean over layers, heads)": a.stats.received.mean(axis=(0, 1))}, hide_index=True)
 
@@ -146,12 +217,14 @@ def render_heatmaps(a: Analysis) -> None:
     hide = c[3].toggle("Hide position 0", key="an_hide",
                        help="Blank the first column so the rest of the map gets the colour range")
     head = None if head_label.startswith("mean") else int(head_label.split()[1])
-    st.plotly_chart(figures.attention_heatmap(stats, a.tokens.tokens, layer, head, hide, log), key="an_map_big")
+    big = figures.attention_heatmap(stats, a.tokens.shown, layer, head, hide, log)
+    segment_figures.mark_segments(big, segments_of(a.tokens), stats.bin_width)     # where each turn starts
+    st.plotly_chart(big, key="an_map_big")
     st.plotly_chart(figures.all_layers_grid(stats, hide, log), key="an_grid")
 
 
 def render_position0(a: Analysis) -> None:
-    stats, tokens = a.stats, a.tokens.tokens
+    stats, tokens = a.stats, a.tokens.shown
     first = min(5, stats.n_tokens)
     hidden = norm_vs_median(stats.hidden_norm, first).mean(axis=0)
     value = norm_vs_median(stats.value_norm, first).mean(axis=0)
@@ -179,7 +252,7 @@ def render_export(a: Analysis) -> None:
                          "application/json")
     builders = {"sink mass per layer": lambda: figures.sink_bars(layer_sinks(a.stats, first_n, thresholds), thresholds),
                 "all-layer heatmaps": lambda: figures.all_layers_grid(a.stats),
-                "position-0 received": lambda: figures.position_heatmap(a.stats, 0, a.tokens.tokens[0])}
+                "position-0 received": lambda: figures.position_heatmap(a.stats, 0, a.tokens.shown[0])}
     pick = st.selectbox("Figure as standalone HTML", list(builders), key="an_fig_pick")
     st.download_button("Download figure (HTML)", lambda: builders[pick]().to_html(include_plotlyjs=True),
                        f"{stem}-{pick.replace(' ', '-')}.html", "text/html")

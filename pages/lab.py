@@ -35,7 +35,7 @@ with scale_tab:
         sinks = (layer_sinks(r.before, 3), layer_sinks(r.after, 3))
         st.plotly_chart(figures.before_after_bars(("before", f"after (K={r.first_keys}, γ={r.gamma:g})"), sinks),
                         key="lab_bars")
-        st.plotly_chart(figures.kl_by_position(r.kl, r.tokens.tokens), key="lab_kl")
+        st.plotly_chart(figures.kl_by_position(r.kl, r.tokens.shown), key="lab_kl")
         st.dataframe({"rank": range(1, 6), "before": [f"{t!r} {p:.1%}" for t, p in r.top5_before],
                       "after": [f"{t!r} {p:.1%}" for t, p in r.top5_after]}, hide_index=True)
 

@@ -57,6 +57,62 @@ heatmap (each map row plus that column sums to 1), in the CSV and the CLI's JSON
 number keeps these same probabilities (not renormalised over the tokens); the entropy includes
 the sink's $-\sigma \ln \sigma$.
 
+### Segments: which part of the sequence receives the attention
+A sequence has parts: the chat **template**'s own tokens (`<|im_start|>`, role names, and any
+special token the tokenizer adds, such as a BOS), the **system turn** (SmolLM2's template adds a
+default one), the **user turn**, and, inside your text, **blocks** you mark. Parts are found from
+the tokenizer's character offsets, not guessed: the template is rendered once with placeholders to
+learn where each turn's content sits. A token belongs to the part holding most of its characters.
+Block rules (the Segments tab names the one in use): *blank lines* end a block; *`---` lines* (three
+or more `-`, `=` or `*`) end a block; *headings* (a line starting with `#`) start one; *auto* takes
+`---` lines if your text has any, else blank lines; *halves* and *thirds* cut your text's tokens
+into equal runs (seed 000: how much attention reaches the later half of the context; seed 003:
+content in the middle). A blank line or marker line that ends a block belongs to it.
+
+The **share** of a part $S$:
+$$\mathrm{share}[l,h,S] = \frac{1}{L}\sum_{i}\ \sum_{j \in S,\, j \le i} a_{l,h,i,j}
+ = \frac{1}{L}\sum_{j \in S} C_{l,h,j},\qquad C_{l,h,j} = (L-j)\,\mathrm{received}_{l,h,j}$$
+the mean over every query of the attention it gives to the part. It is exact from the received
+attention the capture keeps (its column sums). All parts, plus the learned sink where the model
+has one, sum to 100 % in every layer and head. It is shown against the part's **uniform share**,
+$\frac{1}{L}\sum_i |S \cap \text{keys } i \text{ sees}| / |\text{keys } i \text{ sees}|$: what the
+part would get if every query spread its attention evenly (sliding windows respected).
+
+### Your text's opening
+With a template, position 0 is the template's, so the sink mass above measures the template, not
+you. The **opening mass** of a part whose first $N$ tokens are $P$, starting at position $u$:
+$$o_N = \frac{1}{L-u}\sum_{i \ge u}\ \sum_{j \in P,\, j \le i} a_{l,h,i,j}$$
+the mean, over every query that can see the opening, of the attention it gives to those $N$
+tokens. Analyze, Compare and Audit show it for **your text** (and the system turn) beside the
+sequence's. It counts the queries inside the opening too (the exact analogue of $m_N$, queries
+$i \ge u+N$ only, needs attention rows that the capture does not keep for long prompts); so for the
+sequence's own opening ($u = 0$) it is slightly above $m_N$.
+
+### Two readings of severity
+1. **Against this model** (the headline): a shipped set of 40 varied prompts (questions,
+   instructions, blank-line / `---` / `###` blocks, code, German, Spanish, Japanese, Chinese, emoji,
+   a policy excerpt; public domain) is run once per model and template setting, and kept. A prompt's
+   reading (the mean over layers $\ge 2$ of your text's opening mass, or of $m_N$) is placed among
+   the 40 prompts' values: percentile $= 100 \times (\#\{v < x\} + \tfrac12\#\{v = x\}) / 40$.
+   Between the 5th and 95th percentile it is *typical for this model*; outside, *unusual*. Each
+   layer also gets its percentile among the same layer's values ("layer 24: 88 %, 25th
+   percentile of this model's layer 24"). Trained models put most attention on the first tokens in
+   most layers, so a fixed bar fires on nearly every prompt; the percentile tells prompts apart.
+   The calibration prompts are short (31–110 tokens on SmolLM2 with its template); attention on the
+   first tokens changes with length (Sweep page), so for a prompt outside the calibration's lengths
+   the headline says to read its percentiles with care.
+2. **Seed 000's fixed thresholds** (warning 35 %, critical 50 % of $m_N$ in layers beyond the
+   first two) stay as the second reading, as before.
+
+"Mean over layers" is the same everywhere: the mean over layers $\ge 2$, the layers the fixed
+thresholds judge and Analyze's strongest layer is chosen from.
+
+### Tokens as text
+Byte-level tokenizers split characters such as こ or 🎉 into tokens that are not text on their
+own. Each token is shown as the text it covers: spaces, newlines and tabs as `␣`, `↵`, `⇥`; a token
+that is a fragment of a character shows that character followed by its own bytes, e.g.
+`こ⟨0xE3 0x81⟩` and `こ⟨0x93⟩`.
+
 ### Soft caps (Gemma 2)
 Logits pass through $c \tanh(z / c)$ before the softmax; sinkviz applies the cap block by block,
 so both the model's output and the statistics use the capped logits.
@@ -71,6 +127,10 @@ relative to the median token. Sink tokens typically carry "massive activations" 
 - **Bars** high and red in most layers beyond the first two: the model parks attention on
   the first tokens. That is normal for trained LLMs (a "no-op" for heads with nothing to do),
   not a bug; it matters when the sink token is content you care about, or when it moves.
-- **Compare** shows whether a different opening line moves the sink (seed 003's Prompt A and B).
+- **Compare** shows whether a different opening line moves the sink (seed 003's Prompt A and B),
+  ranked by the chosen reading, with each variant's difference from A in points and as a ratio.
+- **Segments**: a part whose attention share is far above its uniform share is being read (or
+  used as a sink); far below, it is being skipped (seed 000's "later half of the context", seed
+  003's "critical content in the middle").
 - Attention weights show where probability mass goes, not the causal story of the output.
 """)

@@ -27,7 +27,7 @@ from .reduce import MAX_FIRST_N
 from .stats import AttentionStats
 from .store import ResultStore
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: tokens keep offsets, turn spans and readable labels
 Progress = Callable[[str], None]  # called with each step's name as it starts
 
 

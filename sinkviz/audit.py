@@ -9,7 +9,7 @@ import io
 import json
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from .analysis import Analysis, Progress, Settings, analyze_many
 from .errors import BadPrompt, SinkvizError
 from .export import csv_row
 from .metrics import Thresholds, layer_sinks
+from .readings import audit_columns
 from .store import ResultStore
 
 SURROGATES = re.compile("[\ud800-\udfff]")   # not text: shown as U+FFFD in rows and CSV
@@ -25,14 +26,15 @@ MAX_FILE_BYTES = 5 * 2**20
 MAX_ROWS = 500                 # the page's limit; the CLI streams files of any size
 CHUNK = 256                    # prompts analysed together (store hits, then batches)
 COLUMNS = ("row", "prompt", "first_tokens", "n_tokens", "worst_layer", "worst_sink_mass",
-           "ratio_to_uniform", "flagged_layers", "severity", "key", "error")
+           "ratio_to_uniform", "flagged_layers", "severity", "sequence_first_tokens", "mean_sink_mass", "user_opening_mass",
+           "share_template", "share_system", "share_user", "share_learned_sink", "key", "error")
 
 
 @dataclass(frozen=True)
 class AuditRow:
     row: int
     prompt: str
-    first_tokens: str = ""
+    first_tokens: str = ""           # the user's first tokens (the sequence's where there is no template)
     n_tokens: int = 0
     worst_layer: int = -1            # deep layer with the highest sink mass
     worst_sink_mass: float = float("nan")
@@ -41,6 +43,13 @@ class AuditRow:
     severity: str = ""               # of the worst layer: ok / warning / critical
     key: str = ""                    # store key, to open the analysis
     error: str = ""                  # why this prompt has no numbers
+    sequence_first_tokens: str = ""  # position 0 onwards (with a template: the template's tokens)
+    mean_sink_mass: float = float("nan")      # readings.audit_columns: deep-layer means
+    user_opening_mass: float = float("nan")
+    share_template: float = float("nan")
+    share_system: float = float("nan")
+    share_user: float = float("nan")
+    share_learned_sink: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -172,11 +181,12 @@ def row_of(index: int, prompt: str | BadRow, result: "Analysis | SinkvizError", 
         sinks = layer_sinks(result.stats, first_n, thresholds)
     except SinkvizError as err:
         return AuditRow(index, prompt, error=str(err))
-    deep = np.arange(len(sinks.sink_mass)) >= thresholds.shallow_layers
-    worst = int(np.where(deep, sinks.sink_mass, -1.0).argmax())
-    return AuditRow(index, prompt, " · ".join(repr(t) for t in result.tokens.tokens[:4]),
-                    result.stats.n_tokens, worst, float(sinks.sink_mass[worst]), float(sinks.ratio[worst]),
-                    int(sinks.flagged.sum()), sinks.severity[worst], result.key)
+    ids = np.array(result.stats.layer_ids)                        # model layers (hybrids: attention ones)
+    worst = int(np.where(ids >= thresholds.shallow_layers, sinks.sink_mass, -1.0).argmax())
+    return replace(AuditRow(index, prompt, " · ".join(repr(t) for t in result.tokens.tokens[:4]),
+                    result.stats.n_tokens, int(ids[worst]), float(sinks.sink_mass[worst]), float(sinks.ratio[worst]),
+                    int(sinks.flagged.sum()), sinks.severity[worst], result.key),
+                   **audit_columns(result, first_n, thresholds))
 
 
 def audit_rows(prompts: Iterable[str | BadRow], settings: Settings, first_n: int = 3,

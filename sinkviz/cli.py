@@ -45,6 +45,7 @@ def _fraction(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     from .embedded import DEFAULT_MODEL
+    from .segments import BLOCK_RULES
     parser = _Parser(prog="python -m sinkviz",
                                      description="See attention sinks in transformer models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", help="float32, bfloat16, float16 or float64 (default: auto)")
     run.add_argument("--max-tokens", type=_token_count, help="refuse prompts longer than this")
     run.add_argument("--epsilon", type=_fraction, default=0.3, help="sink-rate threshold (default 0.3)")
+    run.add_argument("--blocks", choices=sorted(BLOCK_RULES), metavar="RULE",
+                     help="split the user's text into blocks for the segment shares: "
+                          + "; ".join(f"'{k}': {v}" for k, v in BLOCK_RULES.items()))
+    run.add_argument("--calibrate", action="store_true",
+                     help="judge against this model: run the shipped calibration prompts once (kept), "
+                          "and add each reading's percentile")
     run.add_argument("--json", action="store_true", help="one JSON object on stdout")
     sweep = sub.add_parser("sweep", help="sink mass per layer as the context grows")
     text = sweep.add_mutually_exclusive_group()
@@ -271,16 +278,31 @@ def _analyze(args) -> int:
     settings = Settings(model=args.model, use_template=not args.no_template, system=args.system,
                         device=args.device, dtype=args.dtype, max_tokens=args.max_tokens)
     analysis = analyze(prompt, settings)
-    report = report_dict(analysis, args.first, args.epsilon)
+    report = report_dict(analysis, args.first, args.epsilon, blocks=args.blocks)
+    if args.calibrate:
+        report["against_model"] = _against_model(analysis, args.first)
     print(json.dumps(report, allow_nan=False) if args.json else _table(report))
     return 0
+
+
+def _against_model(analysis, first_n: int) -> dict:
+    """Each reading's deep-layer mean, percentile and label against the model's calibration."""
+    from .calibration import calibrate, judge, sentences
+    from .readings import READINGS, per_layer_reading
+    cal = calibrate(analysis.settings, progress=lambda step: print(f"sinkviz: calibration {step}", file=sys.stderr))
+    out = {"n_prompts": cal.n_prompts, "sentences": sentences(cal, analysis, first_n)}
+    for reading in READINGS:
+        j = judge(cal, per_layer_reading(analysis, first_n, reading), reading, first_n)
+        out[reading] = {"value": j.value, "percentile": j.percentile, "label": j.label,
+                        "layer_percentiles": [None if p != p else float(p) for p in j.layer_percentiles]}
+    return out
 
 
 def _table(report: dict) -> str:
     n = report["first_n"]
     lines = [f"model {report['model']['label']} on {report['model']['device']} "
              f"({report['model']['dtype']}), {len(report['token_ids'])} tokens, "
-             f"position 0 = {report['tokens'][0]!r}",
+             f"position 0 = {report['tokens_readable'][0]!r}",
              f"sink mass = attention on the first {n} tokens, mean over queries i >= {n} and heads; "
              f"uniform baseline {report['baseline']:.3f}",
              f"{'layer':>5}  {'sink mass':>9}  {'x uniform':>9}  {'severity':<9} top sink (position, token, received)"]
@@ -288,10 +310,11 @@ def _table(report: dict) -> str:
         flag = " *" if row["flagged"] else ""
         lines.append(f"{row['layer']:>5}  {row['sink_mass']:>9.3f}  {row['ratio_to_uniform']:>8.1f}x"
                      f"  {row['severity']:<9} {row['top_sink_position']:>4} "
-                     f"{report['tokens'][row['top_sink_position']]!r} {row['top_sink_received']:.3f}{flag}")
+                     f"{report['tokens_readable'][row['top_sink_position']]!r} {row['top_sink_received']:.3f}{flag}")
     others = [f"{i} {kind}" for i, kind in enumerate(report["layer_kinds"]) if kind != "attention"]
     if others:
         lines.append("layers without softmax attention (not in the table): " + ", ".join(others))
+    lines += report.get("against_model", {}).get("sentences", [])
     lines.append(f"* over {report['thresholds']['ratio_flag']:g}x uniform.  "
                  f"Sink rate (Gu et al., eps={report['epsilon']:g}): {report['sink_rate']:.1f}%"
                  + ("  (from the result store)" if report["cached"] else ""))

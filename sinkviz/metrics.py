@@ -5,6 +5,7 @@ and design.md section 3; sink rate follows Gu et al., "When Attention Sink Emerg
 Language Models" (ICLR 2025, sail-sg/Attention-Sink).
 """
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,3 +118,12 @@ def top_sink(stats: AttentionStats) -> tuple[np.ndarray, np.ndarray]:
 def norm_vs_median(norms: np.ndarray, positions: int = 5) -> np.ndarray:
     """[layers, positions] norm of each of the first positions / median norm of its layer."""
     return norms[:, :positions] / np.median(norms, axis=1, keepdims=True)
+
+
+def deep_mean(values: np.ndarray, thresholds: Thresholds = Thresholds()) -> np.ndarray:
+    """Mean over the layers beyond the first ``shallow_layers`` (all layers if there are no
+    others) of values [layers, ...]: the one "mean over layers" every page uses."""
+    deep = values[thresholds.shallow_layers:] if len(values) > thresholds.shallow_layers else values
+    with warnings.catch_warnings():   # all-NaN (e.g. m_N where L <= N) gives NaN, quietly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(deep, axis=0)

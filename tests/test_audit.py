@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+from dataclasses import asdict
 import numpy as np
 import pytest
 
@@ -51,7 +52,11 @@ def test_interrupted_audit_resumes_without_recomputing(settings, store, monkeypa
     computed.clear()
     rows = audit(prompts, settings, store=store)
     assert len(computed) == 1 and all(r.key for r in rows)
-    assert rows == audit(prompts, settings, store=type(store)(store.directory + "-fresh"))
+    fresh = audit(prompts, settings, store=type(store)(store.directory + "-fresh"))
+    for got, want in zip(rows, fresh):    # floats within the rounding of another batch's matmuls
+        for name, value in asdict(got).items():
+            expected = getattr(want, name)
+            assert value == (pytest.approx(expected, rel=1e-6, nan_ok=True) if isinstance(value, float) else expected)
 
 
 @pytest.mark.parametrize("data,name,message", [
@@ -98,13 +103,14 @@ def test_audit_page_rows_equal_engine(app_test):
     at.switch_page("pages/audit.py").run()
     prompts = ["You are a helpful assistant.", "Assistant: be brief, and then, be kind."]  # commas kept
     at.text_area(key="au_text").set_value("\n".join(prompts))
+    at.toggle(key="au_calibrate").set_value(False)           # the calibration has its own tests
     at.button[0].click().run()
     assert not at.exception and not at.error
-    table = at.dataframe[0].value
+    table = at.dataframe[0].value.sort_values("row")
     for prompt, (_, row) in zip(prompts, table.iterrows()):
         mass = layer_sinks(analyze(prompt, Settings()).stats, 3).sink_mass
         assert row["worst layer"] == 2 + int(np.argmax(mass[2:]))
-        assert row["sink mass"] == pytest.approx(mass[2:].max())
+        assert row["sink mass (worst layer)"] == pytest.approx(mass[2:].max())
 
 
 FORMULAS = [start + " w1 w2 w3 w4" for start in ["=cmd|' /C calc'!A0", "+w1", "-w1", "@SUM(A1)", "\tw1", "\rw1"]]

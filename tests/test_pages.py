@@ -134,18 +134,26 @@ def test_embedded_encoder_from_the_picker():
 
 
 def test_compare_plots_every_variant_and_the_difference():
+    """Defaults: the chat template on, the reading on each variant's own text (not position 0)."""
+    from sinkviz.readings import compare_readings
     at = app()
     at.switch_page("pages/compare.py").run()
     at.button[0].click().run()
     assert not at.exception
-    a, b = (layer_sinks(analyze(p, Settings(use_template=False)).stats, 3) for p in (PROMPT_A, PROMPT_B))
-    lines = by_title(at, "Sink mass per layer")
-    np.testing.assert_allclose(array(lines["data"][0]["y"]), a.sink_mass, rtol=1e-6)
-    np.testing.assert_allclose(array(lines["data"][1]["y"]), b.sink_mass, rtol=1e-6)
+    results = [analyze(p, Settings()) for p in (PROMPT_A, PROMPT_B)]
+    a, b = compare_readings(results, 3, "user")
+    lines = by_title(at, "Your text's first 3 tokens per layer")
+    np.testing.assert_allclose(array(lines["data"][0]["y"]), a.per_layer, rtol=1e-6)
+    np.testing.assert_allclose(array(lines["data"][1]["y"]), b.per_layer, rtol=1e-6)
     diff = by_title(at, "Difference from A")
-    np.testing.assert_allclose(array(diff["data"][0]["y"]), b.sink_mass - a.sink_mass, atol=1e-6)
+    np.testing.assert_allclose(array(diff["data"][0]["y"]), b.per_layer - a.per_layer, atol=1e-6)
     assert len([f for f in figures(at) if "layer 3" in str(f["layout"]["title"]["text"])]) == 2
-    assert [m.value for m in at.metric] == ["'You'", "'Ass'"]   # each variant's own position 0
+    first, second = sorted([a, b], key=lambda v: -v.mean)
+    assert [(m.label, m.value) for m in at.metric] == [(f"#1 · Variant {first.label}", f"{first.mean:.1%}"),
+                                                       (f"#2 · Variant {second.label}", f"{second.mean:.1%}")]
+    assert at.metric[[first.label, second.label].index("B")].delta == f"{100 * b.diff:+.1f} pts · {b.ratio:.2f}× A"
+    assert (a.opening, b.opening) == ("'You' · '␣are' · '␣a'", "'Ass' · 'istant' · ':'")  # each variant's own text
+    assert "Position 0 is the template's '<|im_start|>'" in at.info[0].value
 
 
 def test_history_lists_the_store():

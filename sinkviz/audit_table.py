@@ -1,0 +1,91 @@
+"""The audit table as a person reads it: the prompt first, the file's own columns kept (id, owner,
+...), and a CSV of exactly the rows shown.
+
+``file_columns`` reads the same file ``audit.read_prompts`` reads, record for record, so its i-th
+dict belongs to the i-th prompt (audit row i + 1).
+"""
+
+import csv
+import io
+import json
+from dataclasses import asdict
+
+from .audit import COLUMNS, AuditRow, _csv_records
+from .export import csv_row
+
+
+def file_columns(data: bytes, filename: str) -> list[dict[str, str]]:
+    """Per prompt of the file, its other columns (CSV with a header: every column but 'prompt';
+    without one: 'column 2', ...; JSONL: every field but 'prompt', as text). Names that clash
+    with the audit's own columns get a 'file_' prefix."""
+    text = data.decode("utf-8-sig")
+    if filename.lower().endswith((".jsonl", ".json")):
+        found = [_json_fields(line) for line in text.splitlines() if line.strip()]
+    else:
+        found = _csv_fields(text, filename)
+    return [{(f"file_{k}" if k in COLUMNS else k): v for k, v in row.items()} for row in found]
+
+
+def _json_fields(line: str) -> dict[str, str]:
+    try:
+        item = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        return {}
+    if not isinstance(item, dict):
+        return {}
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in item.items() if k != "prompt"}
+
+
+def _csv_fields(text: str, filename: str) -> list[dict[str, str]]:
+    records = [r for _, r in _csv_records(text, filename) if r != []]
+    if not records:
+        return []
+    header = records[0]
+    has_header = isinstance(header, list) and "prompt" in header
+    column = header.index("prompt") if has_header else 0
+    out = []
+    for row in records[1:] if has_header else records:
+        if not isinstance(row, list):
+            out.append({})
+            continue
+        names = header if has_header else [f"column {k + 1}" for k in range(len(row))]
+        out.append({names[k]: v for k, v in enumerate(row) if k != column and k < len(names)})
+    return out
+
+
+def extra_names(extras: list[dict[str, str]]) -> list[str]:
+    """The file's column names in first-seen order."""
+    names: dict[str, None] = {}
+    for row in extras:
+        names.update(dict.fromkeys(row))
+    return list(names)
+
+
+def filtered_csv(rows: list[AuditRow], extras: list[dict[str, str]], added: list[dict] | None = None) -> str:
+    """``rows`` (already filtered) as CSV: the prompt first, then the file's columns, then ``added``
+    (per row, e.g. the percentile), then the audit's; text a spreadsheet would run as a formula
+    is neutralised."""
+    names, added = extra_names(extras), added or [{} for _ in rows]
+    more = list(added[0]) if added else []
+    ours = [c for c in COLUMNS if c != "prompt"]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["prompt"] + names + more + ours)
+    for row, plus in zip(rows, added):
+        extra = extras[row.row - 1] if row.row - 1 < len(extras) else {}
+        values = asdict(row)
+        writer.writerow(csv_row([values["prompt"]] + [extra.get(n, "") for n in names]
+                                + [plus.get(c, "") for c in more] + [values[c] for c in ours]))
+    return out.getvalue()
+
+
+def judged(rows: list[AuditRow], cal, reading: str, first_n: int) -> list[dict]:
+    """Per row: the reading's deep-layer mean, its percentile against ``cal`` (a Calibration, or
+    None) and the label; NaN / '' where the row has no numbers or there is no calibration."""
+    from .calibration import judge_value
+    out = []
+    for row in rows:
+        value = row.user_opening_mass if reading == "user" else row.mean_sink_mass
+        pct, text = judge_value(cal, value, reading, first_n) if cal is not None and not row.error else (float("nan"), "")
+        out.append({"reading": value, "percentile": pct, "against_model": text})
+    return out

@@ -1,0 +1,109 @@
+"""Plotly figures of segments and openings: pure functions, numbers plotted as the engine gives them."""
+
+import numpy as np
+import plotly.graph_objects as go
+
+from .segments import LEARNED_SINK, Openings, SegmentShares
+
+KIND_COLORS = {"sequence": "#4c78a8", "template": "#9aa5b1", "system": "#72b7b2", "user": "#4c78a8",
+               LEARNED_SINK: "#54a24b"}
+BLOCK_COLORS = ("#4c78a8", "#f58518", "#e45756", "#b279a2", "#eeca3b", "#ff9da6", "#9d755d", "#bab0ac")
+OPENING_COLORS = {"sequence": "#9aa5b1", "system turn": "#72b7b2", "user text": "#d62728"}
+
+
+def segment_colors(shares: SegmentShares) -> list[str]:
+    """One colour per segment: by kind; blocks take distinct colours in order."""
+    kinds = [s.kind for s in shares.segments] + ([LEARNED_SINK] if len(shares.names) > len(shares.segments) else [])
+    blocks = iter(BLOCK_COLORS * 8)
+    return [next(blocks) if k == "block" else KIND_COLORS[k] for k in kinds]
+
+
+def segment_share_bars(shares: SegmentShares) -> go.Figure:
+    """Stacked bars per layer: each segment's share of attention (they sum to 1); hover gives the
+    segment's share of the tokens and its share under uniform attention."""
+    layers = np.arange(shares.share.shape[0])
+    fig = go.Figure()
+    for s, (name, color) in enumerate(zip(shares.names, segment_colors(shares))):
+        custom = np.stack([np.full(len(layers), shares.token_share[s]), shares.uniform[:, s]], -1)
+        fig.add_trace(go.Bar(x=layers, y=shares.share[:, s], name=name, marker_color=color, customdata=custom,
+                             hovertemplate=f"{name}<br>layer %{{x}}: %{{y:.1%}} of attention<br>"
+                                           "%{customdata[0]:.1%} of the tokens, %{customdata[1]:.1%} "
+                                           "under uniform attention<extra></extra>"))
+    fig.update_layout(barmode="stack", title="Share of attention per segment, per layer (mean over queries and heads)",
+                      xaxis_title="layer", yaxis_title="share of attention", yaxis_tickformat=".0%",
+                      yaxis_range=[0, 1.0001], legend_orientation="h", margin_t=60, height=400)
+    return fig
+
+
+def opening_lines(opens: Openings) -> go.Figure:
+    """Opening mass per layer of the sequence, the system turn and the user's text."""
+    layers = np.arange(opens.mass.shape[0])
+    fig = go.Figure([go.Scatter(x=layers, y=opens.mass[:, k], mode="lines+markers", name=name,
+                                line_color=OPENING_COLORS.get(name, "#333"),
+                                hovertemplate=f"{name}: first {len(opens.positions[k])} tokens<br>"
+                                              "layer %{x}: %{y:.1%}<extra></extra>")
+                     for k, name in enumerate(opens.names)])
+    fig.update_layout(title=f"Attention on the first {opens.first_n} tokens of each part "
+                            "(mean over the queries that can see them, and heads)",
+                      xaxis_title="layer", yaxis_title="opening mass", yaxis_tickformat=".0%",
+                      yaxis_range=[0, 1.04], legend_orientation="h", margin_t=60, height=360)
+    return fig
+
+
+VARIANT_COLORS = ("#4c78a8", "#f58518", "#54a24b", "#b279a2")
+
+
+def compare_lines(labels: list[str], values: list[np.ndarray], what: str) -> go.Figure:
+    """values: per variant, [layers] of the reading ``what``; one distinct colour per variant."""
+    fig = go.Figure([go.Scatter(x=np.arange(len(v)), y=v, mode="lines+markers", name=label,
+                                line_color=VARIANT_COLORS[i % len(VARIANT_COLORS)])
+                     for i, (label, v) in enumerate(zip(labels, values))])
+    fig.update_layout(title=f"{what} per layer", xaxis_title="layer", yaxis_title=what,
+                      yaxis_tickformat=".0%", legend_orientation="h", height=380)
+    return fig
+
+
+def compare_difference(labels: list[str], values: list[np.ndarray], what: str) -> go.Figure:
+    """Each variant's reading minus the first variant's, per layer, in its variant's colour."""
+    base = values[0]
+    fig = go.Figure([go.Bar(x=np.arange(len(base)), y=v - base, name=f"{label} − {labels[0]}",
+                            marker_color=VARIANT_COLORS[(i + 1) % len(VARIANT_COLORS)])
+                     for i, (label, v) in enumerate(zip(labels[1:], values[1:]))])
+    fig.update_layout(title=f"Difference from {labels[0]} (percentage points): {what}", xaxis_title="layer",
+                      yaxis_title="Δ", yaxis_tickformat="+.0%", barmode="group", height=340)
+    return fig
+
+
+def percentile_lines(judgements: dict, typical: tuple[float, float]) -> go.Figure:
+    """judgements: reading name -> calibration.Judgement; each layer's percentile among the same
+    layer's calibration values, with the typical band shaded."""
+    fig = go.Figure()
+    fig.add_hrect(y0=typical[0], y1=typical[1], fillcolor="#e8eef5", line_width=0, layer="below",
+                  annotation_text="typical for this model", annotation_position="top left")
+    for k, (name, j) in enumerate(judgements.items()):
+        layers = np.arange(len(j.layer_percentiles))
+        fig.add_trace(go.Scatter(x=layers, y=j.layer_percentiles, mode="lines+markers", name=name,
+                                 line_color=VARIANT_COLORS[k % len(VARIANT_COLORS)], customdata=j.layer_values,
+                                 hovertemplate="layer %{x}: %{customdata:.1%}, percentile %{y:.0f}<extra></extra>"))
+    n = next(iter(judgements.values())).n_prompts if judgements else 0
+    fig.update_layout(title=f"Percentile per layer among {n} calibration prompts on this model",
+                      xaxis_title="layer", yaxis_title="percentile", yaxis_range=[0, 101], legend_orientation="h",
+                      margin_t=60, height=340)
+    return fig
+
+
+def mark_segments(fig: go.Figure, segments, bin_width: int) -> go.Figure:
+    """Dashed lines on a heatmap (keys along x) where each part's spans start, named at the top;
+    positions in bins of ``bin_width`` tokens (category index - 0.5 is the left edge of a cell)."""
+    if len(segments) < 2:
+        return fig
+    for seg in segments:
+        for start, _ in seg.spans:
+            if start == 0:
+                continue
+            x = start / bin_width - 0.5
+            fig.add_shape(type="line", x0=x, x1=x, y0=0, y1=1, yref="paper", line_dash="dash",
+                          line_color="white", line_width=1)
+            fig.add_annotation(x=x, y=1.0, yref="paper", text=seg.name, showarrow=False, xanchor="left",
+                               yanchor="bottom", font_size=10, textangle=-30)
+    return fig

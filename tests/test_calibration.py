@@ -1,0 +1,73 @@
+"""Calibration: percentiles monotone in the reading, stable for a fixed set, and a calibration
+prompt judged against its own set lands at its rank."""
+
+import numpy as np
+import pytest
+
+from sinkviz import calibration
+from sinkviz.analysis import Settings, analyze
+from sinkviz.calibration import calibrate, calibration_prompts, judge, load_calibration, percentile
+from sinkviz.metrics import deep_mean
+from sinkviz.readings import kind_shares, per_layer_reading
+
+
+@pytest.fixture
+def settings(tiny_models):
+    return Settings(model=tiny_models["llama-gqa"], map_size=16)
+
+
+def test_percentile_definition_and_monotone():
+    values = np.array([0.1, 0.2, 0.2, 0.4, np.nan])
+    assert [percentile(values, x) for x in (0.0, 0.1, 0.15, 0.2, 0.4, 0.9)] == [0.0, 12.5, 25.0, 50.0, 87.5, 100.0]
+    xs = np.linspace(-0.1, 0.6, 71)
+    assert np.all(np.diff([percentile(values, x) for x in xs]) >= 0)
+
+
+def test_calibration_is_kept_stable_and_monotone(settings, store):
+    steps = []
+    cal = calibrate(settings, store, progress=steps.append)
+    n = len(calibration_prompts())
+    assert cal.n_prompts == n == 40 and steps == [f"{i}/{n}" for i in range(1, n + 1)]
+    assert cal.sink_mass.shape == (n, 3, 8) and cal.user_opening.shape == (n, 3, 8) and cal.shares.shape == (n, 3, 4)
+    assert cal.n_tokens.shape == (n,) and cal.n_tokens.min() >= 2
+    again = load_calibration(settings, store)
+    for name in ("sink_mass", "user_opening", "shares", "n_tokens"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(cal, name))
+    assert calibrate(settings, store, progress=pytest.fail).key == cal.key     # kept: nothing runs again
+    np.testing.assert_allclose(np.nansum(cal.shares, -1), 1.0, atol=1e-5)      # template + user = all
+    base = per_layer_reading(analyze("w1 w2 w3 w4 w5 w6", settings, store=store), 3, "sequence")
+    judged = [judge(cal, base * s, "sequence") for s in np.linspace(0.0, 1.5, 16)]
+    assert np.all(np.diff([j.percentile for j in judged]) >= 0)
+    assert np.all(np.diff([j.layer_percentiles for j in judged], axis=0) >= 0)
+
+
+@pytest.mark.parametrize("reading", ["sequence", "user", "share_user"])
+def test_a_calibration_prompt_lands_at_its_rank(settings, store, reading):
+    cal = calibrate(settings, store)
+    means = np.array([deep_mean(v) for v in cal.values(reading)])                # [P]
+    for k in (0, 12, 35):
+        result = analyze(calibration_prompts()[k], calibration.calibration_settings(settings),
+                         store=calibration.calibration_store(store))
+        values = (per_layer_reading(result, 3, reading) if reading != "share_user"
+                  else kind_shares(result.stats, result.tokens)["user"])
+        j = judge(cal, values, reading)
+        finite = means[np.isfinite(means)]                                      # 'Hello' has no m_3
+        want = 100 * (np.sum(finite < means[k]) + 0.5 * np.sum(finite == means[k])) / len(finite)
+        assert j.value == pytest.approx(means[k], rel=1e-9) and j.percentile == pytest.approx(want)
+        assert j.label == calibration.label(want, means[k], finite)
+
+
+def test_cli_judges_against_the_model(settings, store, capsys, monkeypatch):
+    import json
+
+    from sinkviz.cli import main
+    monkeypatch.setenv("SINKVIZ_STORE_DIR", str(store.directory))
+    prompt = "w3 w1 w4 w1 w5 w9 w2 w6"
+    assert main(["analyze", "--prompt", prompt, "--model", settings.model, "--calibrate", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["against_model"]
+    cal = calibrate(Settings(model=settings.model), store, progress=pytest.fail)   # kept by the CLI's run
+    result = analyze(prompt, Settings(model=settings.model), store=store)
+    for reading in ("user", "sequence"):
+        j = judge(cal, per_layer_reading(result, 3, reading), reading)
+        assert (report[reading]["percentile"], report[reading]["label"]) == (j.percentile, j.label)
+    assert report["n_prompts"] == 40 and len(report["sentences"]) >= 1
