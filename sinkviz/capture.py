@@ -93,6 +93,10 @@ def sinkviz_attention(module, query, key, value, attention_mask, **kwargs):
 
 def _attend(module, query, key, value, attention_mask, kwargs, recorder) -> torch.Tensor:
     """One sequence's attention output [B, L, heads, D], recorded when ``recorder`` is set."""
+    if recorder is not None and key.shape[2] != query.shape[2]:
+        raise UnsupportedArchitecture(
+            f"{type(module).__name__} attends to {key.shape[2]} keys for {query.shape[2]} tokens (compressed or "
+            "extra memory keys); sinkviz maps attention onto the prompt's tokens")
     softmax = Softmax.of(query, kwargs)
     if softmax is not None:
         return _blockwise_attention(module, query, key, value, attention_mask, kwargs, softmax, recorder)[0]

@@ -21,6 +21,7 @@ Each architecture runs in a forked child with a timeout; the table records every
 """
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -54,9 +55,37 @@ NEEDS_INPUTS: dict[str, str] = {
     "gemma4_unified_assistant": "the target model's shared KV states (a speculative-decoding drafter)",
 }
 # softmax changes the lead is adding to capture.py (issue 12): refused until that lands
-IN_PROGRESS = ("s_aux", "sinks", "softcap")
 # model types whose eager attention casts scores to float32 even in a float64 model
-REFERENCE_FLOAT32 = {"gptj", "codegen"}
+REFERENCE_FLOAT32 = {"gptj", "codegen", "flint", "granite_swa", "granitemoe_swa"}  # eager softmax in float32 even for float64
+# Eager attention that returns weights renormalised over the tokens and applies the learned sink
+# to the output instead (x sigmoid(lse - sink)): the reference rescales those weights the same way.
+SINK_SCALED_EAGER = ("granite_swa", "granitemoe_swa")
+
+
+@contextlib.contextmanager
+def sink_in_weights(model_type: str):
+    """Within this block, SINK_SCALED_EAGER models' eager weights are the softmax's share of each
+    token, learned sink included: weights x sigmoid(lse - sink) (rows sum to 1 - sink)."""
+    if model_type not in SINK_SCALED_EAGER:
+        yield
+        return
+    import importlib
+    from transformers.integrations.sdpa_attention import repeat_kv
+    module = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    real = module.eager_attention_forward
+
+    def scaled(mod, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+        out, weights = real(mod, query, key, value, attention_mask, scaling, dropout, **kwargs)
+        logits = query @ repeat_kv(key, mod.num_key_value_groups).transpose(2, 3) * scaling
+        if attention_mask is not None:
+            logits = logits + attention_mask
+        keep = torch.sigmoid(torch.logsumexp(logits, -1) - mod.sinks.view(1, -1, 1).to(logits.dtype))
+        return out, weights * keep.unsqueeze(-1).to(weights.dtype)
+    module.eager_attention_forward = scaled
+    try:
+        yield
+    finally:
+        module.eager_attention_forward = real
 
 
 def model_types() -> list[tuple[str, str]]:
@@ -85,7 +114,7 @@ def eager(model_class, folder, ids, dtype):
     from reference import float64_softmax
     model = model_class.from_pretrained(folder, dtype=dtype, attn_implementation="eager",
                                         experts_implementation="eager").eval()
-    with torch.no_grad(), float64_softmax():
+    with torch.no_grad(), float64_softmax(), sink_in_weights(model.config.model_type):
         out = model(input_ids=ids, output_attentions=True, use_cache=False)
     att = getattr(out, "attentions", None) or getattr(out, "decoder_attentions", None)
     if not att:
@@ -168,8 +197,6 @@ def check(model_type: str, mapping: str, workdir: Path) -> dict:
         row["floor32"] = max(v for k, v in floor.items() if k != "causal")
     except SinkvizError as err:
         reason = str(err).replace(str(workdir / model_type), model_type)
-        if any(f"'{name}'" in reason for name in IN_PROGRESS):
-            reason = "learned sink / softcap (in progress in capture.py): " + reason
         return {**row, "status": "refused", "reason": ("in float64: " if phase == "float64" else "") + reason,
                 "phase": phase}
     except Exception as err:  # noqa: BLE001  (every other failure is recorded, never hidden)
