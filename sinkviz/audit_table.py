@@ -37,7 +37,7 @@ def _json_fields(line: str) -> dict[str, str]:
 
 
 def _csv_fields(text: str, filename: str) -> list[dict[str, str]]:
-    records = [r for _, r in _csv_records(text, filename) if r != []]
+    records = [r for _, r in _csv_records(io.StringIO(text), filename) if r != []]
     if not records:
         return []
     header = records[0]

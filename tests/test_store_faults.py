@@ -33,8 +33,10 @@ def big(tiny_models):
 
 @pytest.fixture
 def captures(monkeypatch):
-    calls, real = [], capture.capture
+    """One entry per prompt captured, alone or in a batch."""
+    calls, real, batch = [], capture.capture, capture.capture_batch
     monkeypatch.setattr(capture, "capture", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(capture, "capture_batch", lambda m, seqs, *a, **k: calls.extend([1] * len(seqs)) or batch(m, seqs, *a, **k))
     return calls
 
 
