@@ -80,16 +80,22 @@ def parse_prompts(lines: Iterable[str], filename: str) -> Iterator[str | BadRow]
 
 def stream_prompts(path: str) -> Iterator[str | BadRow]:
     """The prompts of a file of any size, read as they are audited (the CLI's path: no size or
-    row limit, memory flat). BadPrompt where it is not UTF-8 (naming the line) or holds none."""
-    name, count = Path(path).name, 0
+    row limit, memory flat). BadPrompt, as read_prompts would, where it is not UTF-8 (naming the
+    line) or holds no readable prompt (unreadable rows wait for the first readable one)."""
+    name, waiting, readable = Path(path).name, [], False
     try:
         with open(path, "rb") as raw:
-            for count, prompt in enumerate(parse_prompts(_decoded(raw, name), name), start=1):
-                yield prompt
+            for prompt in parse_prompts(_decoded(raw, name), name):
+                if readable or not isinstance(prompt, BadRow):
+                    yield from waiting
+                    waiting, readable = [], True
+                    yield prompt
+                else:
+                    waiting.append(prompt)
     except OSError as err:
         raise BadPrompt(f"cannot read {path}: {err.strerror}") from None
-    if count == 0:
-        raise BadPrompt(f"{name} holds no prompts")
+    if not readable:
+        raise BadPrompt(f"{name} holds no readable prompt ({waiting[0].error})" if waiting else f"{name} holds no prompts")
 
 
 def _decoded(raw: Iterable[bytes], filename: str) -> Iterator[str]:

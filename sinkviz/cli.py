@@ -206,39 +206,56 @@ def _sweep(args) -> int:
 
 def _audit(args) -> int:
     """Stream the file's prompts through the audit: each row printed, and written to --csv, as
-    it completes; a progress line (prompts/s) on stderr."""
-    import csv
+    it completes; a progress line (prompts/s) on stderr. Nothing is printed or written before
+    the first row, so a file refused outright leaves one line on stderr and no CSV."""
     import time
 
     from .analysis import Settings
-    from .audit import COLUMNS, audit_rows, csv_cells, stream_prompts
+    from .audit import audit_rows, stream_prompts
 
     settings = Settings(model=args.model, use_template=not args.no_template)
-    out = open(args.csv, "w", newline="", encoding="utf-8") if args.csv else None
+    if args.ray:
+        from .ray_audit import ray_audit_rows
+        rows = ray_audit_rows(stream_prompts(args.file), settings, args.first,
+                              address=None if args.ray == "local" else args.ray, workers=args.workers)
+    else:
+        rows = audit_rows(stream_prompts(args.file), settings, args.first)
+    table, start = _AuditOutput(args.csv), time.perf_counter()
     try:
-        writer = csv.writer(out) if out else None
-        if writer:
-            writer.writerow(COLUMNS)
-        print(f"{'row':>4}  {'worst':>5}  {'sink mass':>9}  {'x uniform':>9}  {'severity':<9} first tokens / error")
-        start = time.perf_counter()
-        if args.ray:
-            from .ray_audit import ray_audit_rows
-            rows = ray_audit_rows(stream_prompts(args.file), settings, args.first,
-                                  address=None if args.ray == "local" else args.ray, workers=args.workers)
-        else:
-            rows = audit_rows(stream_prompts(args.file), settings, args.first)
         for r in rows:
-            if writer:
-                writer.writerow(csv_cells(r))
-                out.flush()
-            print(f"{r.row:>4}  {r.worst_layer:>5}  {r.worst_sink_mass:>9.3f}  {r.ratio_to_uniform:>8.1f}x  "
-                  f"{r.severity:<9} {r.error or r.first_tokens}", flush=True)
+            table.write(r)
             print(f"sinkviz: audit {r.row} done, {r.row / (time.perf_counter() - start):.1f} prompts/s",
                   file=sys.stderr)
     finally:
-        if out:
-            out.close()
+        table.close()
     return 0
+
+
+class _AuditOutput:
+    """The audit's table on stdout and in the --csv file, both begun at the first row."""
+
+    def __init__(self, csv_path: str | None):
+        self.csv_path, self.out, self.writer = csv_path, None, None
+
+    def write(self, r) -> None:
+        import csv
+
+        from .audit import COLUMNS, csv_cells
+        if self.writer is None:
+            print(f"{'row':>4}  {'worst':>5}  {'sink mass':>9}  {'x uniform':>9}  {'severity':<9} first tokens / error")
+            self.out = open(self.csv_path, "w", newline="", encoding="utf-8") if self.csv_path else None
+            self.writer = csv.writer(self.out) if self.out else False
+            if self.writer:
+                self.writer.writerow(COLUMNS)
+        if self.writer:
+            self.writer.writerow(csv_cells(r))
+            self.out.flush()
+        print(f"{r.row:>4}  {r.worst_layer:>5}  {r.worst_sink_mass:>9.3f}  {r.ratio_to_uniform:>8.1f}x  "
+              f"{r.severity:<9} {r.error or r.first_tokens}", flush=True)
+
+    def close(self) -> None:
+        if self.out:
+            self.out.close()
 
 
 def _lab(args) -> int:
