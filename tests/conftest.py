@@ -125,6 +125,20 @@ def app_store(directory):
             os.environ["SINKVIZ_STORE_DIR"] = old
 
 
+def analyze_page(prompt: str, first_n: int = 3, tab: str | None = None, timeout: int = 120):
+    """AppTest of the Analyze page after pressing Analyze on ``prompt`` (with ``tab`` open)."""
+    from streamlit.testing.v1 import AppTest
+    at = AppTest.from_file(APP, default_timeout=timeout)
+    if tab:
+        at.session_state["an_tab"] = tab
+    at.run()
+    at.text_area(key="an_prompt").set_value(prompt)
+    at.slider(key="an_first_n").set_value(first_n)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    return at
+
+
 @pytest.fixture
 def app_test(tmp_path):
     """A factory of AppTests of app.py on a private store."""

@@ -8,7 +8,7 @@ import pytest
 os.environ["SINKVIZ_WARM"] = "0"
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from conftest import APP, app_store  # noqa: E402
+from conftest import APP, analyze_page, app_store  # noqa: E402
 from plotly_json import array, by_title, figures  # noqa: E402
 from sinkviz.analysis import Settings, analyze  # noqa: E402
 from sinkviz.figures import layer_map, map_for_display  # noqa: E402
@@ -27,18 +27,6 @@ def page_store(tmp_path_factory, default_model_dir):
 
 def app() -> AppTest:
     return AppTest.from_file(APP, default_timeout=TIMEOUT)
-
-
-def analyze_page(prompt: str, first_n: int = 3, tab: str | None = None) -> AppTest:
-    at = app()
-    if tab:
-        at.session_state["an_tab"] = tab
-    at.run()
-    at.text_area(key="an_prompt").set_value(prompt)
-    at.slider(key="an_first_n").set_value(first_n)
-    at.button[0].click().run()
-    assert not at.exception, at.exception
-    return at
 
 
 @pytest.mark.parametrize("first_n", [3, 5])

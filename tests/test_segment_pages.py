@@ -8,7 +8,7 @@ import pytest
 os.environ["SINKVIZ_WARM"] = "0"
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from conftest import APP, app_store  # noqa: E402
+from conftest import APP, analyze_page, app_store  # noqa: E402
 from plotly_json import array, by_title  # noqa: E402
 from sinkviz.analysis import Settings, analyze  # noqa: E402
 from sinkviz.metrics import deep_mean  # noqa: E402
@@ -25,19 +25,8 @@ def page_store(tmp_path_factory, default_model_dir):
         yield
 
 
-def analyze_page(prompt: str, tab: str, first_n: int = 3) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.session_state["an_tab"] = tab
-    at.run()
-    at.text_area(key="an_prompt").set_value(prompt)
-    at.slider(key="an_first_n").set_value(first_n)
-    at.button[0].click().run()
-    assert not at.exception, at.exception
-    return at
-
-
 def test_segment_bars_and_openings_equal_engine():
-    at = analyze_page(SUPPORT, "Segments")
+    at = analyze_page(SUPPORT, tab="Segments")
     at.selectbox(key="an_blocks").set_value("blocks: auto").run()
     result = analyze(SUPPORT, Settings())
     segs = segments_of(result.tokens, "auto")
@@ -58,7 +47,7 @@ def test_segment_bars_and_openings_equal_engine():
 
 
 def test_japanese_tokens_are_readable_everywhere():
-    at = analyze_page(JAPANESE, "Tokens")
+    at = analyze_page(JAPANESE, tab="Tokens")
     shown = list(at.dataframe[0].value["token"])
     assert "\ufffd" not in "".join(shown) and "↵" in shown
     assert any(label.startswith("請") and "⟨0x" in label for label in shown)
@@ -92,7 +81,7 @@ def few_calibration_prompts(monkeypatch):
 def test_analyze_judges_against_the_model_after_calibrating(few_calibration_prompts):
     from sinkviz.calibration import calibrate, sentences
     from sinkviz.store import ResultStore
-    at = analyze_page(SUPPORT, "Sink mass per layer")
+    at = analyze_page(SUPPORT, tab="Sink mass per layer")
     assert not at.success and "Not yet judged" in at.caption[0].value
     at.button(key="an_calibrate").click().run()
     assert not at.exception, at.exception
@@ -152,7 +141,7 @@ def test_layer_percentiles_plotted_after_calibrating(few_calibration_prompts):
     from sinkviz.calibration import calibrate, judge
     from sinkviz.readings import per_layer_reading
     from sinkviz.store import ResultStore
-    at = analyze_page(PROMPT_JA_OPENING, "Sink mass per layer")
+    at = analyze_page(PROMPT_JA_OPENING, tab="Sink mass per layer")
     if any(b.key == "an_calibrate" for b in at.button):    # not yet made by an earlier test of this module
         at.button(key="an_calibrate").click().run()
     cal = calibrate(Settings(), ResultStore(), progress=pytest.fail)
@@ -169,7 +158,7 @@ PROMPT_JA_OPENING = "請求書について質問があります。\n\nThe VAT nu
 
 
 def test_heatmap_marks_where_each_turn_starts():
-    at = analyze_page(SUPPORT, "Heatmaps")
+    at = analyze_page(SUPPORT, tab="Heatmaps")
     result = analyze(SUPPORT, Settings())
     big = by_title(at, "Layer 3, mean over heads")
     starts = sorted(a for s in segments_of(result.tokens) for a, _ in s.spans if a > 0)
