@@ -258,7 +258,7 @@ class _Batch:
         per mask tensor, one host sync)."""
         if attention_mask is None or any(m is attention_mask for m in self.masks_checked):
             return
-        allowed = attention_mask if attention_mask.dtype == torch.bool else attention_mask > -1e4
+        allowed = visible(attention_mask)
         length = allowed.shape[-1]
         i = torch.arange(length, device=allowed.device)[:, None]
         j = torch.arange(length, device=allowed.device)[None, :]
@@ -269,13 +269,19 @@ class _Batch:
         self.masks_checked.append(attention_mask)
 
 
+def visible(mask: torch.Tensor) -> torch.Tensor:
+    """A mask as booleans, True where the key is seen (bool masks as they are; additive float
+    masks block at <= -1e4)."""
+    return mask if mask.dtype == torch.bool else mask > -1e4
+
+
 def mask_hides_future(attention_mask, n_q: int, n_k: int, rows: int = 1024) -> bool:
     """True when the mask [1, 1 or heads, Lq or 1, Lk] blocks every key j > i + (Lk - Lq) from
     query i (bool: False blocks; float: <= -1e4 blocks), checked ``rows`` queries at a time."""
     mask = attention_mask[0].expand(attention_mask.shape[1], n_q, n_k)
     for start in range(0, n_q, rows):
         block = mask[:, start:start + rows]
-        allowed = block if block.dtype == torch.bool else block > -1e4
+        allowed = visible(block)
         q_pos = torch.arange(start, start + block.shape[1], device=block.device)[:, None] + n_k - n_q
         future = torch.arange(n_k, device=block.device)[None, :] > q_pos
         if bool((allowed & future).any()):
