@@ -5,8 +5,8 @@ import threading
 
 import streamlit as st
 
-from sinkviz.devices import pick_device
-from sinkviz.embedded import DEFAULT_MODEL, EMBEDDED
+from sinkviz.flow.devices import pick_device
+from sinkviz.flow.embedded import DEFAULT_MODEL, EMBEDDED
 
 st.set_page_config(page_title="sinkviz", page_icon=":material/blur_circular:", layout="wide")
 
@@ -14,7 +14,7 @@ st.set_page_config(page_title="sinkviz", page_icon=":material/blur_circular:", l
 @st.cache_resource
 def warm_default_model() -> threading.Thread:
     """Load the default model in the background once per server, so the first run is quick."""
-    from sinkviz.models import get_model
+    from sinkviz.flow.models import get_model
 
     def load():
         try:

@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from bench.gpu_long_context import SHAPES  # noqa: E402
-from sinkviz import capture  # noqa: E402
-from sinkviz.analysis import BATCH_TOKENS, Settings, plan_batches  # noqa: E402
-from sinkviz.audit import audit_rows  # noqa: E402
-from sinkviz.models import get_model  # noqa: E402
-from sinkviz.store import ResultStore  # noqa: E402
+from sinkviz.engine import capture  # noqa: E402
+from sinkviz.flow.analysis import BATCH_TOKENS, Settings, plan_batches  # noqa: E402
+from sinkviz.flow.audit import audit_rows  # noqa: E402
+from sinkviz.flow.models import get_model  # noqa: E402
+from sinkviz.flow.store import ResultStore  # noqa: E402
 
 WORDS = 2000
 
@@ -126,7 +126,7 @@ def main() -> None:
         if not args.skip_local:
             runs["audit, batched (end to end)"] = timed(lambda: audit(Path(tmp) / "a"))
         if not args.skip_batch1 and not args.skip_local:
-            from sinkviz import analysis
+            from sinkviz.flow import analysis
             budget = dict(analysis.BATCH_TOKENS)
             analysis.BATCH_TOKENS.update({k: 1 for k in budget})          # one prompt per forward
             try:
@@ -135,7 +135,7 @@ def main() -> None:
                 analysis.BATCH_TOKENS.update(budget)
         first = None
         for workers in args.ray:
-            from sinkviz.ray_audit import ray_audit_rows
+            from sinkviz.flow.ray_audit import ray_audit_rows
             rows = []
             runs[f"Ray audit, {workers} worker(s)"] = timed(lambda: rows.extend(ray_audit_rows(
                 prompts, settings, workers=workers, store=ResultStore(Path(tmp) / f"ray{workers}"))))

@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from gpu_long_context import SHAPES, build  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from sinkviz import capture  # noqa: E402
+from sinkviz.engine import capture  # noqa: E402
 
 
 def top_ops(fn, count: int = 14) -> list[str]:

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from sinkviz import capture  # noqa: E402
-from sinkviz.models import get_model  # noqa: E402
+from sinkviz.engine import capture  # noqa: E402
+from sinkviz.flow.models import get_model  # noqa: E402
 
 
 def rss_peak_reset() -> int:
@@ -80,8 +80,8 @@ def main() -> None:
 
 
 def end_to_end(repeats: int) -> None:
-    from sinkviz.analysis import Settings, analyze
-    from sinkviz.store import ResultStore
+    from sinkviz.flow.analysis import Settings, analyze
+    from sinkviz.flow.store import ResultStore
     words = "the quick brown fox jumps over the lazy dog and keeps running far away".split()
     prompt = " ".join(words[i % len(words)] for i in range(470))  # ~512 tokens with the template
     times = []
@@ -95,7 +95,7 @@ def end_to_end(repeats: int) -> None:
 
 
 def fresh_load_seconds() -> float:
-    code = ("import time; t = time.perf_counter(); from sinkviz.models import get_model; "
+    code = ("import time; t = time.perf_counter(); from sinkviz.flow.models import get_model; "
             "get_model('smollm2-135m-instruct', device='cpu'); print(time.perf_counter() - t)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parent.parent, env={**os.environ, "TQDM_DISABLE": "1"})

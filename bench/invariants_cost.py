@@ -1,4 +1,4 @@
-"""What the invariant checks (sinkviz/invariants.py) cost: capture time with and without them.
+"""What the invariant checks (sinkviz/engine/invariants.py) cost: capture time with and without them.
 
     python3 bench/invariants_cost.py [--shape llama3-8b] [--lengths 8192 32768]
 
@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from bench.gpu_long_context import SHAPES  # noqa: E402
-from sinkviz import capture, invariants  # noqa: E402
+from sinkviz.engine import capture  # noqa: E402
+from sinkviz.engine import invariants  # noqa: E402
 
 
 def median_time(fn, repeats=3) -> float:

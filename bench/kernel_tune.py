@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import triton  # noqa: E402
 
-from sinkviz import fused  # noqa: E402
+from sinkviz.engine import fused  # noqa: E402
 
 SHAPES = {"llama3-8b": (32, 8, 128), "smollm2-135m": (9, 3, 64)}  # heads, kv heads, head dim
 # Statistics time / SDPA per layer at 32K on an H100 (8B shape; SmolLM2 shape), the key-major sweep:

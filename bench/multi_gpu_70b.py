@@ -7,7 +7,7 @@ layer made directly on its GPU, and placed the way ``device_map="auto"`` would (
 the first layers on cuda:0, ..., the last layers and the LM head on the last GPU; accelerate's
 hooks move the hidden states). Per length: median time and peak allocated memory per GPU of a
 plain SDPA forward (prefill, one logit row) and of sinkviz's capture (whose statistics pass the
-invariant checks of sinkviz/invariants.py, or it raises), side by side in one run. Then, for
+invariant checks of sinkviz/engine/invariants.py, or it raises), side by side in one run. Then, for
 each --check-layers index, the layer's statistics in the spread capture are compared with the
 same layer captured alone on cuda:0 from the same inputs (a fresh copy of the layer there).
 ``--shape tiny --device cpu`` runs the whole script on a small model on the CPU (a smoke test).
@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding  # noqa: E402
 
-from sinkviz import capture as cap  # noqa: E402
+from sinkviz.engine import capture as cap  # noqa: E402
 
 SHAPES = {
     "llama3-70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from sinkviz import fused  # noqa: E402
+from sinkviz.engine import fused  # noqa: E402
 
 n, heads, kv_heads, dim = int(os.environ.get("N", 32768)), 32, 8, 128
 fused.OVERRIDE.update(zip(("BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "maxnreg"),

@@ -8,18 +8,18 @@ import streamlit as st
 from pages.common import (EXAMPLES, URL_PROMPT_LIMIT, device_dtype_pickers, first_n_from_params, guarded,
                           model_picker, open_stored, run_analysis, settings_from_params,
                           settings_to_params, step_progress, store, threshold_inputs)
-from sinkviz.calibration import (TYPICAL, calibrate, calibration_key, calibration_prompts, judge, load_calibration,
+from sinkviz.numbers.calibration import (TYPICAL, calibrate, calibration_key, calibration_prompts, judge, load_calibration,
                                  sentences)
-from sinkviz.readings import per_layer_reading
-from sinkviz import figures, segment_figures
-from sinkviz.analysis import Analysis, Settings
+from sinkviz.numbers.readings import per_layer_reading
+from sinkviz.output import figures, segment_figures
+from sinkviz.flow.analysis import Analysis, Settings
 from sinkviz.errors import SinkvizError
-from sinkviz.export import layers_csv, metadata, npz_bytes
-from sinkviz.metrics import deep_mean, layer_entropy, layer_sinks, norm_vs_median, sink_rate, uniform_entropy
-from sinkviz.readable import quoted
-from sinkviz.segments import BLOCK_RULES, openings, segment_shares, segment_table, segments_of
-from sinkviz.report import report_dict
-from sinkviz.verdict import verdict
+from sinkviz.output.export import layers_csv, metadata, npz_bytes
+from sinkviz.numbers.metrics import deep_mean, layer_entropy, layer_sinks, norm_vs_median, sink_rate, uniform_entropy
+from sinkviz.output.readable import quoted
+from sinkviz.numbers.segments import BLOCK_RULES, openings, segment_shares, segment_table, segments_of
+from sinkviz.output.report import report_dict
+from sinkviz.output.verdict import verdict
 
 TABS = ["Sink mass per layer", "Segments", "Heatmaps", "Position-0 inspector", "Entropy", "Tokens", "Export"]
 MAP_SIZES = [32, 64, 128, 192, 256]

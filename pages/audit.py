@@ -5,11 +5,11 @@ import math
 import streamlit as st
 
 from pages.common import guarded, model_picker, open_in_analyze, step_progress, store
-from sinkviz.analysis import Settings
-from sinkviz.audit import MAX_FILE_BYTES, MAX_ROWS, audit, prompts_from_lines, read_prompts
-from sinkviz.audit_table import extra_names, file_columns, filtered_csv, judged
-from sinkviz.calibration import TYPICAL, calibrate, calibration_prompts
-from sinkviz.readings import READINGS
+from sinkviz.flow.analysis import Settings
+from sinkviz.flow.audit import MAX_FILE_BYTES, MAX_ROWS, audit, prompts_from_lines, read_prompts
+from sinkviz.flow.audit_table import extra_names, file_columns, filtered_csv, judged
+from sinkviz.numbers.calibration import TYPICAL, calibrate, calibration_prompts
+from sinkviz.numbers.readings import READINGS
 
 BANDS = {"unusual, high": lambda p: p > TYPICAL[1], "typical": lambda p: TYPICAL[0] <= p <= TYPICAL[1],
          "unusual, low": lambda p: p < TYPICAL[0], "not judged": lambda p: math.isnan(p)}

@@ -6,13 +6,13 @@ from dataclasses import replace
 
 import streamlit as st
 
-from sinkviz.analysis import Analysis, Settings, analyze, load_stored
-from sinkviz.devices import DTYPES, available_devices
-from sinkviz.embedded import DEFAULT_MODEL, EMBEDDED
+from sinkviz.flow.analysis import Analysis, Settings, analyze, load_stored
+from sinkviz.flow.devices import DTYPES, available_devices
+from sinkviz.flow.embedded import DEFAULT_MODEL, EMBEDDED
 from sinkviz.errors import SinkvizError
-from sinkviz.metrics import Thresholds
-from sinkviz.models import check_allowed, offered_models
-from sinkviz.store import ResultStore
+from sinkviz.numbers.metrics import Thresholds
+from sinkviz.flow.models import check_allowed, offered_models
+from sinkviz.flow.store import ResultStore
 
 log = logging.getLogger("sinkviz.app")
 

@@ -3,12 +3,12 @@
 import streamlit as st
 
 from pages.common import EXAMPLES, guarded, model_picker, run_analysis, store
-from sinkviz import figures, segment_figures
-from sinkviz.analysis import Settings
+from sinkviz.output import figures, segment_figures
+from sinkviz.flow.analysis import Settings
 from sinkviz.errors import SinkvizError
-from sinkviz.metrics import Thresholds
-from sinkviz.calibration import judge_value, load_calibration, ordinal
-from sinkviz.readings import READINGS, compare_readings
+from sinkviz.numbers.metrics import Thresholds
+from sinkviz.numbers.calibration import judge_value, load_calibration, ordinal
+from sinkviz.numbers.readings import READINGS, compare_readings
 
 SHALLOW = Thresholds().shallow_layers
 st.title("Compare opening variants")

@@ -5,7 +5,7 @@ from datetime import datetime
 import streamlit as st
 
 from pages.common import open_in_analyze, store
-from sinkviz.analysis import Settings, history
+from sinkviz.flow.analysis import Settings, history
 
 st.title("History")
 metas = history(store())

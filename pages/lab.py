@@ -3,11 +3,11 @@
 import streamlit as st
 
 from pages.common import EXAMPLES, guarded, model_picker
-from sinkviz import figures
-from sinkviz.analysis import Settings
-from sinkviz.metrics import layer_sinks
-from sinkviz.mitigation import WindowResult, attention_scaling, sink_token_experiment
-from sinkviz.sweep import shipped_text
+from sinkviz.output import figures
+from sinkviz.flow.analysis import Settings
+from sinkviz.numbers.metrics import layer_sinks
+from sinkviz.flow.mitigation import WindowResult, attention_scaling, sink_token_experiment
+from sinkviz.flow.sweep import shipped_text
 
 st.title("Mitigation lab")
 model = model_picker("lab")

@@ -4,9 +4,9 @@ import numpy as np
 import streamlit as st
 
 from pages.common import guarded, model_picker, show_model_in_sidebar, step_progress, store
-from sinkviz import figures
-from sinkviz.analysis import Settings
-from sinkviz.sweep import run_sweep, shipped_text
+from sinkviz.output import figures
+from sinkviz.flow.analysis import Settings
+from sinkviz.flow.sweep import run_sweep, shipped_text
 
 st.title("Context-length sweep")
 st.caption("The first 256, 512, 1024, … tokens of one text, each analysed (raw text, no chat template) "

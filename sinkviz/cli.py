@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from .errors import SinkvizError
+from sinkviz.errors import SinkvizError
 
 EXIT_BAD_INPUT = 2
 
@@ -44,8 +44,8 @@ def _fraction(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .embedded import DEFAULT_MODEL
-    from .segments import BLOCK_RULES
+    from sinkviz.flow.embedded import DEFAULT_MODEL
+    from sinkviz.numbers.segments import BLOCK_RULES
     parser = _Parser(prog="python -m sinkviz",
                                      description="See attention sinks in transformer models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command not in ("prepare", "models"):
             from transformers.utils import logging as hf_logging
 
-            from .metrics import check_first_n
+            from sinkviz.numbers.metrics import check_first_n
             hf_logging.set_verbosity_error()
             if getattr(args, "first", None) is not None:
                 check_first_n(args.first, 10**9)  # range check before any model work
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _prepare() -> int:
-    from .embedded import DEFAULT_MODEL, MARKER, converted_dir, ensure_converted
+    from sinkviz.flow.embedded import DEFAULT_MODEL, MARKER, converted_dir, ensure_converted
     if not (converted_dir(DEFAULT_MODEL) / MARKER).exists():
         print("sinkviz: converting the embedded default model once (about 20 s) ...", file=sys.stderr)
     print(ensure_converted(DEFAULT_MODEL))
@@ -152,11 +152,11 @@ def _prepare() -> int:
 def _models(args) -> int:
     """The embedded models, or the committed architecture-coverage table (no model is built)."""
     if args.coverage:
-        from .coverage import load_table, render
+        from sinkviz.output.coverage import load_table, render
         table = load_table()
         print(json.dumps(table) if args.json else render(table, show_all=args.all))
         return 0
-    from .embedded import DEFAULT_MODEL, EMBEDDED
+    from sinkviz.flow.embedded import DEFAULT_MODEL, EMBEDDED
     for name, entry in EMBEDDED.items():
         print(f"{name:<28} {entry.label}" + ("  (default)" if name == DEFAULT_MODEL else ""))
     return 0
@@ -165,7 +165,7 @@ def _models(args) -> int:
 def _read_text(text: str | None, path: str | None) -> str:
     if text is not None:
         return text
-    from .errors import BadPrompt
+    from sinkviz.errors import BadPrompt
     try:
         if path == "-":
             stream = getattr(sys.stdin, "buffer", None)
@@ -182,8 +182,8 @@ def _read_text(text: str | None, path: str | None) -> str:
 
 
 def _sweep(args) -> int:
-    from .analysis import Settings
-    from .sweep import run_sweep, shipped_text
+    from sinkviz.flow.analysis import Settings
+    from sinkviz.flow.sweep import run_sweep, shipped_text
 
     text = shipped_text() if args.text is None and args.file is None else _read_text(args.text, args.file)
     settings = Settings(model=args.model, use_template=False, device=args.device, dtype=args.dtype)
@@ -210,12 +210,12 @@ def _audit(args) -> int:
     the first row, so a file refused outright leaves one line on stderr and no CSV."""
     import time
 
-    from .analysis import Settings
-    from .audit import audit_rows, stream_prompts
+    from sinkviz.flow.analysis import Settings
+    from sinkviz.flow.audit import audit_rows, stream_prompts
 
     settings = Settings(model=args.model, use_template=not args.no_template)
     if args.ray:
-        from .ray_audit import ray_audit_rows
+        from sinkviz.flow.ray_audit import ray_audit_rows
         rows = ray_audit_rows(stream_prompts(args.file), settings, args.first,
                               address=None if args.ray == "local" else args.ray, workers=args.workers)
     else:
@@ -240,7 +240,7 @@ class _AuditOutput:
     def write(self, r) -> None:
         import csv
 
-        from .audit import COLUMNS, csv_cells
+        from sinkviz.flow.audit import COLUMNS, csv_cells
         if self.writer is None:
             print(f"{'row':>4}  {'worst':>5}  {'sink mass':>9}  {'x uniform':>9}  {'severity':<9} first tokens / error")
             self.out = open(self.csv_path, "w", newline="", encoding="utf-8") if self.csv_path else None
@@ -259,10 +259,10 @@ class _AuditOutput:
 
 
 def _lab(args) -> int:
-    from .analysis import Settings
-    from .metrics import layer_sinks
-    from .mitigation import WindowResult, attention_scaling, sink_token_experiment
-    from .sweep import shipped_text
+    from sinkviz.flow.analysis import Settings
+    from sinkviz.numbers.metrics import layer_sinks
+    from sinkviz.flow.mitigation import WindowResult, attention_scaling, sink_token_experiment
+    from sinkviz.flow.sweep import shipped_text
 
     if args.experiment == "scale":
         r = attention_scaling(args.prompt, Settings(model=args.model), args.k, args.gamma)
@@ -288,8 +288,8 @@ def _lab(args) -> int:
 
 
 def _analyze(args) -> int:
-    from .analysis import Settings, analyze
-    from .report import report_dict
+    from sinkviz.flow.analysis import Settings, analyze
+    from sinkviz.output.report import report_dict
 
     prompt = _read_text(args.prompt, args.prompt_file)
     settings = Settings(model=args.model, use_template=not args.no_template, system=args.system,
@@ -304,8 +304,8 @@ def _analyze(args) -> int:
 
 def _against_model(analysis, first_n: int) -> dict:
     """Each reading's deep-layer mean, percentile and label against the model's calibration."""
-    from .calibration import calibrate, judge, sentences
-    from .readings import READINGS, per_layer_reading
+    from sinkviz.numbers.calibration import calibrate, judge, sentences
+    from sinkviz.numbers.readings import READINGS, per_layer_reading
     cal = calibrate(analysis.settings, progress=lambda step: print(f"sinkviz: calibration {step}", file=sys.stderr))
     out = {"n_prompts": cal.n_prompts, "sentences": sentences(cal, analysis, first_n)}
     for reading in READINGS:

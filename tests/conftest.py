@@ -94,13 +94,13 @@ def sink_models(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def default_model_dir() -> str:
-    from sinkviz.embedded import DEFAULT_MODEL, ensure_converted
+    from sinkviz.flow.embedded import DEFAULT_MODEL, ensure_converted
     return str(ensure_converted(DEFAULT_MODEL))
 
 
 @pytest.fixture
 def store(tmp_path):
-    from sinkviz.store import ResultStore
+    from sinkviz.flow.store import ResultStore
     return ResultStore(tmp_path / "results")
 
 

@@ -160,9 +160,9 @@ def first_output(out) -> torch.Tensor:
 
 def check(model_type: str, mapping: str, workdir: Path) -> dict:
     """One architecture: exact / refused / skipped / wrong / crash, with what was measured."""
-    from sinkviz.capture import capture
+    from sinkviz.engine.capture import capture
     from sinkviz.errors import SinkvizError
-    from sinkviz.models import load_model
+    from sinkviz.flow.models import load_model
     from reference import float64_softmax
     row = {"type": model_type, "mapping": mapping}
     if model_type in NEEDS_INPUTS:
@@ -241,7 +241,7 @@ def run_all(types: list[tuple[str, str]], jobs: int, timeout: float, progress=pr
     seconds is killed and recorded as a timeout (a crash). The code under test is imported
     once, before the first fork, so every child runs the same code."""
     import conftest, reference, tiny_configs  # noqa: E401,F401
-    import sinkviz.capture, sinkviz.models  # noqa: E401,F401
+    import sinkviz.engine.capture, sinkviz.flow.models  # noqa: E401,F401
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()
     ctx = multiprocessing.get_context("fork")
@@ -308,7 +308,7 @@ def main(argv=None) -> int:
     rows.sort(key=lambda r: (r["mapping"] != "causal", r["type"]))
     Path(args.out).write_text(json.dumps({"meta": meta(time.perf_counter() - start, args.jobs), "rows": rows},
                                          indent=1) + "\n")
-    from sinkviz.coverage import load_table, summary, update_readme
+    from sinkviz.output.coverage import load_table, summary, update_readme
     print(summary({"rows": rows}))
     if args.readme:
         update_readme(Path(__file__).resolve().parent.parent / "README.md", load_table(Path(args.out)))

@@ -36,7 +36,7 @@ def eager_attentions(folder, input_ids: torch.Tensor, model_class=None, with_log
 
 
 def reference_stats(att: np.ndarray, map_size: int, causal: bool = True, width: int | None = None) -> dict:
-    """Every statistic of sinkviz.stats, straight from the definitions, on a full [l, h, L, L] map;
+    """Every statistic of sinkviz.numbers.stats, straight from the definitions, on a full [l, h, L, L] map;
     maps in bins of ``width`` tokens (default: ceil(L / map_size)). Rows that sum to less than 1
     give the rest to a learned sink: s = 1 - row sum, a softmax column of its own (entropy too)."""
     L = att.shape[-1]

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import random_words
-from sinkviz import analysis, capture, models
-from sinkviz.analysis import Settings, analyze, result_key
+from sinkviz.flow import analysis, models
+from sinkviz.engine import capture
+from sinkviz.flow.analysis import Settings, analyze, result_key
 
 
 @pytest.fixture
@@ -126,7 +127,7 @@ def test_history_lists_metas_newest_first(llama, store):
     assert [m["key"] for m in metas] == [b.key, a.key]
     assert metas[0]["tokens"]["token_ids"] == list(b.tokens.token_ids)
     worst_layer, worst_mass = metas[0]["worst_layer_by_n"][2]
-    from sinkviz.metrics import layer_sinks
+    from sinkviz.numbers.metrics import layer_sinks
     mass = layer_sinks(b.stats, 3).sink_mass
     assert worst_layer == int(mass.argmax()) and worst_mass == pytest.approx(mass.max())
     assert analysis.load_stored(store, a.key).prompt == a.prompt

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from conftest import random_words
-from sinkviz import capture
-from sinkviz.analysis import Settings, analyze
-from sinkviz.audit import MAX_ROWS, BadRow, audit, audit_csv, prompts_from_lines, read_prompts
+from sinkviz.engine import capture
+from sinkviz.flow.analysis import Settings, analyze
+from sinkviz.flow.audit import MAX_ROWS, BadRow, audit, audit_csv, prompts_from_lines, read_prompts
 from sinkviz.cli import main
 from sinkviz.errors import BadPrompt
-from sinkviz.metrics import layer_sinks
+from sinkviz.numbers.metrics import layer_sinks
 
 
 @pytest.fixture
@@ -39,8 +39,8 @@ def test_known_file_gives_known_rows(settings, store):
 def test_interrupted_audit_resumes_without_recomputing(settings, store, monkeypatch):
     """Killed after row 3 of 5 in chunks of 2: rows 1-4 were finished (their chunks completed and
     were stored), so the re-run computes prompt 5 alone, and its rows equal a fresh audit's."""
-    from sinkviz import analysis
-    from sinkviz.audit import audit_rows
+    from sinkviz.flow import analysis
+    from sinkviz.flow.audit import audit_rows
     prompts = [random_words(15 + i) for i in range(5)]
     computed, real = [], analysis._capture_many
     monkeypatch.setattr(analysis, "_capture_many", lambda loaded, seqs, m: computed.extend(seqs) or real(loaded, seqs, m))
@@ -130,7 +130,7 @@ def test_formula_cells_are_neutralised_in_the_cli_csv(tiny_models, tmp_path, mon
 
 
 def test_layers_csv_neutralises_text_but_keeps_negative_numbers():
-    from sinkviz.export import csv_cell, layers_csv
+    from sinkviz.output.export import csv_cell, layers_csv
     assert [csv_cell(v) for v in ["=1+1", "-x", "ok", -0.5, 3, None]] == ["'=1+1", "'-x", "ok", -0.5, 3, None]
     report = {"layers": [{"layer": 0, "sink_mass": -0.25, "ratio_to_uniform": 1.0, "flagged": False,
                           "severity": "=HYPERLINK(\"x\")", "entropy_nats": 1.0, "position0_received": 0.5,
@@ -165,7 +165,7 @@ def test_lone_surrogate_in_one_jsonl_row(settings, store):
 def test_rows_stream_with_at_most_a_chunk_read_ahead(settings, monkeypatch):
     """100,000 prompts: rows come out in order while the input is read at most one chunk ahead,
     so memory stays flat in the number of prompts (no model work: analyze_many is stubbed)."""
-    from sinkviz import audit as audit_module
+    from sinkviz.flow import audit as audit_module
     consumed = []
 
     def prompts():
@@ -182,7 +182,7 @@ def test_rows_stream_with_at_most_a_chunk_read_ahead(settings, monkeypatch):
 
 
 def test_stream_prompts_reads_lazily_and_names_bad_lines(tmp_path):
-    from sinkviz.audit import stream_prompts
+    from sinkviz.flow.audit import stream_prompts
     path = tmp_path / "big.csv"
     path.write_bytes(b"id,prompt\n" + b"".join(b"%d,w%d w1\n" % (i, i) for i in range(50_000)) + b"9,\xff\n")
     stream = stream_prompts(str(path))

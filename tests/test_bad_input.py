@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from sinkviz.analysis import Settings
+from sinkviz.flow.analysis import Settings
 from sinkviz.cli import main
 from sinkviz.errors import BadSetting
 

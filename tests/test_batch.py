@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from conftest import VOCAB, random_words, tiny_configs
-from sinkviz import capture as cap
-from sinkviz.analysis import Settings, analyze, analyze_many, plan_batches
+from sinkviz.engine import capture as cap
+from sinkviz.flow.analysis import Settings, analyze, analyze_many, plan_batches
 from sinkviz.errors import BadPrompt
-from sinkviz.models import load_model
-from sinkviz.stats import ARRAY_FIELDS, OPTIONAL_FIELDS
+from sinkviz.flow.models import load_model
+from sinkviz.numbers.stats import ARRAY_FIELDS, OPTIONAL_FIELDS
 
 LENGTHS = [37, 5, 64, 65, 130, 6, 2]
 ATOL = 1e-6

@@ -8,13 +8,14 @@ ENGINE = pathlib.Path(__file__).resolve().parent.parent / "sinkviz"
 
 
 def test_engine_source_never_mentions_streamlit_imports():
-    offenders = [p.name for p in ENGINE.glob("*.py")
+    offenders = [str(p.relative_to(ENGINE)) for p in ENGINE.rglob("*.py")
                  if "import streamlit" in p.read_text() or "from streamlit" in p.read_text()]
     assert offenders == []
 
 
 def test_importing_every_engine_module_loads_no_streamlit():
-    modules = [p.stem for p in ENGINE.glob("*.py") if p.stem not in ("__init__", "__main__")]
+    modules = [".".join(p.relative_to(ENGINE).with_suffix("").parts) for p in ENGINE.rglob("*.py")
+               if p.stem not in ("__init__", "__main__")]
     code = ("import sys\n" + "".join(f"import sinkviz.{m}\n" for m in modules) +
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'streamlit'))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

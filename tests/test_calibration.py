@@ -4,11 +4,11 @@ prompt judged against its own set lands at its rank."""
 import numpy as np
 import pytest
 
-from sinkviz import calibration
-from sinkviz.analysis import Settings, analyze
-from sinkviz.calibration import calibrate, calibration_prompts, judge, load_calibration, percentile
-from sinkviz.metrics import deep_mean
-from sinkviz.readings import kind_shares, per_layer_reading
+from sinkviz.numbers import calibration
+from sinkviz.flow.analysis import Settings, analyze
+from sinkviz.numbers.calibration import calibrate, calibration_prompts, judge, load_calibration, percentile
+from sinkviz.numbers.metrics import deep_mean
+from sinkviz.numbers.readings import kind_shares, per_layer_reading
 
 
 @pytest.fixture

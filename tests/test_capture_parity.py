@@ -8,10 +8,10 @@ import torch
 
 from conftest import VOCAB, save_tiny_model, tiny_configs
 from reference import eager_attentions, reference_stats
-from sinkviz.capture import capture
-from sinkviz.metrics import layer_sinks
-from sinkviz.models import load_model
-from sinkviz.reduce import bin_width
+from sinkviz.engine.capture import capture
+from sinkviz.numbers.metrics import layer_sinks
+from sinkviz.flow.models import load_model
+from sinkviz.engine.reduce import bin_width
 
 ATOL_FLOAT32 = 1e-5
 ATOL_DEFAULT_MODEL = 1e-6  # still 10x tighter than the 1e-5 asked for; see the default-model test
@@ -74,7 +74,7 @@ def test_bidirectional_encoder_matches_eager(tmp_path, dtype, atol):
 def test_embedded_encoder_matches_eager_float64():
     """all-MiniLM-L6-v2 from its PyPI package: [CLS] first, [SEP] last, bidirectional statistics."""
     from transformers import AutoModel
-    from sinkviz.embedded import ensure_converted
+    from sinkviz.flow.embedded import ensure_converted
     folder = ensure_converted("all-minilm-l6-v2")
     loaded = load_model("all-minilm-l6-v2", device="cpu", dtype="float64")
     ids = loaded.tokenizer("Attention sinks soak up attention in encoders too.", return_tensors="pt")["input_ids"]
@@ -88,7 +88,7 @@ def test_embedded_encoder_matches_eager_float64():
 def test_lse_attention_steps_aside_where_torch_cannot_run_it(monkeypatch):
     """No kernel for the device (here the CPU), or a torch without the private ops: None, so the
     fused path computes the log-sum-exp itself instead of failing."""
-    from sinkviz import fused
+    from sinkviz.engine import fused
     q, k = torch.randn(1, 4, 10, 16), torch.randn(1, 2, 10, 16)
     assert fused.attention_with_lse(q, k, k, 0.25) is None
     monkeypatch.delattr(torch, "_fused_sdp_choice")

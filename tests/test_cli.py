@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from sinkviz.analysis import Settings, analyze
+from sinkviz.flow.analysis import Settings, analyze
 from sinkviz.cli import main
-from sinkviz.metrics import layer_sinks
+from sinkviz.numbers.metrics import layer_sinks
 
 PROMPT = "You are a helpful assistant. Answer concisely."
 
@@ -38,8 +38,8 @@ def test_json_csv_and_npz_carry_the_learned_sink(capsys, sink_models, tmp_path):
     column and the NPZ its arrays; a model without one says null."""
     import io
     from conftest import random_words
-    from sinkviz.export import layers_csv, npz_bytes
-    from sinkviz.report import report_dict
+    from sinkviz.output.export import layers_csv, npz_bytes
+    from sinkviz.output.report import report_dict
     prompt, folder = random_words(50), sink_models["gpt-oss"]
     assert main(["analyze", "--model", folder, "--prompt", prompt, "--no-template", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

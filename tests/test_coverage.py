@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from coverage_sweep import model_types, run_all
-from sinkviz.capture import indexed_keys_mask, mask_hides_future
-from sinkviz.coverage import TABLE, counts, load_table, markdown, render
+from sinkviz.engine.capture import indexed_keys_mask, mask_hides_future
+from sinkviz.output.coverage import TABLE, counts, load_table, markdown, render
 
 QUICK = {  # model type, mapping -> expected status (one per attention kind, the families run most)
     ("llama", "causal"): "exact",            # GQA, RoPE, the causal mask skipped for SDPA
@@ -67,11 +67,11 @@ def test_hybrid_rows_are_the_attention_layers_everywhere(tmp_path):
     """qwen3_next's tiny model: layer 0 is linear attention, layer 1 attention. One row, named
     layer 1 in the statistics, the store's arrays, the report and the charts."""
     from coverage_sweep import build
-    from sinkviz.capture import capture
-    from sinkviz.figures import sink_bars
-    from sinkviz.metrics import layer_sinks
-    from sinkviz.models import load_model
-    from sinkviz.stats import AttentionStats
+    from sinkviz.engine.capture import capture
+    from sinkviz.output.figures import sink_bars
+    from sinkviz.numbers.metrics import layer_sinks
+    from sinkviz.flow.models import load_model
+    from sinkviz.numbers.stats import AttentionStats
     loaded = load_model(build("qwen3_next", "causal", tmp_path / "m"), device="cpu", dtype="float32")
     stats = capture(loaded.model, torch.randint(4, 120, (1, 20)))
     assert (stats.n_layers, stats.layers, stats.layer_ids) == (1, (1,), (1,))
@@ -115,7 +115,7 @@ def test_committed_table_is_complete_and_printed_as_counted(capsys):
     assert all(r.get("reason") for r in refused)
     assert markdown(table).count("| refused |") == len(refused)
     assert render(table, show_all=True).count(" exact") >= c["causal"]["exact"] + c["masked"]["exact"]
-    from sinkviz.embedded import DEFAULT_MODEL, EMBEDDED
+    from sinkviz.flow.embedded import DEFAULT_MODEL, EMBEDDED
     assert main(["models"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in listed] == list(EMBEDDED) and f"{DEFAULT_MODEL} " in listed[0] + " "
@@ -149,9 +149,9 @@ def test_attention_outside_the_interface_comes_from_eager_maps(tmp_path):
     """Falcon picks its attention class from its own table: load_model falls back to its eager
     path, says so in ModelInfo, and the memory guard counts every layer's L x L map."""
     from coverage_sweep import build
-    from sinkviz.capture import capture
-    from sinkviz.memory import Shape, estimate_bytes
-    from sinkviz.models import load_model
+    from sinkviz.engine.capture import capture
+    from sinkviz.flow.memory import Shape, estimate_bytes
+    from sinkviz.flow.models import load_model
     folder = build("falcon", "causal", tmp_path / "m")
     loaded = load_model(folder, device="cpu", dtype="float32")
     assert loaded.info.eager_attention and loaded.model.config._attn_implementation == "eager"
@@ -161,9 +161,9 @@ def test_attention_outside_the_interface_comes_from_eager_maps(tmp_path):
     shape = Shape.of(loaded.model)
     assert shape.eager and estimate_bytes(shape, 1000, 128, "cpu") - estimate_bytes(
         Shape(**{**shape.__dict__, "eager": False}), 1000, 128, "cpu") == (shape.layers + 1) * shape.heads * 10**6 * 4
-    from sinkviz.analysis import Settings
+    from sinkviz.flow.analysis import Settings
     from sinkviz.errors import UnsupportedArchitecture
-    from sinkviz.mitigation import attention_scaling
+    from sinkviz.flow.mitigation import attention_scaling
     with pytest.raises(UnsupportedArchitecture, match="computes attention its own way"):
         attention_scaling("w1 w2 w3 w4", Settings(model=folder, device="cpu", use_template=False))
 

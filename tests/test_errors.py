@@ -4,9 +4,9 @@ import pytest
 import transformers as T
 
 from conftest import save_tiny_model
-from sinkviz.analysis import Settings, analyze
+from sinkviz.flow.analysis import Settings, analyze
 from sinkviz.errors import BadPrompt, ModelNotFound, UnsupportedArchitecture
-from sinkviz.models import load_model
+from sinkviz.flow.models import load_model
 
 
 @pytest.mark.parametrize("prompt,message", [

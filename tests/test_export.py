@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import random_words
-from sinkviz.analysis import Settings, analyze
-from sinkviz.export import layers_csv, metadata, npz_bytes
-from sinkviz.metrics import layer_sinks
-from sinkviz.report import report_dict
+from sinkviz.flow.analysis import Settings, analyze
+from sinkviz.output.export import layers_csv, metadata, npz_bytes
+from sinkviz.numbers.metrics import layer_sinks
+from sinkviz.output.report import report_dict
 
 
 @pytest.fixture

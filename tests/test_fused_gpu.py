@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from sinkviz import fused
-from sinkviz.capture import _Recorder, capture
-from sinkviz.models import load_model
+from sinkviz.engine import fused
+from sinkviz.engine.capture import _Recorder, capture
+from sinkviz.flow.models import load_model
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and fused.triton is not None),
                                 reason="needs a CUDA GPU with Triton (run on the device machine)")
@@ -94,7 +94,7 @@ def test_bf16_model_capture_keeps_logits_and_matches_blockwise(monkeypatch):
     """A Llama of head dim 64 in bfloat16: capture's logits equal a plain forward's, bit for bit,
     and the fused statistics equal the block-wise path's."""
     from transformers import LlamaConfig, LlamaForCausalLM
-    from sinkviz import capture as cap
+    from sinkviz.engine import capture as cap
     cap.register()
     config = LlamaConfig(vocab_size=120, hidden_size=256, intermediate_size=256, num_hidden_layers=3,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)

@@ -9,11 +9,11 @@ import json
 import pytest
 from hypothesis import HealthCheck, event, given, settings as hsettings, strategies as st
 
-from sinkviz.audit import SURROGATES, BadRow, audit, audit_csv, read_prompts
-from sinkviz.analysis import Settings
+from sinkviz.flow.audit import SURROGATES, BadRow, audit, audit_csv, read_prompts
+from sinkviz.flow.analysis import Settings
 from sinkviz.cli import main
 from sinkviz.errors import BadPrompt
-from sinkviz.store import ResultStore
+from sinkviz.flow.store import ResultStore
 
 FUZZ = hsettings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 ODD = st.sampled_from(["\ud800", "\udcff", "\x00", "\u202e", "²", "٣", "\r", "\t", "=", "\"", ",", "\n", " ",

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sinkviz.host_copy import LayerArrays
+from sinkviz.engine.host_copy import LayerArrays
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from conftest import random_words
-from sinkviz import capture, invariants, reduce
-from sinkviz.analysis import Settings, analyze
-from sinkviz.invariants import ImpossibleStatistic
-from sinkviz.models import load_model
+from sinkviz.engine import capture, invariants, reduce
+from sinkviz.flow.analysis import Settings, analyze
+from sinkviz.engine.invariants import ImpossibleStatistic
+from sinkviz.flow.models import load_model
 
 L = 40
 

@@ -3,10 +3,10 @@ pass (or one decode step) at a time."""
 
 import pytest
 
-from sinkviz import memory
-from sinkviz.analysis import Settings
+from sinkviz.flow import memory
+from sinkviz.flow.analysis import Settings
 from sinkviz.errors import BadPrompt
-from sinkviz.mitigation import attention_scaling, language_model, sink_token_experiment
+from sinkviz.flow.mitigation import attention_scaling, language_model, sink_token_experiment
 
 LONG = " ".join(["w1"] * 600)     # 601 tokens; the tiny models' context is 512
 

@@ -14,8 +14,8 @@ import torch
 
 from conftest import VOCAB
 from reference import eager_attentions, reference_stats
-from sinkviz.capture import capture, capture_with_logits
-from sinkviz.models import load_model
+from sinkviz.engine.capture import capture, capture_with_logits
+from sinkviz.flow.models import load_model
 
 NAMES = ("sink_mass", "entropy", "received", "maps")
 
@@ -57,7 +57,7 @@ def test_float32_capture_and_logits_match_eager_float64(folders, name, length, m
 @pytest.mark.parametrize("name", ["gpt-oss", "gemma2"])
 def test_float64_capture_is_exact(folders, name):
     from transformers import AutoModelForCausalLM
-    from sinkviz import capture as cap
+    from sinkviz.engine import capture as cap
     cap.register()
     ids, seed = fresh_ids(90)
     model = AutoModelForCausalLM.from_pretrained(folders[name], dtype=torch.float64, attn_implementation=cap.ATTN_NAME,
@@ -82,7 +82,7 @@ def test_learned_sink_sums_with_the_tokens_to_one(folders):
 def test_on_gpu_the_fused_path_steps_aside_and_stays_exact(folders, name, monkeypatch):
     """On CUDA, a prompt longer than the map takes the block-wise path for these softmaxes (the
     fused kernels know neither the sink column nor the cap): still exact, kernels never called."""
-    from sinkviz import fused
+    from sinkviz.engine import fused
     monkeypatch.setattr(fused, "layer_statistics", lambda *a, **k: pytest.fail("fused path used"))
     ids, seed = fresh_ids(300)
     loaded = load_model(folders[name], device="cuda", dtype="float32")

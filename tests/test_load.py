@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from sinkviz.analysis import Settings, result_key
-from sinkviz.models import get_model, identity
-from sinkviz.prompts import tokenize
+from sinkviz.flow.analysis import Settings, result_key
+from sinkviz.flow.models import get_model, identity
+from sinkviz.flow.prompts import tokenize
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SESSIONS, REQUESTS = 4, 3  # 3 x 2 passed with the settings bug about half the time; 5 x 3 never did

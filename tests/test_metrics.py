@@ -5,9 +5,9 @@ import pytest
 
 from reference import reference_stats
 from sinkviz.errors import BadPrompt, BadSetting
-from sinkviz.metrics import (Thresholds, layer_entropy, layer_sinks, norm_vs_median, sink_rate,
+from sinkviz.numbers.metrics import (Thresholds, layer_entropy, layer_sinks, norm_vs_median, sink_rate,
                              top_sink, uniform_baseline, uniform_entropy)
-from sinkviz.stats import AttentionStats
+from sinkviz.numbers.stats import AttentionStats
 
 
 def stats_from(att: np.ndarray, causal: bool = True) -> AttentionStats:

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from conftest import random_words
-from sinkviz import capture
-from sinkviz.analysis import Settings
+from sinkviz.engine import capture
+from sinkviz.flow.analysis import Settings
 from sinkviz.cli import main
 from sinkviz.errors import BadSetting, UnsupportedArchitecture
-from sinkviz.metrics import layer_sinks
-from sinkviz.mitigation import attention_scaling, cached_window_losses, full_losses, sink_token_experiment
-from sinkviz.models import load_model
+from sinkviz.numbers.metrics import layer_sinks
+from sinkviz.flow.mitigation import attention_scaling, cached_window_losses, full_losses, sink_token_experiment
+from sinkviz.flow.models import load_model
 
 STATS = ("sink_mass", "entropy", "received", "maps")
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from conftest import tiny_tokenizer
-from sinkviz import capture as cap
-from sinkviz import fused
+from sinkviz.engine import capture as cap
+from sinkviz.engine import fused
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.device_count() < 2,

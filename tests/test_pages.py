@@ -10,9 +10,9 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from conftest import APP, analyze_page, app_store  # noqa: E402
 from plotly_json import array, by_title, figures  # noqa: E402
-from sinkviz.analysis import Settings, analyze  # noqa: E402
-from sinkviz.figures import layer_map, map_for_display  # noqa: E402
-from sinkviz.metrics import layer_sinks  # noqa: E402
+from sinkviz.flow.analysis import Settings, analyze  # noqa: E402
+from sinkviz.output.figures import layer_map, map_for_display  # noqa: E402
+from sinkviz.numbers.metrics import layer_sinks  # noqa: E402
 
 PROMPT_A = "You are a helpful assistant. Answer concisely."
 PROMPT_B = "Assistant: helpful and concise.\nYou are a helpful assistant. Answer concisely."
@@ -106,8 +106,8 @@ def test_settings_survive_streamlit_dropping_widget_state():
 
 
 def test_embedded_encoder_from_the_picker():
-    from sinkviz.embedded import EMBEDDED
-    from sinkviz.metrics import uniform_entropy
+    from sinkviz.flow.embedded import EMBEDDED
+    from sinkviz.numbers.metrics import uniform_entropy
     at = app()
     at.run()
     at.selectbox(key="an_model_choice").set_value(EMBEDDED["all-minilm-l6-v2"].label)
@@ -123,7 +123,7 @@ def test_embedded_encoder_from_the_picker():
 
 def test_compare_plots_every_variant_and_the_difference():
     """Defaults: the chat template on, the reading on each variant's own text (not position 0)."""
-    from sinkviz.readings import compare_readings
+    from sinkviz.numbers.readings import compare_readings
     at = app()
     at.switch_page("pages/compare.py").run()
     at.button[0].click().run()
@@ -207,7 +207,7 @@ def test_history_reopens_in_analyze():
 
 
 def test_shared_url_of_a_stored_result_names_its_model_in_the_sidebar():
-    from sinkviz.store import ResultStore
+    from sinkviz.flow.store import ResultStore
     stored = analyze(PROMPT_B, Settings(model="all-minilm-l6-v2"), store=ResultStore())
     at = app()
     at.query_params.update(key=stored.key, model="all-minilm-l6-v2")
@@ -235,7 +235,7 @@ def test_megabyte_paste_is_refused_with_a_message():
 def test_out_of_memory_shows_a_message_and_the_next_run_works(monkeypatch):
     import torch
 
-    from sinkviz import capture
+    from sinkviz.engine import capture
     real = capture.capture
     monkeypatch.setattr(capture, "capture", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")))
     prompt = f"OOM check {os.urandom(4).hex()}"
@@ -248,6 +248,6 @@ def test_out_of_memory_shows_a_message_and_the_next_run_works(monkeypatch):
 
 
 def analyze_tokens(prompt: str) -> tuple[int, ...]:
-    from sinkviz.models import get_model
-    from sinkviz.prompts import tokenize
+    from sinkviz.flow.models import get_model
+    from sinkviz.flow.prompts import tokenize
     return tokenize(get_model("smollm2-135m-instruct").tokenizer, prompt).token_ids

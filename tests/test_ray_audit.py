@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from conftest import random_words
-from sinkviz.analysis import Settings, analyze_many
-from sinkviz.audit import BadRow, audit_rows
+from sinkviz.flow.analysis import Settings, analyze_many
+from sinkviz.flow.audit import BadRow, audit_rows
 from sinkviz.errors import BadSetting
-from sinkviz.store import ResultStore
+from sinkviz.flow.store import ResultStore
 
 ray = pytest.importorskip("ray")
 
@@ -46,7 +46,7 @@ def cluster():
 
 
 def test_two_workers_equal_the_local_audit(tiny_models, tmp_path, cluster, monkeypatch):
-    from sinkviz import ray_audit
+    from sinkviz.flow import ray_audit
     settings = Settings(model=tiny_models["llama-gqa"], map_size=32)
     prompts = [random_words(n) for n in (12, 40, 7, 90, 25, 3, 60)] + [BadRow("line 9 is not JSON"), "", random_words(30)]
     local = list(audit_rows(prompts, settings, store=ResultStore(tmp_path / "local"), chunk=3))  # the same batches
@@ -81,7 +81,7 @@ def test_cli_audit_on_ray_writes_the_same_csv(tiny_models, tmp_path, cluster, mo
 
 
 def test_unreachable_cluster_is_one_sentence():
-    from sinkviz.ray_audit import connect
+    from sinkviz.flow.ray_audit import connect
     if ray.is_initialized():
         ray.shutdown()
     with pytest.raises(BadSetting, match="cannot reach the Ray cluster at 127.0.0.1:1: Connection refused"):

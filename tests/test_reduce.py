@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from reference import reference_stats
-from sinkviz.reduce import LayerReducer, bin_width
+from sinkviz.engine.reduce import LayerReducer, bin_width
 
 
 def random_causal_attention(heads, L, gen):

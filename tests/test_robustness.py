@@ -8,11 +8,11 @@ import torch
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from conftest import random_words, save_tiny_model
-from sinkviz import capture
-from sinkviz.analysis import Settings, analyze
+from sinkviz.engine import capture
+from sinkviz.flow.analysis import Settings, analyze
 from sinkviz.errors import BadPrompt, ModelNotFound, OutOfMemory, UnsupportedArchitecture
-from sinkviz.models import load_model
-from sinkviz.store import ResultStore
+from sinkviz.flow.models import load_model
+from sinkviz.flow.store import ResultStore
 
 ODD_PROMPTS = {
     "right-to-left": "مرحبا بالعالم. שלום עולם. Hello world.",

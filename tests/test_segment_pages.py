@@ -10,9 +10,9 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from conftest import APP, analyze_page, app_store  # noqa: E402
 from plotly_json import array, by_title  # noqa: E402
-from sinkviz.analysis import Settings, analyze  # noqa: E402
-from sinkviz.metrics import deep_mean  # noqa: E402
-from sinkviz.segments import openings, segment_shares, segments_of  # noqa: E402
+from sinkviz.flow.analysis import Settings, analyze  # noqa: E402
+from sinkviz.numbers.metrics import deep_mean  # noqa: E402
+from sinkviz.numbers.segments import openings, segment_shares, segments_of  # noqa: E402
 
 SUPPORT = ("You are the support assistant of Acme Cloud.\n\n---\n\nCustomer: my invoice shows the "
            "wrong VAT number.\n\n---\n\nAnswer politely and cite the policy section.")
@@ -72,15 +72,15 @@ def test_compare_never_shows_results_under_changed_inputs():
 @pytest.fixture
 def few_calibration_prompts(monkeypatch):
     """Six of the shipped calibration prompts, so the page test calibrates in seconds."""
-    from sinkviz import calibration
+    from sinkviz.numbers import calibration
     few = calibration.calibration_prompts()[::7]
     monkeypatch.setattr(calibration, "calibration_prompts", lambda: few)
     return few
 
 
 def test_analyze_judges_against_the_model_after_calibrating(few_calibration_prompts):
-    from sinkviz.calibration import calibrate, sentences
-    from sinkviz.store import ResultStore
+    from sinkviz.numbers.calibration import calibrate, sentences
+    from sinkviz.flow.store import ResultStore
     at = analyze_page(SUPPORT, tab="Sink mass per layer")
     assert not at.success and "Not yet judged" in at.caption[0].value
     at.button(key="an_calibrate").click().run()
@@ -101,10 +101,10 @@ AUDIT_CSV = ("id,owner,prompt\n"
 
 
 def test_audit_keeps_the_files_columns_and_judges_the_users_text(few_calibration_prompts):
-    from sinkviz.audit import audit, read_prompts
-    from sinkviz.audit_table import file_columns, filtered_csv, judged
-    from sinkviz.calibration import calibrate
-    from sinkviz.store import ResultStore
+    from sinkviz.flow.audit import audit, read_prompts
+    from sinkviz.flow.audit_table import file_columns, filtered_csv, judged
+    from sinkviz.numbers.calibration import calibrate
+    from sinkviz.flow.store import ResultStore
     at = AppTest.from_file(APP, default_timeout=300)
     at.switch_page("pages/audit.py").run()
     at.file_uploader(key="au_file").upload("tickets.csv", AUDIT_CSV.encode(), "text/csv")
@@ -138,9 +138,9 @@ def test_audit_keeps_the_files_columns_and_judges_the_users_text(few_calibration
 
 
 def test_layer_percentiles_plotted_after_calibrating(few_calibration_prompts):
-    from sinkviz.calibration import calibrate, judge
-    from sinkviz.readings import per_layer_reading
-    from sinkviz.store import ResultStore
+    from sinkviz.numbers.calibration import calibrate, judge
+    from sinkviz.numbers.readings import per_layer_reading
+    from sinkviz.flow.store import ResultStore
     at = analyze_page(PROMPT_JA_OPENING, tab="Sink mass per layer")
     if any(b.key == "an_calibrate" for b in at.button):    # not yet made by an earlier test of this module
         at.button(key="an_calibrate").click().run()

@@ -9,8 +9,8 @@ import torch
 
 from conftest import random_words
 from reference import eager_attentions
-from sinkviz.analysis import Settings, analyze
-from sinkviz.segments import find_blocks, openings, segment_shares, segments_of
+from sinkviz.flow.analysis import Settings, analyze
+from sinkviz.numbers.segments import find_blocks, openings, segment_shares, segments_of
 
 CHATML = ("{% if messages[0]['role'] != 'system' %}<s> system\nw1 w2 w3 w4 </s>\n{% endif %}"
           "{% for m in messages %}<s> {{ m['role'] }}\n{{ m['content'] }} </s>\n{% endfor %}"
@@ -118,9 +118,9 @@ def test_find_blocks(rule, text, want):
 def test_cli_json_and_audit_columns_carry_the_segments(chat_model, store, capsys, monkeypatch):
     import json
 
-    from sinkviz.audit import audit
+    from sinkviz.flow.audit import audit
     from sinkviz.cli import main
-    from sinkviz.metrics import deep_mean
+    from sinkviz.numbers.metrics import deep_mean
     prompt = f"{random_words(6)}\n\n{random_words(8)}"
     settings = Settings(model=chat_model, map_size=64)
     result = analyze(prompt, settings, store=store)
@@ -148,7 +148,7 @@ def test_cli_json_and_audit_columns_carry_the_segments(chat_model, store, capsys
 def test_without_offsets_the_whole_sequence_is_one_part(tiny_models, store):
     from dataclasses import replace
 
-    from sinkviz.readings import audit_columns
+    from sinkviz.numbers.readings import audit_columns
     result = analyze(random_words(12), Settings(model=tiny_models["gpt2"], map_size=16), store=store)
     bare = replace(result, tokens=replace(result.tokens, offsets=()))       # a slow tokenizer gives none
     segs = segments_of(bare.tokens, "auto")

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import app_store
 from sinkviz.errors import ModelNotFound
-from sinkviz.models import check_allowed
+from sinkviz.flow.models import check_allowed
 
 PROMPT = "You are a helpful assistant. Answer concisely."
 
@@ -54,5 +54,5 @@ def test_link_to_a_server_folder_is_not_loaded(shared, tmp_path):
     assert seen[0] == seen[1] == [
         "This server loads only the models it offers (smollm2-135m-instruct, all-minilm-l6-v2); "
         "the link's model was not loaded, smollm2-135m-instruct is used instead."]
-    from sinkviz.embedded import EMBEDDED
+    from sinkviz.flow.embedded import EMBEDDED
     assert at.selectbox(key="an_model_choice").options == [m.label for m in EMBEDDED.values()]

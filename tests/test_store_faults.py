@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from conftest import random_words
-from sinkviz import capture
-from sinkviz.analysis import Settings, analyze, history, result_key
-from sinkviz.audit import audit
-from sinkviz.store import ResultStore
+from sinkviz.engine import capture
+from sinkviz.flow.analysis import Settings, analyze, history, result_key
+from sinkviz.flow.audit import audit
+from sinkviz.flow.store import ResultStore
 
 KEY = "0123456789abcdef0123456789abcdef"
 

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from conftest import random_words
-from sinkviz import capture, memory
-from sinkviz.analysis import Settings, analyze
+from sinkviz.engine import capture
+from sinkviz.flow import memory
+from sinkviz.flow.analysis import Settings, analyze
 from sinkviz.cli import main
 from sinkviz.errors import BadPrompt
-from sinkviz.models import load_model
-from sinkviz.sweep import run_sweep, shipped_text, sweep_lengths
+from sinkviz.flow.models import load_model
+from sinkviz.flow.sweep import run_sweep, shipped_text, sweep_lengths
 
 
 @pytest.mark.parametrize("available,lengths", [(2, [2]), (256, [256]), (257, [256, 257]),
@@ -87,8 +88,8 @@ def test_guard_refuses_with_the_longest_length_that_fits(tiny_models, monkeypatc
 
 
 def test_encoder_sweep_counts_cls_and_sep_and_stops_at_its_context():
-    from sinkviz.models import get_model
-    from sinkviz.sweep import prefix_prompts, shipped_text
+    from sinkviz.flow.models import get_model
+    from sinkviz.flow.sweep import prefix_prompts, shipped_text
     settings = Settings(model="all-minilm-l6-v2", use_template=False)
     tokenizer = get_model(settings.model).tokenizer
     lengths = [len(tokenizer(p)["input_ids"]) for p in prefix_prompts(shipped_text(), settings)]

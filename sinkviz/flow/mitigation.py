@@ -14,12 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import capture, memory
-from .analysis import Settings, token_limit
-from .errors import BadPrompt, BadSetting, UnsupportedArchitecture
-from .models import get_model
-from .prompts import TokenizedPrompt, tokenize
-from .stats import AttentionStats
+from sinkviz.engine import capture
+
+from sinkviz.flow import memory
+from sinkviz.flow.analysis import Settings, token_limit
+from sinkviz.errors import BadPrompt, BadSetting, UnsupportedArchitecture
+from sinkviz.flow.models import get_model
+from sinkviz.flow.prompts import TokenizedPrompt, tokenize
+from sinkviz.numbers.stats import AttentionStats
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import BadPrompt, BadSetting
-from .reduce import MAX_FIRST_N
-from .stats import AttentionStats
+from sinkviz.errors import BadPrompt, BadSetting
+from sinkviz.engine.reduce import MAX_FIRST_N
+from sinkviz.numbers.stats import AttentionStats
 
 DEFAULT_FIRST_N = 3
 SINK_RATE_EPSILON = 0.3

@@ -8,11 +8,11 @@ norms are not seen on this path (NaN).
 
 import torch
 
-from . import invariants
-from .errors import UnsupportedArchitecture
-from .host_copy import LayerArrays
-from .reduce import LayerReducer, bin_width
-from .stats import AttentionStats
+from sinkviz.engine import invariants
+from sinkviz.errors import UnsupportedArchitecture
+from sinkviz.engine.host_copy import LayerArrays
+from sinkviz.engine.reduce import LayerReducer, bin_width
+from sinkviz.numbers.stats import AttentionStats
 
 EAGER = "eager"
 

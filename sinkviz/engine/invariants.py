@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from .errors import SinkvizError
+from sinkviz.errors import SinkvizError
 
 
 class ImpossibleStatistic(SinkvizError):

@@ -17,15 +17,17 @@ from typing import Callable, Iterator
 
 import torch
 
-from . import capture, models
-from .embedded import DEFAULT_MODEL
-from .errors import BadPrompt, BadSetting, OutOfMemory, SinkvizError
-from .memory import check_fits, fits_together
-from .metrics import layer_sinks
-from .prompts import TokenizedPrompt, check_prompt, check_text, tokenize
-from .reduce import MAX_FIRST_N
-from .stats import AttentionStats
-from .store import ResultStore
+from sinkviz.engine import capture
+
+from sinkviz.flow import models
+from sinkviz.flow.embedded import DEFAULT_MODEL
+from sinkviz.errors import BadPrompt, BadSetting, OutOfMemory, SinkvizError
+from sinkviz.flow.memory import check_fits, fits_together
+from sinkviz.numbers.metrics import layer_sinks
+from sinkviz.flow.prompts import TokenizedPrompt, check_prompt, check_text, tokenize
+from sinkviz.engine.reduce import MAX_FIRST_N
+from sinkviz.numbers.stats import AttentionStats
+from sinkviz.flow.store import ResultStore
 
 SCHEMA_VERSION = 2   # 2: tokens keep offsets, turn spans and readable labels
 Progress = Callable[[str], None]  # called with each step's name as it starts

@@ -10,8 +10,8 @@ import io
 import json
 from dataclasses import asdict
 
-from .audit import COLUMNS, AuditRow, _csv_records
-from .export import csv_row
+from sinkviz.flow.audit import COLUMNS, AuditRow, _csv_records
+from sinkviz.output.export import csv_row
 
 
 def file_columns(data: bytes, filename: str) -> list[dict[str, str]]:
@@ -82,7 +82,7 @@ def filtered_csv(rows: list[AuditRow], extras: list[dict[str, str]], added: list
 def judged(rows: list[AuditRow], cal, reading: str, first_n: int) -> list[dict]:
     """Per row: the reading's deep-layer mean, its percentile against ``cal`` (a Calibration, or
     None) and the label; NaN / '' where the row has no numbers or there is no calibration."""
-    from .calibration import judge_value
+    from sinkviz.numbers.calibration import judge_value
     out = []
     for row in rows:
         value = row.user_opening_mass if reading == "user" else row.mean_sink_mass

@@ -26,7 +26,7 @@ from urllib.parse import quote
 import diskcache
 import numpy as np
 
-from .paths import cache_root
+from sinkviz.paths import cache_root
 
 log = logging.getLogger(__name__)
 

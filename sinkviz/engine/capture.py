@@ -18,13 +18,13 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from . import eager_path, fused, invariants
-from .errors import UnsupportedArchitecture
-from .host_copy import LayerArrays
-from .layers import check as check_layers
-from .layers import traced as layer_trace
-from .reduce import LayerReducer, bin_width
-from .stats import AttentionStats
+from sinkviz.engine import eager_path, fused, invariants
+from sinkviz.errors import UnsupportedArchitecture
+from sinkviz.engine.host_copy import LayerArrays
+from sinkviz.engine.layers import check as check_layers
+from sinkviz.engine.layers import traced as layer_trace
+from sinkviz.engine.reduce import LayerReducer, bin_width
+from sinkviz.numbers.stats import AttentionStats
 
 ATTN_NAME = "sinkviz"
 ATTN_FULL_MASK = "sinkviz_full_mask"  # see register()

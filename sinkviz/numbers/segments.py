@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .metrics import Thresholds, deep_mean
-from .prompts import TokenizedPrompt
-from .stats import AttentionStats
+from sinkviz.numbers.metrics import Thresholds, deep_mean
+from sinkviz.flow.prompts import TokenizedPrompt
+from sinkviz.numbers.stats import AttentionStats
 
 BLOCK_RULES = {
     "auto": "'---' lines if the prompt has any, else blank lines",

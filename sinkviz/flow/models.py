@@ -15,13 +15,15 @@ from pathlib import Path
 
 import torch
 
-from . import capture, embedded
-from .devices import dtype_name, pick_device, pick_dtype
-from .errors import AttentionOutsideInterface, ModelNotFound, SinkvizError, UnsupportedArchitecture
+from sinkviz.engine import capture
+
+from sinkviz.flow import embedded
+from sinkviz.flow.devices import dtype_name, pick_device, pick_dtype
+from sinkviz.errors import AttentionOutsideInterface, ModelNotFound, SinkvizError, UnsupportedArchitecture
 
 WEIGHT_SUFFIXES = (".safetensors", ".gguf")
 MAX_LOADED = 2  # models kept in memory; the least recently used one is dropped
-_PACKAGE = str(Path(__file__).resolve().parent)
+_PACKAGE = str(Path(__file__).resolve().parent.parent)  # sinkviz/
 
 
 @dataclass(frozen=True)

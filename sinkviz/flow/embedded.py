@@ -13,8 +13,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelNotFound
-from .paths import cache_root
+from sinkviz.errors import ModelNotFound
+from sinkviz.paths import cache_root
 
 MARKER = "sinkviz-model.json"  # written last: a folder without it is an unfinished conversion
 

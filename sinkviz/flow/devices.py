@@ -2,7 +2,7 @@
 
 import torch
 
-from .errors import BadSetting
+from sinkviz.errors import BadSetting
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}

@@ -8,8 +8,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .metrics import LayerSinks, Thresholds, norm_vs_median
-from .stats import AttentionStats
+from sinkviz.numbers.metrics import LayerSinks, Thresholds, norm_vs_median
+from sinkviz.numbers.stats import AttentionStats
 
 SEVERITY_COLORS = {"shallow": "#9aa5b1", "ok": "#4c78a8", "warning": "#f58518", "critical": "#d62728"}
 SMALL_MAP_BINS = 32  # bins per side in the all-layers grid

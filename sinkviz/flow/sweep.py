@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .analysis import Analysis, Progress, Settings, analyze, token_limit
-from .errors import BadPrompt
-from .models import ModelInfo, get_model
-from .prompts import check_prompt
-from .store import ResultStore
+from sinkviz.flow.analysis import Analysis, Progress, Settings, analyze, token_limit
+from sinkviz.errors import BadPrompt
+from sinkviz.flow.models import ModelInfo, get_model
+from sinkviz.flow.prompts import check_prompt
+from sinkviz.flow.store import ResultStore
 
 START = 256
-SHIPPED_TEXT = Path(__file__).resolve().parent / "data" / "declaration_of_independence.txt"
+SHIPPED_TEXT = Path(__file__).resolve().parent.parent / "data" / "declaration_of_independence.txt"
 
 
 def shipped_text() -> str:

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .metrics import Thresholds, deep_mean, layer_sinks
-from .readable import quoted
-from .segments import LEARNED_SINK, opening_positions, openings, segment_shares, segments_of
+from sinkviz.numbers.metrics import Thresholds, deep_mean, layer_sinks
+from sinkviz.output.readable import quoted
+from sinkviz.numbers.segments import LEARNED_SINK, opening_positions, openings, segment_shares, segments_of
 
 KINDS = ("template", "system", "user", LEARNED_SINK)
 SHOWN_TOKENS = 4

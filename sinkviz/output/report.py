@@ -2,9 +2,9 @@
 
 from dataclasses import asdict
 
-from .analysis import Analysis
-from .metrics import Thresholds, layer_entropy, layer_sinks, sink_rate, top_sink
-from .segments import segment_report
+from sinkviz.flow.analysis import Analysis
+from sinkviz.numbers.metrics import Thresholds, layer_entropy, layer_sinks, sink_rate, top_sink
+from sinkviz.numbers.segments import segment_report
 
 
 def report_dict(analysis: Analysis, first_n: int = 3, epsilon: float = 0.3,

@@ -24,13 +24,13 @@ from importlib import resources
 
 import numpy as np
 
-from . import models
-from .analysis import Progress, Settings, analyze
-from .metrics import Thresholds, deep_mean
-from .readings import KINDS, kind_shares
-from .reduce import MAX_FIRST_N
-from .segments import openings, segments_of
-from .store import ResultStore
+from sinkviz.flow import models
+from sinkviz.flow.analysis import Progress, Settings, analyze
+from sinkviz.numbers.metrics import Thresholds, deep_mean
+from sinkviz.numbers.readings import KINDS, kind_shares
+from sinkviz.engine.reduce import MAX_FIRST_N
+from sinkviz.numbers.segments import openings, segments_of
+from sinkviz.flow.store import ResultStore
 
 VERSION = 2            # 2: the prompts' lengths kept
 MAP_SIZE = 32          # maps are not calibrated; small ones keep the calibration store small
@@ -199,8 +199,8 @@ def ordinal(pct: float) -> str:
 def sentences(cal: Calibration, result, first_n: int, thresholds: Thresholds = Thresholds()) -> list[str]:
     """The calibrated headline of an analysis: the user's opening (with a template) and the
     sequence's strongest deep layer, each with its percentile among the calibration prompts."""
-    from .metrics import layer_sinks
-    from .readings import per_layer_reading
+    from sinkviz.numbers.metrics import layer_sinks
+    from sinkviz.numbers.readings import per_layer_reading
     out = []
     if result.tokens.templated and result.tokens.user_span:
         j = judge(cal, per_layer_reading(result, first_n, "user", thresholds), "user", first_n, thresholds)

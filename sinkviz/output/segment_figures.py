@@ -3,7 +3,7 @@
 import numpy as np
 import plotly.graph_objects as go
 
-from .segments import LEARNED_SINK, Openings, SegmentShares
+from sinkviz.numbers.segments import LEARNED_SINK, Openings, SegmentShares
 
 KIND_COLORS = {"sequence": "#4c78a8", "template": "#9aa5b1", "system": "#72b7b2", "user": "#4c78a8",
                LEARNED_SINK: "#54a24b"}

@@ -10,7 +10,7 @@ import contextlib
 
 import torch
 
-from .errors import AttentionOutsideInterface, UnsupportedArchitecture
+from sinkviz.errors import AttentionOutsideInterface, UnsupportedArchitecture
 
 ATTENTION = "attention"
 # (token in a module class name or in the config's per-layer type, what the layer is)

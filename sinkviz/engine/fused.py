@@ -23,7 +23,7 @@ import os
 import torch
 from torch.nn.attention import SDPBackend
 
-from .reduce import MAX_FIRST_N, bin_width, finish_sums
+from sinkviz.engine.reduce import MAX_FIRST_N, bin_width, finish_sums
 
 try:
     import triton

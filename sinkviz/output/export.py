@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from .analysis import Analysis
+from sinkviz.flow.analysis import Analysis
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from .metrics import LayerSinks, Thresholds
-from .stats import AttentionStats
+from sinkviz.numbers.metrics import LayerSinks, Thresholds
+from sinkviz.numbers.stats import AttentionStats
 
 
 def verdict(sinks: LayerSinks, stats: AttentionStats, tokens: tuple[str, ...],

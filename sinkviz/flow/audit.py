@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .analysis import Analysis, Progress, Settings, analyze_many
-from .errors import BadPrompt, SinkvizError
-from .export import csv_row
-from .metrics import Thresholds, layer_sinks
-from .readings import audit_columns
-from .store import ResultStore
+from sinkviz.flow.analysis import Analysis, Progress, Settings, analyze_many
+from sinkviz.errors import BadPrompt, SinkvizError
+from sinkviz.output.export import csv_row
+from sinkviz.numbers.metrics import Thresholds, layer_sinks
+from sinkviz.numbers.readings import audit_columns
+from sinkviz.flow.store import ResultStore
 
 SURROGATES = re.compile("[\ud800-\udfff]")   # not text: shown as U+FFFD in rows and CSV
 MAX_FILE_BYTES = 5 * 2**20

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import BadPrompt
-from .reduce import bin_width
+from sinkviz.errors import BadPrompt
+from sinkviz.engine.reduce import bin_width
 
 HEADROOM = 0.9  # plan to use at most this share of the free memory
 
@@ -31,7 +31,7 @@ class Shape:
 
     @classmethod
     def of(cls, model) -> "Shape":
-        from .models import config_value
+        from sinkviz.flow.models import config_value
         c = model.config.get_text_config()
         heads = c.num_attention_heads
         return cls(c.num_hidden_layers, c.hidden_size, config_value(c, "intermediate_size") or 4 * c.hidden_size,

@@ -15,12 +15,12 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .analysis import Settings, analyze_many, from_stored, load_stored, result_key, to_meta
-from .audit import AuditRow, BadRow, _chunks, row_of
-from .errors import BadSetting, SinkvizError
-from .metrics import Thresholds
-from .prompts import check_prompt
-from .store import ResultStore
+from sinkviz.flow.analysis import Settings, analyze_many, from_stored, load_stored, result_key, to_meta
+from sinkviz.flow.audit import AuditRow, BadRow, _chunks, row_of
+from sinkviz.errors import BadSetting, SinkvizError
+from sinkviz.numbers.metrics import Thresholds
+from sinkviz.flow.prompts import check_prompt
+from sinkviz.flow.store import ResultStore
 
 
 RAY_CHUNK = 32   # prompts per worker call: small enough that every worker has work (batches form inside)
@@ -50,13 +50,13 @@ def connect(address: str | None, workers: int | None) -> tuple[object, int, floa
         raise BadSetting("--ray needs Ray: pip install -r requirements-ray.txt") from None
     if address not in (None, "auto"):
         _reachable(address)
-    package_root = str(Path(__file__).resolve().parent.parent)
+    package_root = str(Path(__file__).resolve().parents[2])
     if address is None:   # a local cluster's workers inherit this environment: sinkviz on their path
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
         runtime = None
     else:                 # a remote one gets the package shipped (needs ray[default] there)
         env = {k: v for k, v in os.environ.items() if k.startswith(("SINKVIZ_", "HF_HUB_OFFLINE", "TQDM_"))}
-        runtime = {"py_modules": [str(Path(__file__).resolve().parent)], "env_vars": env}
+        runtime = {"py_modules": [str(Path(__file__).resolve().parents[1])], "env_vars": env}
     try:
         ray.init(address=address, runtime_env=runtime, ignore_reinit_error=True, log_to_driver=False,
                  include_dashboard=False)
@@ -88,7 +88,7 @@ def ray_audit_rows(prompts: Iterable[str | BadRow], settings: Settings, first_n:
                    chunk: int = RAY_CHUNK) -> Iterator[AuditRow]:
     """audit_rows() with the computing spread over Ray workers: the same rows, keys and store.
     Up to two chunks per worker are in flight while the driver saves and yields the oldest."""
-    from .models import identity
+    from sinkviz.flow.models import identity
     ray, count, gpus, cpus = connect(address, workers)
     store = store or ResultStore()
     model = identity(settings.model, settings.device, settings.dtype)

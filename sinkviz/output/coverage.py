@@ -11,7 +11,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-TABLE = Path(__file__).resolve().parent / "data" / "coverage.json"
+TABLE = Path(__file__).resolve().parent.parent / "data" / "coverage.json"
 STATUSES = ("exact", "refused", "skipped", "wrong", "crash")
 
 

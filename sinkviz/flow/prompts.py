@@ -2,8 +2,8 @@
 
 from dataclasses import dataclass
 
-from .errors import BadPrompt
-from .readable import readable_tokens
+from sinkviz.errors import BadPrompt
+from sinkviz.output.readable import readable_tokens
 
 MAX_PROMPT_CHARS = 1_000_000
 

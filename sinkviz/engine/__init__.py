@@ -1,0 +1,1 @@
+"""sinkviz.engine: see the README's Layout."""

@@ -1,0 +1,1 @@
+"""sinkviz.flow: see the README's Layout."""

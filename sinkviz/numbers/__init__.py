@@ -1,0 +1,1 @@
+"""sinkviz.numbers: see the README's Layout."""

@@ -1,0 +1,1 @@
+"""sinkviz.output: see the README's Layout."""
