@@ -35,5 +35,5 @@ def test_a_failed_copy_is_raised_not_lost(device):
     host = LayerArrays(n_layers=2)
     host.add(0, {"received": torch.zeros(3, 5, device=device)})
     with pytest.raises(RuntimeError, match="size"):
-        host.add(1, {"received": torch.zeros(3, 6, device=device)})   # inline on the CPU
-        host.result()                                                 # from the worker on CUDA
+        host.add(1, {"received": torch.zeros(3, 6, device=device)})
+        host.result()

@@ -1,15 +1,13 @@
 """Each layer's statistics go to host memory while the forward pass runs on.
 
-At 32K tokens a Llama-3-8B-sized capture holds about 200 MB of statistics (received attention
-per head and the pooled maps). Copied in one go after the forward, into fresh host memory,
-that took 0.23 s on the H100 machine, a sixth of the forward itself. Here one worker thread
-copies each layer on its own CUDA stream as soon as that layer's kernels are done, into a
-page-locked buffer and from there into the final [layers, ...] arrays, so the copies and the
-page faults of the new arrays overlap the next layers' GPU work. CPU tensors are copied inline.
+Each layer's CUDA tensors are copied, as soon as the layer's kernels are done, on a side stream
+of their own GPU into row ``index`` of one page-locked buffer per name [n_layers, ...]; the
+copies are queued from the thread that runs the forward, so nothing waits for the GPU or for
+another thread until ``result()``, which waits once and copies the buffers into the final
+arrays. (A worker thread that waited for each layer cost 2-3 ms a layer on the H100 machine,
+more than the forward of a short prompt: it fought the forward's thread for the GIL.)
+CPU tensors are copied inline.
 """
-
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -22,11 +20,8 @@ class LayerArrays:
     def __init__(self, n_layers: int):
         self.n_layers = n_layers
         self.arrays: dict[str, np.ndarray] = {}
-        self._pending: list[Future] = []
-        self._worker: ThreadPoolExecutor | None = None
-        self._streams: dict[torch.device, torch.cuda.Stream] = {}   # one side stream per GPU
-        self._lock = threading.Lock()
-        self._staging: dict[str, torch.Tensor] = {}
+        self._pinned: dict[str, torch.Tensor] = {}                   # [n_layers, ...] page-locked
+        self._streams: dict[torch.device, torch.cuda.Stream] = {}    # one side stream per GPU
 
     def add(self, index: int, tensors: dict[str, torch.Tensor]) -> None:
         """Copy one layer's tensors into row ``index``; CUDA ones once the current stream gets there."""
@@ -34,62 +29,44 @@ class LayerArrays:
             return
         device = next(iter(tensors.values())).device
         if device.type != "cuda":
-            self._copy(index, tensors, None)
+            for name, tensor in tensors.items():
+                torch.from_numpy(self._array(name, tensor)[index]).copy_(tensor)
             return
-        if self._worker is None:
-            self._worker = ThreadPoolExecutor(1, thread_name_prefix="sinkviz-host-copy")
-        if device not in self._streams:
-            self._streams[device] = torch.cuda.Stream(device)
-        ready = torch.cuda.Event()
-        ready.record(torch.cuda.current_stream(device))
-        self._pending.append(self._worker.submit(self._copy, index, tensors, ready))
+        stream = self._streams.get(device)
+        if stream is None:
+            stream = self._streams[device] = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):   # a copy runs on its source GPU's current stream
+            for name, tensor in tensors.items():
+                buffer = self._buffer(name, tensor)
+                if tensor.dtype != buffer.dtype:
+                    tensor = tensor.to(buffer.dtype)
+                buffer[index].copy_(tensor, non_blocking=True)
+                tensor.record_stream(stream)   # its memory is not reused before the copy ran
 
-    def _copy(self, index: int, tensors: dict[str, torch.Tensor], ready) -> None:
-        if ready is not None:
-            tensors = self._staged(tensors, ready)
-        for name, tensor in tensors.items():   # a torch copy lets go of the GIL, numpy's would not
-            torch.from_numpy(self._array(name, tensor)[index]).copy_(tensor)
-
-    def _staged(self, tensors: dict[str, torch.Tensor], ready) -> dict[str, torch.Tensor]:
-        """The CUDA tensors copied into page-locked buffers once ``ready`` has fired, on the side
-        stream of their own GPU (a copy is queued on its source device's current stream, so a
-        stream of another GPU would neither order nor wait for it)."""
-        stream = self._streams[next(iter(tensors.values())).device]
-        stream.wait_event(ready)
-        with torch.cuda.stream(stream):   # also makes that GPU current in this worker thread
-            staged = {name: self._pinned(name, tensor).copy_(tensor, non_blocking=True)
-                      for name, tensor in tensors.items()}
-        stream.synchronize()
-        return staged
-
-    def _pinned(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """A page-locked buffer for one layer of ``name``, reused layer after layer: copies into
-        it are plain DMA (straight into pageable memory, the 8B-shaped capture at 32K took
-        1.3 % longer on the H100)."""
-        if name not in self._staging:
+    def _buffer(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """The page-locked [n_layers, ...] buffer for ``name``, made on first use."""
+        if name not in self._pinned:
             dtype = torch.float64 if tensor.dtype == torch.float64 else torch.float32
-            self._staging[name] = torch.empty(tensor.shape, dtype=dtype, pin_memory=True)
-        return self._staging[name]
+            self._pinned[name] = torch.empty((self.n_layers, *tensor.shape), dtype=dtype, pin_memory=True)
+        return self._pinned[name]
 
     def _array(self, name: str, tensor: torch.Tensor) -> np.ndarray:
-        """The host array for ``name``, made on first use."""
-        with self._lock:
-            if name not in self.arrays:
-                dtype = np.float64 if tensor.dtype == torch.float64 else np.float32
-                self.arrays[name] = np.empty((self.n_layers, *tensor.shape), dtype=dtype)
-            return self.arrays[name]
+        """The host array for ``name`` (CPU tensors), made on first use."""
+        if name not in self.arrays:
+            dtype = np.float64 if tensor.dtype == torch.float64 else np.float32
+            self.arrays[name] = np.empty((self.n_layers, *tensor.shape), dtype=dtype)
+        return self.arrays[name]
 
     def result(self) -> dict[str, np.ndarray]:
-        """Wait for every copy (re-raising a failed one) and return the arrays."""
-        try:
-            for pending in self._pending:
-                pending.result()
-        finally:
-            self.close()
+        """Wait for every copy and return the arrays (the page-locked buffers go back to torch)."""
+        self.close()
+        for name, buffer in self._pinned.items():
+            self.arrays[name] = buffer.numpy().copy()
+        self._pinned.clear()
         return self.arrays
 
     def close(self) -> None:
-        """Let in-flight copies finish and stop the worker; safe to call twice."""
-        if self._worker is not None:
-            self._worker.shutdown(wait=True)
-            self._worker = None
+        """Wait for the copies in flight; safe to call twice."""
+        for stream in self._streams.values():
+            stream.synchronize()
