@@ -4,11 +4,10 @@
                                       [--batch 8] [--profile]
 
 Random weights of real shapes, bf16 (bench/gpu_long_context.py builds them). For each length,
-medians of 5 of: the plain SDPA forward; the capture; the capture without its host copies;
-without them and without the statistics kernels (only the attention with its log-sum-exp);
-and our attention function alone (hooks and all, nothing recorded). With --batch B, the same
-B prompts of that length as one batched capture against a batched SDPA forward. --profile
-prints the host ops with the most CPU time in one capture. Asserts nothing.
+medians of 5 of: the plain SDPA forward; the capture (statistics deferred to one sweep after
+the forward where it fits, deferred.py); and the capture layer by layer (deferral off). With
+--batch B, the same for B prompts of that length in one padded batch. --profile prints the
+host ops with the most CPU time in one capture. Asserts nothing.
 """
 
 import argparse
@@ -26,8 +25,7 @@ import torch  # noqa: E402
 from gpu_long_context import SHAPES, build  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from sinkviz.engine import capture, fused  # noqa: E402
-from sinkviz.engine.host_copy import LayerArrays  # noqa: E402
+from sinkviz.engine import capture, deferred  # noqa: E402
 
 
 def median_seconds(fn, repeats: int = 5) -> float:
@@ -42,27 +40,8 @@ def median_seconds(fn, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-@contextlib.contextmanager
-def without(*parts: str):
-    """Switch parts of the capture off: 'host' (copies and stats assembly), 'stats' (the fused
-    statistics kernels), 'lse' (the attention-with-lse call: SDPA's own forward instead)."""
-    patches = []
-    if "host" in parts:
-        patches += [mock.patch.object(LayerArrays, "add", lambda *a, **k: None),
-                    mock.patch.object(LayerArrays, "result", lambda self: {}),
-                    mock.patch.object(capture, "_to_stats", lambda *a, **k: None),
-                    mock.patch.object(capture, "check_layers", lambda *a, **k: ((), ()))]
-    if "stats" in parts:
-        patches.append(mock.patch.object(fused, "layer_statistics", lambda *a, **k: {}))
-    if "lse" in parts:
-        patches.append(mock.patch.object(fused, "attention_with_lse", lambda *a, **k: None))
-    with contextlib.ExitStack() as stack:
-        for patch in patches:
-            stack.enter_context(patch)
-        yield
-
-
 def run(model, ids: torch.Tensor, mask: torch.Tensor | None) -> dict[str, float]:
+    """Median seconds of the plain forward, the capture, and the capture layer by layer."""
     kwargs = capture.forward_kwargs(model)
     batch = [ids[b].tolist() for b in range(ids.shape[0])] if ids.shape[0] > 1 else None
 
@@ -79,13 +58,34 @@ def run(model, ids: torch.Tensor, mask: torch.Tensor | None) -> dict[str, float]
             capture.capture(model, ids)
 
     out = {"sdpa": median_seconds(plain), "capture": median_seconds(captured)}
-    if batch:
-        return out
-    for name, parts in (("-host", ("host",)), ("-host-stats", ("host", "stats")),
-                        ("-host-stats-lse", ("host", "stats", "lse"))):
-        with without(*parts):
-            out[name] = median_seconds(captured)
+    with mock.patch.object(deferred, "fits", lambda *a: False):
+        out["per-layer"] = median_seconds(captured)
     return out
+
+
+def phases(model, ids) -> str:
+    """Seconds spent in the capture's phases (each synchronised), for the capture of ``ids``."""
+    from sinkviz.engine import fused, invariants
+    spent: dict[str, float] = {}
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            torch.cuda.synchronize()
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - start
+            return out
+        return wrapper
+    targets = [(deferred.DeferredRecorder, "result"), (fused, "statistics_many"), (capture, "_to_stats"),
+               (invariants, "check"), (capture, "_run")]
+    model.set_attn_implementation(capture.ATTN_NAME)
+    capture.capture(model, ids)
+    with contextlib.ExitStack() as stack:
+        for owner, name in targets:
+            stack.enter_context(mock.patch.object(owner, name, timed(name, getattr(owner, name))))
+        total = median_seconds(lambda: capture.capture(model, ids), repeats=1)
+    return f"  total {total * 1e3:.1f} ms: " + ", ".join(f"{k} {v / 2 * 1e3:.1f} ms" for k, v in spent.items())
 
 
 def host_profile(model, ids, count: int = 18) -> list[str]:
@@ -120,6 +120,7 @@ def main() -> None:
                 print(f"{shape:13s} {args.batch}x{n:<5d} " + "  ".join(
                     f"{k} {v * 1e3:7.1f} ms ({v / times['sdpa']:.2f}x)" for k, v in times.items()), flush=True)
             if args.profile:
+                print(phases(model, ids), flush=True)
                 print("\n".join(host_profile(model, ids)), flush=True)
         del model
         torch.cuda.empty_cache()

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from coverage_sweep import model_types, run_all
-from sinkviz.engine.capture import indexed_keys_mask, mask_hides_future
+from sinkviz.engine.capture import indexed_keys_mask
+from sinkviz.engine.masks import mask_hides_future
 from sinkviz.output.coverage import TABLE, counts, load_table, markdown, render
 
 QUICK = {  # model type, mapping -> expected status (one per attention kind, the families run most)

@@ -71,7 +71,7 @@ def test_attention_with_lse_is_sdpa_bit_for_bit(heads, kv_heads, length, dim, dt
     assert found is not None, f"SDPA picked backend {fused.sdpa_backend(q, k, v, dim ** -0.5)}"
     expected, _ = sdpa_attention_forward(module, q, k, v, None, scaling=dim ** -0.5)
     assert torch.equal(found[0], expected), (fused.sdpa_backend(q, k, v, dim ** -0.5), seed)
-    torch.testing.assert_close(found[1].double(), reference_lse(q, k, dim ** -0.5, None), atol=1e-4, rtol=0,
+    torch.testing.assert_close(found[1][0].double(), reference_lse(q, k, dim ** -0.5, None), atol=1e-4, rtol=0,
                                msg=lambda m: f"seed {seed}: {m}")
 
 
@@ -80,7 +80,7 @@ def test_layer_statistics_never_wait_for_the_gpu(lse_given):
     """No host-device sync per layer (a bincount on CUDA was one): the CPU queues the next
     layers while this one runs. torch raises on any synchronizing call in this mode."""
     seed, q, k, v = random_qkv(8, 2, 3000, 64, torch.bfloat16)
-    lse = fused.attention_with_lse(q, k, v, 64 ** -0.5)[1] if lse_given else None
+    lse = fused.attention_with_lse(q, k, v, 64 ** -0.5)[1][0] if lse_given else None
     fused.layer_statistics(q, k, 64 ** -0.5, None, 128, lse)                  # compile first
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

@@ -18,11 +18,12 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from sinkviz.engine import eager_path, fused, invariants
+from sinkviz.engine import deferred, eager_path, fused, invariants
 from sinkviz.errors import UnsupportedArchitecture
 from sinkviz.engine.host_copy import LayerArrays
 from sinkviz.engine.layers import check as check_layers
 from sinkviz.engine.layers import traced as layer_trace
+from sinkviz.engine.masks import is_causal, mask_hides_future, padded_batch_mask_ok, row_norms
 from sinkviz.engine.reduce import LayerReducer, bin_width
 from sinkviz.numbers.stats import AttentionStats
 
@@ -85,7 +86,9 @@ def sinkviz_attention(module, query, key, value, attention_mask, **kwargs):
     """SDPA's output, or the block-wise softmax where SDPA cannot compute it (``Softmax``);
     plus statistics when a recorder is active in this context."""
     recorder = _recorder.get()
-    if isinstance(recorder, _Batch):
+    if isinstance(recorder, deferred.DeferredRecorder) and Softmax.of(query, kwargs) is not None:
+        raise deferred.Undeferrable("a softmax SDPA does not compute (learned sink, soft cap, scaled keys)")
+    if isinstance(recorder, (_Batch, deferred.DeferredRecorder)):
         return recorder.attend(module, query, key, value, attention_mask, kwargs), None
     attention_mask = indexed_keys_mask(attention_mask, kwargs.pop("indices", None), key.shape[2])
     return _attend(module, query, key, value, attention_mask, kwargs, recorder), None
@@ -104,12 +107,6 @@ def _attend(module, query, key, value, attention_mask, kwargs, recorder) -> torc
     if output is None:
         output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     return output
-
-
-def is_causal(module, kwargs: dict) -> bool:
-    """The layer's causality: the call's ``is_causal``, else the module's (default causal)."""
-    causal = kwargs.get("is_causal")
-    return getattr(module, "is_causal", True) if causal is None else bool(causal)
 
 
 def indexed_keys_mask(attention_mask, indices, n_k: int):
@@ -184,7 +181,8 @@ class _Recorder:
         if fused.usable(query, key, attention_mask, causal=causal, bias=bias, map_size=self.map_size):
             if window is None and not kwargs.get("dropout"):
                 output, lse = fused.attention_with_lse(query, key, value, scaling) or (None, None)
-            layer = fused.layer_statistics(query, key, scaling, window, self.map_size, lse)
+            layer = fused.layer_statistics(query, key, scaling, window, self.map_size,
+                                           None if lse is None else lse[0])
         else:
             layer = self._blockwise(query, key, attention_mask, scaling, bias, causal, window)
         self.append(layer, value, window, causal)
@@ -253,46 +251,12 @@ class _Batch:
         return out
 
     def _check(self, attention_mask, causal: bool, window: int | None) -> None:
-        """Raise BatchUnsupported unless each prompt's rows of the mask [B, 1 or heads, L, L]
-        show exactly its own tokens, causally (within ``window``) or all of them (checked once
-        per mask tensor, one host sync)."""
+        """Raise BatchUnsupported unless the mask is each prompt's own (checked once per mask tensor)."""
         if attention_mask is None or any(m is attention_mask for m in self.masks_checked):
             return
-        allowed = visible(attention_mask)
-        length = allowed.shape[-1]
-        i = torch.arange(length, device=allowed.device)[:, None]
-        j = torch.arange(length, device=allowed.device)[None, :]
-        rule = ((j <= i) & (i - j < (window or length))) if causal else torch.ones_like(i == j)
-        same = [(allowed[b, :, :n] == (rule[:n] & (j < n))).all() for b, n in enumerate(self.lengths)]
-        if not bool(torch.stack(same).all()):
+        if not padded_batch_mask_ok(attention_mask, self.lengths, causal, window):
             raise BatchUnsupported("the padded batch's mask is not each prompt's own causal mask")
         self.masks_checked.append(attention_mask)
-
-
-def visible(mask: torch.Tensor) -> torch.Tensor:
-    """A mask as booleans, True where the key is seen (bool masks as they are; additive float
-    masks block at <= -1e4)."""
-    return mask if mask.dtype == torch.bool else mask > -1e4
-
-
-def mask_hides_future(attention_mask, n_q: int, n_k: int, rows: int = 1024) -> bool:
-    """True when the mask [1, 1 or heads, Lq or 1, Lk] blocks every key j > i + (Lk - Lq) from
-    query i (bool: False blocks; float: <= -1e4 blocks), checked ``rows`` queries at a time."""
-    mask = attention_mask[0].expand(attention_mask.shape[1], n_q, n_k)
-    for start in range(0, n_q, rows):
-        block = mask[:, start:start + rows]
-        allowed = visible(block)
-        q_pos = torch.arange(start, start + block.shape[1], device=block.device)[:, None] + n_k - n_q
-        future = torch.arange(n_k, device=block.device)[None, :] > q_pos
-        if bool((allowed & future).any()):
-            return False
-    return True
-
-
-def row_norms(x: torch.Tensor) -> torch.Tensor:
-    """L2 norm over the last dim, accumulated in float32 (float64 for float64), without an
-    upcast copy of x: [..., d] -> [...]."""
-    return torch.linalg.vector_norm(x, dim=-1, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
 
 
 def probability_blocks(q, k, attention_mask, scaling, *, causal, window, bias=None, softmax: Softmax | None = None):
@@ -385,27 +349,47 @@ def capture_batch(model, sequences: list[list[int]], map_size: int = 128) -> lis
 
 
 def _captured_forward(model, input_ids, map_size, kwargs, lengths: list[int] | None = None):
-    """(stats, model output); with ``lengths``, a batch: (a list of stats, one per prompt, output)."""
+    """(stats, model output); with ``lengths``, a batch: (a list of stats, one per prompt, output).
+    Short work on a GPU defers the statistics to one sweep after the forward (deferred.py)."""
     if eager_path.is_eager(model):  # attention outside the interface: the model's own maps
         if lengths:
             raise BatchUnsupported(f"{type(model).__name__} is captured through its own attention maps, one prompt at a time")
         return eager_path.captured_forward(model, input_ids, map_size, kwargs, decoder_layers(model))
     if model.config._attn_implementation not in (ATTN_NAME, ATTN_FULL_MASK):
         raise UnsupportedArchitecture(f"model was not loaded with attn_implementation={ATTN_NAME!r}")
-    layers = decoder_layers(model)
-    recorders = [_Recorder(map_size, len(layers)) for _ in (lengths or [input_ids.shape[1]])]
-    token = _recorder.set(_Batch(recorders, lengths) if lengths else recorders[0])
+    layers, batch = decoder_layers(model), lengths or [input_ids.shape[1]]
+    if deferred.fits(model, input_ids):
+        try:
+            recorder = deferred.DeferredRecorder(batch, map_size)
+            out, trace = _run(model, input_ids, kwargs, layers, recorder, recorder, recorder.keep_hidden)
+            rows, kinds = check_layers(model, layers, trace, recorder.n_recorded)
+            stats = [_to_stats(arrays, tuple(recorder.windows), True, [], map_size, rows, kinds)
+                     for arrays in recorder.result()]
+            return (stats if lengths else stats[0]), out
+        except deferred.Undeferrable:
+            pass   # the per-layer path below computes what this one cannot
+    recorders = [_Recorder(map_size, len(layers)) for _ in batch]
     try:
-        with layer_trace(layers, recorders[0], hidden_norm_to(recorders, lengths or [input_ids.shape[1]])) as trace, \
-                torch.no_grad():
-            out = model(input_ids=input_ids, **kwargs)
+        out, trace = _run(model, input_ids, kwargs, layers, _Batch(recorders, lengths) if lengths else recorders[0],
+                          recorders[0], hidden_norm_to(recorders, batch))
     finally:
-        _recorder.reset(token)
         for recorder in recorders:
             recorder.host.close()
     rows, kinds = check_layers(model, layers, trace, recorders[0].n_recorded)
-    stats = [_to_stats(recorder, rows, kinds) for recorder in recorders]
+    stats = [_to_stats(r.host.result(), tuple(r.windows), r.causal, r.learned_sink_layers, map_size, rows, kinds)
+             for r in recorders]
     return (stats if lengths else stats[0]), out
+
+
+def _run(model, input_ids, kwargs, layers, recorder, counter, on_layer):
+    """The forward pass with ``recorder`` active and the layers traced (``counter.n_recorded``
+    counts attention calls); returns (model output, LayerTrace)."""
+    token = _recorder.set(recorder)
+    try:
+        with layer_trace(layers, counter, on_layer) as trace, torch.no_grad():
+            return model(input_ids=input_ids, **kwargs), trace
+    finally:
+        _recorder.reset(token)
 
 
 def hidden_norm_to(recorders: list[_Recorder], lengths: list[int]):
@@ -418,13 +402,14 @@ def hidden_norm_to(recorders: list[_Recorder], lengths: list[int]):
     return keep
 
 
-def _to_stats(recorder: _Recorder, rows: tuple, kinds: tuple) -> AttentionStats:
-    """The recorder's host arrays as AttentionStats, checked against what every attention obeys.
+def _to_stats(host: dict, windows: tuple, causal: bool, learned_sink_layers: list[int], map_size: int,
+              rows: tuple, kinds: tuple) -> AttentionStats:
+    """Host arrays [layers, ...] as AttentionStats, checked against what every attention obeys.
     Rows are the attention layers (all layers but in hybrids); ``rows`` names their layers."""
-    arrays = {name: a[:len(rows)] for name, a in recorder.host.result().items()}
+    arrays = {name: a[:len(rows)] for name, a in host.items()}
     sinks = {}
-    if recorder.learned_sink_layers:        # layers without a learned sink give it nothing
-        without = np.setdiff1d(np.arange(len(rows)), recorder.learned_sink_layers)
+    if learned_sink_layers:                 # layers without a learned sink give it nothing
+        without = np.setdiff1d(np.arange(len(rows)), learned_sink_layers)
         for name in ("learned_sink", "learned_sink_map"):
             arrays[name][without] = 0.0
             sinks[name] = arrays[name]
@@ -432,8 +417,8 @@ def _to_stats(recorder: _Recorder, rows: tuple, kinds: tuple) -> AttentionStats:
     stats = AttentionStats(
         sink_mass=arrays["sink_mass"], entropy=arrays["entropy"], received=arrays["received"],
         maps=arrays["maps"], hidden_norm=arrays["hidden_norm"], value_norm=arrays["value_norm"],
-        bin_width=bin_width(arrays["received"].shape[-1], recorder.map_size),
-        causal=recorder.causal, windows=tuple(recorder.windows), **sinks,
+        bin_width=bin_width(arrays["received"].shape[-1], map_size),
+        causal=causal, windows=windows, **sinks,
         layers=rows if hybrid else (), layer_kinds=kinds if hybrid else ())
     invariants.check(stats)
     return stats

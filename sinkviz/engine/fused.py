@@ -64,11 +64,11 @@ if triton is not None:
         return (cols[None, :] <= rows[:, None]) & (rows[:, None] < L) & (rows[:, None] - cols[None, :] < WINDOW)
 
     @triton.jit
-    def _query_block(Q, head, sqh, sqm, start, L, BLOCK_M: tl.constexpr, D: tl.constexpr):
-        """(rows, q [BLOCK_M, D]) of the query block that starts at ``start``; zeros past L."""
+    def _query_block(Qh, sqm, start, L, BLOCK_M: tl.constexpr, D: tl.constexpr):
+        """(rows, q [BLOCK_M, D]) of the head's query block that starts at ``start``; zeros past L."""
         rows = start + tl.arange(0, BLOCK_M)
         dims = tl.arange(0, D)
-        return rows, tl.load(Q + head * sqh + rows[:, None] * sqm + dims[None, :], mask=rows[:, None] < L, other=0.0)
+        return rows, tl.load(Qh + rows[:, None] * sqm + dims[None, :], mask=rows[:, None] < L, other=0.0)
 
     @triton.jit
     def _scores(q, K, kv_head, skh, skn, start, rows, L, WINDOW, scale_log2,
@@ -85,7 +85,7 @@ if triton is not None:
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
         pid_m = tl.program_id(0)
         head = tl.program_id(1)
-        rows, q = _query_block(Q, head, sqh, sqm, pid_m * BLOCK_M, L, BLOCK_M, D)
+        rows, q = _query_block(Q + head * sqh, sqm, pid_m * BLOCK_M, L, BLOCK_M, D)
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         lo = tl.maximum(0, pid_m * BLOCK_M - WINDOW + 1) // BLOCK_N * BLOCK_N
@@ -99,14 +99,14 @@ if triton is not None:
         tl.store(LSE + head * sl + rows, m_i + tl.log2(l_i), mask=rows < L)
 
     @triton.jit
-    def _log2_probs_t(Q, neg_lse, k, ones, head, sqh, sqm, start, key0, L, WINDOW, scale_log2, MASK: tl.constexpr,
+    def _log2_probs_t(Qh, neg_lse, k, ones, sqm, start, key0, L, WINDOW, scale_log2, MASK: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
         """(p, t = log2 p) of one tile transposed, [keys, queries]. The rows' -lse (score units,
         in parts: neg_lse [BLOCK_M, 16]) enters the accumulator through a dot with ``ones``
         [BLOCK_N, 16], so it is loaded like q, through the pipeline, not as 16 scalars per thread.
         Rows past L have a huge lse, so p = 0 there without a mask; MASK applies causality and
         the window."""
-        rows, q = _query_block(Q, head, sqh, sqm, start, L, BLOCK_M, D)
+        rows, q = _query_block(Qh, sqm, start, L, BLOCK_M, D)
         t = tl.dot(k, tl.trans(q), tl.dot(ones, tl.trans(neg_lse), input_precision=PREC),
                    input_precision=PREC) * scale_log2                   # (k.q - lse / scale) * scale log2 e
         if MASK:
@@ -116,32 +116,30 @@ if triton is not None:
         return tl.exp2(t), t
 
     @triton.jit
-    def _pool_tile(p, MAP, head, start, key0, WIDTH, BINS, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    def _pool_tile(p, MAPh, start, key0, WIDTH, BINS, BINS_STRIDE, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    RW: tl.constexpr, CW: tl.constexpr):
-        """Add one tile [keys, queries] to the pooled map, in bins of RW x CW within the tile."""
+        """Add one tile [keys, queries] to the head's pooled map (rows BINS_STRIDE apart), in bins
+        of RW x CW within the tile."""
         pooled = tl.sum(tl.sum(tl.reshape(p, [BLOCK_N // CW, CW, BLOCK_M // RW, RW]), 3), 1)
         row_bins = (start + tl.arange(0, BLOCK_M // RW) * RW) // WIDTH
         col_bins = (key0 + tl.arange(0, BLOCK_N // CW) * CW) // WIDTH
-        tl.atomic_add(MAP + head * BINS * BINS + row_bins[None, :] * BINS + col_bins[:, None], pooled,
+        tl.atomic_add(MAPh + row_bins[None, :] * BINS_STRIDE + col_bins[:, None], pooled,
                       mask=(row_bins[None, :] < BINS) & (col_bins[:, None] < BINS), sem="relaxed")
 
     @triton.jit
-    def _stats(Q, K, NEG_LSE, COLS, PT, MAP, sqh, sqm, skh, skn, sl, L, GROUPS, WINDOW, scale_log2,
-               WIDTH, BINS, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-               PREC: tl.constexpr, RW: tl.constexpr, CW: tl.constexpr, BIN_LOOP: tl.constexpr,
-               HAS_WINDOW: tl.constexpr, PARTS: tl.constexpr):
-        """One program per (key block, head), sweeping the query blocks that see it, with tiles
-        transposed ([keys, queries]) so that key sums reduce within a warp. Tiles on the
-        diagonal are masked and pooled tile by tile; after them, with BIN_LOOP (bins a multiple
-        of both blocks) each pooled cell is added with one atomic once its bin is complete,
-        else tile by tile. Only a window needs masks past the diagonal."""
-        pid_n = tl.program_id(0)
-        head = tl.program_id(1)
-        key0 = pid_n * BLOCK_N
+    def _sweep(Qh, Kh, NEGh, COLSh, PTh, MAPh, sqm, skn, L, WINDOW, scale_log2, WIDTH, BINS, BINS_STRIDE, key0,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
+               RW: tl.constexpr, CW: tl.constexpr, BIN_LOOP: tl.constexpr, HAS_WINDOW: tl.constexpr,
+               PARTS: tl.constexpr):
+        """One key block of one head (base pointers Qh, Kh, NEGh [rows, 16], COLSh [L], PTh, MAPh),
+        sweeping the query blocks that see it, with tiles transposed ([keys, queries]) so that key
+        sums reduce within a warp. Tiles on the diagonal are masked and pooled tile by tile; after
+        them, with BIN_LOOP (bins a multiple of both blocks) each pooled cell is added with one
+        atomic once its bin is complete, else tile by tile. Only a window needs masks past the
+        diagonal. A block at or past L does nothing."""
         keys = key0 + tl.arange(0, BLOCK_N)
         dims = tl.arange(0, D)
-        k = tl.load(K + (head // GROUPS) * skh + keys[:, None] * skn + dims[None, :],
-                    mask=keys[:, None] < L, other=0.0)
+        k = tl.load(Kh + keys[:, None] * skn + dims[None, :], mask=keys[:, None] < L, other=0.0)
         key_sum = tl.zeros([BLOCK_N], tl.float32)
         p_log2_p = tl.zeros([BLOCK_N], tl.float32)
         lo = key0 // BLOCK_M * BLOCK_M
@@ -149,11 +147,11 @@ if triton is not None:
         full = tl.minimum(hi, tl.cdiv(key0 + BLOCK_N - 1, BLOCK_M) * BLOCK_M)  # first row that sees every key
         parts = tl.arange(0, 16)
         ones = (tl.where(parts[None, :] < PARTS, 1.0, 0.0) + tl.zeros([BLOCK_N, 16], tl.float32)).to(k.dtype)
-        lse_rows = NEG_LSE + head * sl + tl.arange(0, BLOCK_M)[:, None] * 16 + parts[None, :]  # padded: no mask
+        lse_rows = NEGh + tl.arange(0, BLOCK_M)[:, None] * 16 + parts[None, :]  # padded: no mask
         for start in range(lo, full, BLOCK_M):
-            p, t = _log2_probs_t(Q, tl.load(lse_rows + start * 16), k, ones, head, sqh, sqm, start, key0, L, WINDOW,
+            p, t = _log2_probs_t(Qh, tl.load(lse_rows + start * 16), k, ones, sqm, start, key0, L, WINDOW,
                                  scale_log2, True, BLOCK_M, BLOCK_N, D, PREC)
-            _pool_tile(p, MAP, head, start, key0, WIDTH, BINS, BLOCK_M, BLOCK_N, RW, CW)
+            _pool_tile(p, MAPh, start, key0, WIDTH, BINS, BINS_STRIDE, BLOCK_M, BLOCK_N, RW, CW)
             key_sum += tl.sum(p, 1)
             p_log2_p += tl.sum(p * t, 1)
         col_bin = key0 // WIDTH
@@ -161,50 +159,90 @@ if triton is not None:
         bin_end = tl.minimum((row_bin + 1) * WIDTH, hi)
         in_bin = tl.zeros([BLOCK_N], tl.float32)
         for start in range(full, hi, BLOCK_M):
-            p, t = _log2_probs_t(Q, tl.load(lse_rows + start * 16), k, ones, head, sqh, sqm, start, key0, L, WINDOW,
+            p, t = _log2_probs_t(Qh, tl.load(lse_rows + start * 16), k, ones, sqm, start, key0, L, WINDOW,
                                  scale_log2, HAS_WINDOW, BLOCK_M, BLOCK_N, D, PREC)
             p_log2_p += tl.sum(p * t, 1)
             in_bin += tl.sum(p, 1)
             if BIN_LOOP:
                 if start + BLOCK_M >= bin_end:                                  # the bin is complete
-                    tl.atomic_add(MAP + head * BINS * BINS + row_bin * BINS + col_bin, tl.sum(in_bin, 0), sem="relaxed")
+                    tl.atomic_add(MAPh + row_bin * BINS_STRIDE + col_bin, tl.sum(in_bin, 0), sem="relaxed")
                     key_sum += in_bin
                     in_bin = tl.zeros([BLOCK_N], tl.float32)
                     row_bin += 1
                     bin_end = tl.minimum(bin_end + WIDTH, hi)
             else:
-                _pool_tile(p, MAP, head, start, key0, WIDTH, BINS, BLOCK_M, BLOCK_N, RW, CW)
+                _pool_tile(p, MAPh, start, key0, WIDTH, BINS, BINS_STRIDE, BLOCK_M, BLOCK_N, RW, CW)
         key_sum += in_bin
-        tl.store(COLS + head * L + keys, key_sum, mask=keys < L)
-        tl.atomic_add(PT + head, tl.sum(p_log2_p, 0).to(tl.float64), sem="relaxed")
+        tl.store(COLSh + keys, key_sum, mask=keys < L)
+        tl.atomic_add(PTh, tl.sum(p_log2_p, 0).to(tl.float64), sem="relaxed")
+
+    @triton.jit
+    def _stats(Q, K, NEG_LSE, COLS, PT, MAP, sqh, sqm, skh, skn, sl, L, GROUPS, WINDOW, scale_log2,
+               WIDTH, BINS, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+               PREC: tl.constexpr, RW: tl.constexpr, CW: tl.constexpr, BIN_LOOP: tl.constexpr,
+               HAS_WINDOW: tl.constexpr, PARTS: tl.constexpr):
+        """One layer: one program per (key block, head)."""
+        pid_n = tl.program_id(0)
+        head = tl.program_id(1)
+        _sweep(Q + head * sqh, K + (head // GROUPS) * skh, NEG_LSE + head * sl, COLS + head * L, PT + head,
+               MAP + head * BINS * BINS, sqm, skn, L, WINDOW, scale_log2, WIDTH, BINS, BINS, pid_n * BLOCK_N,
+               BLOCK_M, BLOCK_N, D, PREC, RW, CW, BIN_LOOP, HAS_WINDOW, PARTS)
+
+    @triton.jit
+    def _stats_many(Q, K, QOFF, KOFF, LENS, WIDTHS, ITEMS, NEG_LSE, COLS, PT, MAP, sqb, sqh, sqm, skb, skh, skn,
+                    sl, BATCH, HEADS, L_MAX, BINS_MAX, GROUPS, WINDOW, scale_log2,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
+                    RW: tl.constexpr, CW: tl.constexpr, BIN_LOOP: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                    PARTS: tl.constexpr):
+        """Many layers of a padded batch: one program per (key block, head, item), an item being
+        one prompt b of one layer (ITEMS holds layer * BATCH + b). Layer l's queries and keys sit
+        QOFF[l] and KOFF[l] elements from Q and K; prompt b has LENS[b] tokens, bins of WIDTHS[b]."""
+        pid_n = tl.program_id(0)
+        head = tl.program_id(1)
+        item = tl.load(ITEMS + tl.program_id(2)).to(tl.int64)
+        layer = item // BATCH
+        b = item % BATCH
+        L = tl.load(LENS + b)
+        width = tl.load(WIDTHS + b)
+        row = item * HEADS + head                                       # this item's head, flat
+        _sweep(Q + tl.multiple_of(tl.load(QOFF + layer), 16) + b * sqb + head * sqh,
+               K + tl.multiple_of(tl.load(KOFF + layer), 16) + b * skb + (head // GROUPS) * skh,
+               NEG_LSE + row * sl, COLS + row * L_MAX, PT + row, MAP + row * BINS_MAX * BINS_MAX,
+               sqm, skn, L, WINDOW, scale_log2, width, tl.cdiv(L, width), BINS_MAX, pid_n * BLOCK_N,
+               BLOCK_M, BLOCK_N, D, PREC, RW, CW, BIN_LOOP, HAS_WINDOW, PARTS)
 
 
-def _neg_lse_parts(lse2: torch.Tensor, scaling: float, dtype: torch.dtype, rows: int) -> torch.Tensor:
-    """[heads, rows, 16] in the queries' dtype: -lse / scale in score units (lse2 [heads, L] in
+def _neg_lse_parts(lse2: torch.Tensor, scaling: float, dtype: torch.dtype, rows: int,
+                   lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """[..., rows, 16] in the queries' dtype: -lse / scale in score units (lse2 [..., L] in
     log2 units), split over columns 0..LSE_PARTS-1 so that their sum (exact in the dot's
-    float32 accumulator) carries ~24 bits; zeros after. Rows past L get a quarter of the dtype's
-    largest value, so their p is 0 without a mask (q is 0 there)."""
-    heads, n = lse2.shape
-    out = torch.zeros(heads, rows, 16, device=lse2.device, dtype=dtype)
-    out[:, n:, 0] = -torch.finfo(dtype).max / 4
-    rest = -lse2 / (scaling * LOG2E)                                           # [heads, L] float32
+    float32 accumulator) carries ~24 bits; zeros after. Rows past L (past ``lengths`` [...]
+    where given) get a quarter of the dtype's largest value, so their p is 0 without a mask
+    (q is 0 there)."""
+    n = lse2.shape[-1]
+    out = torch.zeros(*lse2.shape[:-1], rows, 16, device=lse2.device, dtype=dtype)
+    rest = -lse2 / (scaling * LOG2E)                                           # [..., L] float32
     for part in range(LSE_PARTS):
-        out[:, :n, part] = rest.to(dtype)
-        rest = rest - out[:, :n, part].float()
+        out[..., :n, part] = rest.to(dtype)
+        rest = rest - out[..., :n, part].float()
+    past = torch.arange(rows, device=lse2.device) >= (n if lengths is None else lengths[..., None])
+    out[..., 0].masked_fill_(past, -torch.finfo(dtype).max / 4)
+    out[..., 1:].masked_fill_(past[..., None], 0.0)
     return out
 
 
 def _sink_sums(q, k, lse2, cols, scaling: float, window: int | None) -> torch.Tensor:
-    """Per N = 1..8, sum over rows i >= N of the mass on keys j < N, [heads, 8]: the column sums
-    of keys j < N, less what rows i < N give them (the top-left N x N corner of P, in float64).
-    q [heads, L, D], k [kv_heads, L, D], lse2 [heads, >= L] in log2 units, cols [heads, L]."""
+    """Per N = 1..8, sum over rows i >= N of the mass on keys j < N, [..., heads, 8]: the column
+    sums of keys j < N, less what rows i < N give them (the top-left N x N corner of P, in
+    float64). q [..., heads, >= 8, D], k [..., kv_heads, >= 8, D], lse2 [..., heads, >= 8] in log2
+    units, cols [..., heads, >= 8]."""
     f = MAX_FIRST_N
-    keys = k[:, :f].double().repeat_interleave(q.shape[0] // k.shape[0], 0)     # [heads, 8, D]
-    t = q[:, :f].double() @ keys.transpose(-1, -2) * (scaling * LOG2E) - lse2[:, :f, None].double()
+    keys = k[..., :f, :].double().repeat_interleave(q.shape[-3] // k.shape[-3], -3)   # [..., heads, 8, D]
+    t = q[..., :f, :].double() @ keys.transpose(-1, -2) * (scaling * LOG2E) - lse2[..., :f, None].double()
     i = torch.arange(f, device=q.device)
     hidden = (i[None, :] > i[:, None]) | (i[:, None] - i[None, :] >= (window or NO_WINDOW))
-    corner = torch.exp2(t).masked_fill(hidden, 0.0)                           # [heads, 8 rows, 8 keys]
-    return cols[:, :f].double().cumsum(-1) - corner.cumsum(-1).cumsum(-2).diagonal(dim1=-2, dim2=-1)
+    corner = torch.exp2(t).masked_fill(hidden, 0.0)                           # [..., heads, 8 rows, 8 keys]
+    return cols[..., :f].double().cumsum(-1) - corner.cumsum(-1).cumsum(-2).diagonal(dim1=-2, dim2=-1)
 
 
 # SDPA's fused kernels, called through the ops that also return the log-sum-exp (natural log).
@@ -234,8 +272,8 @@ def on_device_of(tensor: torch.Tensor):
 def attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                        scaling: float) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Causal attention from the kernel SDPA itself picks, called through the op that also
-    returns its log-sum-exp: (output [1, L, heads, D] as transformers' SDPA returns it,
-    lse [heads, L] in natural log). None where SDPA would take another path (its math
+    returns its log-sum-exp: (output [B, L, heads, D] as transformers' SDPA returns it,
+    lse [B, heads, L] in natural log). None where SDPA would take another path (its math
     fallback, or memory-efficient attention with GQA, which it runs on expanded keys) and where
     this torch lacks these private ops or the device lacks the kernel: then ``_row_lse`` runs."""
     with on_device_of(query):
@@ -252,7 +290,7 @@ def _attention_with_lse(query, key, value, scaling):
     except (AttributeError, NotImplementedError):  # not out-of-memory: that must reach the caller
         return None
     n = query.shape[2]
-    return out.transpose(1, 2).contiguous(), lse.reshape(lse.shape[0], lse.shape[1], -1)[0, :, :n]
+    return out.transpose(1, 2).contiguous(), lse.reshape(lse.shape[0], lse.shape[1], -1)[:, :, :n]
 
 
 def layer_statistics(query: torch.Tensor, key: torch.Tensor, scaling: float, window: int | None,
@@ -295,3 +333,82 @@ def _layer_statistics(query, key, scaling, window, map_size, lse):
     entropy_sum = (-math.log(2.0) * p_log2_p).float()                          # sum_ij -p ln p, nats
     sink_sum = _sink_sums(q, k, lse2, cols, scaling, window).float()
     return finish_sums(sink_sum, entropy_sum, cols, maps, causal=True, width=width)
+
+
+def same_layout(tensors: list[torch.Tensor]) -> bool:
+    """True where ``statistics_many`` can address every tensor from the first: one shape,
+    strides, dtype and device, and base pointers a multiple of 16 elements apart."""
+    first = tensors[0]
+    return all(t.shape == first.shape and t.stride() == first.stride() and t.dtype == first.dtype
+               and t.device == first.device and t.stride(-1) == 1
+               and (t.data_ptr() - first.data_ptr()) % (16 * t.element_size()) == 0 for t in tensors)
+
+
+def statistics_many(queries: list[torch.Tensor], keys: list[torch.Tensor], lses: list[torch.Tensor],
+                    lengths: list[int], scaling: float, map_size: int) -> dict[str, torch.Tensor]:
+    """Every layer of a right-padded causal batch in one sweep: queries [B, heads, L, D] and keys
+    [B, kv_heads, L, D] per layer (``same_layout``), lses [B, heads, L] (natural log, from the
+    forward's attention), prompt b's tokens the first lengths[b] (each >= 8). Returns the
+    finish_sums statistics as [layers, B, ...] tensors: sink_mass [.., heads, 8], entropy
+    [.., heads], received [.., heads, L] (0 past lengths[b]) and maps [.., heads, bins, bins]
+    (prompt b's own bins first, zeros after)."""
+    with on_device_of(queries[0]):
+        q0, k0 = queries[0], keys[0]
+        n_layers, (batch, heads, l_max, dim) = len(queries), q0.shape
+        device = q0.device
+        widths = [bin_width(n, map_size) for n in lengths]
+        bins_max = max(-(-n // w) for n, w in zip(lengths, widths))
+        launch = {**LAUNCH.get(dim * q0.element_size(), WIDE_ROWS), **OVERRIDE}
+        block_m, block_n = launch["BLOCK_M"], launch["BLOCK_N"]
+        n_t = torch.tensor(lengths, dtype=torch.int32).to(device, non_blocking=True)
+        lse2 = torch.stack(lses).float() * LOG2E                                # [layers, B, heads, L]
+        neg_lse = _neg_lse_parts(lse2, scaling, q0.dtype, triton.cdiv(l_max, block_m) * block_m, n_t[:, None])
+        f32 = dict(device=device, dtype=torch.float32)
+        cols = torch.zeros(n_layers, batch, heads, l_max, **f32)
+        p_log2_p = torch.zeros(n_layers, batch, heads, device=device, dtype=torch.float64)
+        maps = torch.zeros(n_layers, batch, heads, bins_max, bins_max, **f32)
+        offsets = torch.tensor([[(t.data_ptr() - ts[0].data_ptr()) // t.element_size() for t in ts]
+                                for ts in (queries, keys)], dtype=torch.int64).to(device, non_blocking=True)
+        widths_t = torch.tensor(widths, dtype=torch.int32).to(device, non_blocking=True)
+        common = dict(sqb=q0.stride(0), sqh=q0.stride(1), sqm=q0.stride(2), skb=k0.stride(0), skh=k0.stride(1),
+                      skn=k0.stride(2), sl=neg_lse.stride(2), BATCH=batch, HEADS=heads, L_MAX=l_max,
+                      BINS_MAX=bins_max, GROUPS=heads // k0.shape[1], WINDOW=NO_WINDOW, scale_log2=scaling * LOG2E,
+                      BLOCK_M=block_m, BLOCK_N=block_n, D=dim, PREC="ieee" if q0.dtype == torch.float32 else "tf32",
+                      HAS_WINDOW=False, PARTS=LSE_PARTS,
+                      **{key: launch[key] for key in ("num_warps", "num_stages", "maxnreg") if launch.get(key)})
+        for (rw, cw, bin_loop), group in _by_tile_pooling(widths, block_m, block_n).items():
+            items = torch.tensor([layer * batch + b for layer in range(n_layers) for b in group], dtype=torch.int32)
+            grid = (triton.cdiv(max(lengths[b] for b in group), block_n), heads, len(items))
+            _stats_many[grid](q0, k0, offsets[0], offsets[1], n_t, widths_t, items.to(device, non_blocking=True),
+                              neg_lse, cols, p_log2_p, maps, **common, RW=rw, CW=cw, BIN_LOOP=bin_loop)
+        q8 = torch.stack([q[:, :, :MAX_FIRST_N] for q in queries])              # [layers, B, heads, 8, D]
+        k8 = torch.stack([k[:, :, :MAX_FIRST_N] for k in keys])
+        sink_sum = _sink_sums(q8, k8, lse2, cols, scaling, None).float()
+        entropy_sum = (-math.log(2.0) * p_log2_p).float()
+        return finish_many(sink_sum, entropy_sum, cols, maps, n_t, widths_t)
+
+
+def _by_tile_pooling(widths: list[int], block_m: int, block_n: int) -> dict[tuple, list[int]]:
+    """The prompts (indices) by their kernel's constants: RW, CW and BIN_LOOP follow the bin width."""
+    groups: dict[tuple, list[int]] = {}
+    for b, width in enumerate(widths):
+        key = (math.gcd(width, block_m), math.gcd(width, block_n), width % block_m == 0 and width % block_n == 0)
+        groups.setdefault(key, []).append(b)
+    return groups
+
+
+def finish_many(sink_sum, entropy_sum, column_sum, map_sum, lengths, widths) -> dict[str, torch.Tensor]:
+    """reduce.finish_sums for causal prompts of ``lengths`` [B] tokens and bins of ``widths`` [B]
+    in a padded batch: sink_sum [..., B, heads, 8], entropy_sum [..., B, heads], column_sum
+    [..., B, heads, L], map_sum [..., B, heads, bins, bins]; the same divisions, element by element."""
+    n = lengths.to(torch.int64)[:, None]                                       # [B, 1]
+    n_queries = n - torch.arange(1, MAX_FIRST_N + 1, device=n.device)           # [B, 8]: queries i >= N
+    n_queries = n_queries[:, None]                                              # [B, 1, 8]
+    sink_mass = torch.where(n_queries > 0, sink_sum / n_queries.clamp(min=1).to(sink_sum.dtype), math.nan)
+    seen_by = (n - torch.arange(column_sum.shape[-1], device=n.device)).clamp(min=1)   # [B, L]
+    bin_start = torch.arange(map_sum.shape[-1], device=n.device) * widths.to(torch.int64)[:, None]
+    bin_rows = (n - bin_start).clamp(min=1).minimum(widths.to(torch.int64)[:, None])  # [B, bins]
+    return {"sink_mass": sink_mass,                                              # [..., B, heads, 8]
+            "entropy": entropy_sum / n.to(entropy_sum.dtype),                    # [..., B, heads]
+            "received": column_sum / seen_by.to(column_sum.dtype)[:, None],      # [..., B, heads, L]
+            "maps": map_sum / bin_rows.to(map_sum.dtype)[:, None, :, None]}      # [..., B, heads, bins, bins]
