@@ -131,3 +131,32 @@ def test_history_lists_metas_newest_first(llama, store):
     mass = layer_sinks(b.stats, 3).sink_mass
     assert worst_layer == int(mass.argmax()) and worst_mass == pytest.approx(mass.max())
     assert analysis.load_stored(store, a.key).prompt == a.prompt
+
+
+def test_causal_maps_are_stored_as_their_lower_triangle_and_come_back_equal(store, tiny_models):
+    """The store keeps causal maps' cells on and below the diagonal (the rest are exactly 0):
+    half the bytes; the reopened analysis has the very same maps; the export keeps full maps."""
+    import io
+    from sinkviz.flow.analysis import Settings, analyze, load_stored
+    from sinkviz.output.export import npz_bytes
+    settings = Settings(model=tiny_models["llama-gqa"], device="cpu", dtype="float32", map_size=16)
+    fresh = analyze(" ".join(["alpha beta gamma"] * 12), settings, store=store)
+    meta, arrays = store.get(fresh.key)
+    bins = fresh.stats.maps.shape[-1]
+    assert "maps" not in arrays and arrays["maps_lower"].shape[-1] == bins * (bins + 1) // 2
+    np.testing.assert_array_equal(load_stored(store, fresh.key).stats.maps, fresh.stats.maps)
+    with np.load(io.BytesIO(npz_bytes(fresh)), allow_pickle=False) as npz:
+        np.testing.assert_array_equal(npz["maps"], fresh.stats.maps)
+
+
+def test_the_store_never_evicts_what_it_saved(tmp_path):
+    """diskcache culls past its 1 GB default; an audit bigger than that must keep every row."""
+    from sinkviz.flow.store import ResultStore
+    store = ResultStore(tmp_path / "results")
+    assert store._cache.eviction_policy == "none"
+    big = {"x": np.zeros(300_000, dtype=np.float32)}              # 1.2 MB a row
+    store._cache.reset("size_limit", 2_000_000)                   # as if 1 GB were 2 MB
+    keys = [f"{i:032x}" for i in range(4)]
+    for key in keys:
+        assert store.put(key, {"schema": 0}, big)
+    assert all(store.get(key) is not None for key in keys)

@@ -13,6 +13,7 @@ import pytest
 
 from conftest import random_words
 from sinkviz.engine import capture
+from sinkviz.numbers.stats import AttentionStats
 from sinkviz.flow.analysis import Settings, analyze, history, result_key
 from sinkviz.flow.audit import audit
 from sinkviz.flow.store import ResultStore
@@ -172,7 +173,7 @@ def test_full_disk_saves_nothing_leaves_no_orphan_and_serves_stored(big, tmp_pat
         assert val_files(folder) == []
         again = ResultStore(folder)
         assert analyze(stored_prompt, big, store=again).cached
-        np.testing.assert_array_equal(again.get(stored.key)[1]["maps"], stored.stats.maps)
+        np.testing.assert_array_equal(AttentionStats.from_arrays(again.get(stored.key)[1]).maps, stored.stats.maps)
         analyze(random_words(150), big, store=store)
         warnings = [r for r in caplog.records if "cannot be written" in r.getMessage()]
         assert len(warnings) == 1 and "results are computed but not saved" in store.warning

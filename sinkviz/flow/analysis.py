@@ -11,6 +11,7 @@ import json
 import os
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Iterator
@@ -141,7 +142,7 @@ def _tokenized(loaded, prompt: str, settings: Settings) -> TokenizedPrompt:
 
 def _saved(store: ResultStore, key: str, prompt: str, settings: Settings, loaded, tokens, stats) -> Analysis:
     analysis = Analysis(key, prompt, settings, loaded.info, tokens, stats, time.time(), ())
-    store.put(key, to_meta(analysis), stats.to_arrays())
+    _store(store, analysis)
     return analysis
 
 
@@ -158,8 +159,9 @@ def analyze_many(prompts: list[str], settings: Settings = Settings(), *, store: 
     """analyze() of every prompt, yielding (index, Analysis or the SinkvizError that stopped it)
     as each is ready: store hits first, then the rest in length-sorted batches of at most
     ``batch_tokens`` padded tokens (default: BATCH_TOKENS for the device, within what the memory
-    guard allows), each saved as its batch completes. Same keys, numbers and errors as analyze();
-    a prompt given twice is computed once."""
+    guard allows). Each batch's analyses are yielded as it completes and stored by a writer
+    thread while the next batch runs (all stored before this returns or is closed). Same keys,
+    numbers and errors as analyze(); a prompt given twice is computed once."""
     store = store or ResultStore()
     identity = models.identity(settings.model, settings.device, settings.dtype)
     todo: dict[str, tuple[str, list[int]]] = {}                      # key -> (prompt, indices)
@@ -184,12 +186,22 @@ def analyze_many(prompts: list[str], settings: Settings = Settings(), *, store: 
         except SinkvizError as err:
             yield from ((i, err) for i in indices)
     budget = batch_tokens or BATCH_TOKENS.get(loaded.model.device.type, BATCH_TOKENS["cpu"])
-    for batch in plan_batches(ready, budget, lambda item: len(item[3].token_ids)):
-        results = _capture_many(loaded, [item[3].token_ids for item in batch], settings.map_size)
-        for (key, prompt, indices, tokens), result in zip(batch, results):
-            if not isinstance(result, SinkvizError):
-                result = _saved(store, key, prompt, settings, loaded, tokens, result)
-            yield from ((i, result) for i in indices)
+    with ThreadPoolExecutor(1, thread_name_prefix="sinkviz-store") as writer:   # waits for its writes on exit
+        writing: list[Future] = []
+        for batch in plan_batches(ready, budget, lambda item: len(item[3].token_ids)):
+            results = _capture_many(loaded, [item[3].token_ids for item in batch], settings.map_size)
+            for done in writing:   # the previous batch is stored while this one ran; at most one in flight
+                done.result()
+            writing = []
+            for (key, prompt, indices, tokens), result in zip(batch, results):
+                if not isinstance(result, SinkvizError):
+                    result = Analysis(key, prompt, settings, loaded.info, tokens, result, time.time(), ())
+                    writing.append(writer.submit(_store, store, result))
+                yield from ((i, result) for i in indices)
+
+
+def _store(store: ResultStore, analysis: Analysis) -> None:
+    store.put(analysis.key, to_meta(analysis), analysis.stats.to_arrays(pack_maps=True))
 
 
 BATCH_TOKENS = {"cuda": 16384, "cpu": 4096, "mps": 4096}  # padded tokens per forward pass

@@ -37,7 +37,7 @@ class AuditWorker:
         out = []
         for index, result in analyze_many(prompts, self.settings, store=self.scratch):
             out.append((index, result if isinstance(result, SinkvizError)
-                        else (to_meta(result), result.stats.to_arrays())))
+                        else (to_meta(result), result.stats.to_arrays(pack_maps=True))))
         return out
 
 

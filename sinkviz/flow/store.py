@@ -9,6 +9,7 @@ A store folder is not trusted. Every row is checked to be what this store writes
 ``xx/yy/<28 hex>.val`` inside the store folder) before anything is unpickled, read, opened or
 deleted; any other row is moved to the ``Quarantine`` table, its file left alone, and reported.
 A store that cannot be written (read-only, full disk) is still read; results are then not saved.
+Nothing is evicted: rows go when the user deletes them (History page) or the folder.
 """
 
 import contextlib
@@ -183,7 +184,8 @@ class ResultStore:
     def _open(self):
         """The cache with foreign rows quarantined; read-only access if it cannot be written."""
         try:
-            cache = diskcache.Cache(self.directory, disk=_SafeDisk)
+            # no eviction: diskcache's default culls past 1 GB, which dropped an audit's own rows
+            cache = diskcache.Cache(self.directory, disk=_SafeDisk, eviction_policy="none")
         except (OSError, sqlite3.Error, diskcache.Timeout) as err:
             self._cannot_save(err)
             return _ReadOnlyCache(self.directory)

@@ -15,6 +15,7 @@ For layer l, head h, query i, key j and attention a[l, h, i, j] (L tokens):
 - learned_sink_map[l, h, b] = mean_{i in bin b} s[l, h, i]: the heatmaps' sink column
 """
 
+import functools
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -64,10 +65,19 @@ class AttentionStats:
     def n_tokens(self) -> int:
         return self.received.shape[-1]
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """Plain arrays for ``np.savez`` (no pickled objects)."""
+    def to_arrays(self, pack_maps: bool = False) -> dict[str, np.ndarray]:
+        """Plain arrays for ``np.savez`` (no pickled objects). With ``pack_maps`` (the store),
+        maps whose cells above the diagonal are all exactly 0 (causal attention) keep only the
+        cells on and below it, ``maps_lower`` [layers, heads, B (B + 1) / 2]: half the bytes,
+        nothing lost; ``from_arrays`` unpacks them."""
         out = {name: getattr(self, name) for name in ARRAY_FIELDS + OPTIONAL_FIELDS
                if getattr(self, name) is not None}
+        if pack_maps:
+            lower, upper = _triangles(self.maps.shape[-1])
+            cells = self.maps.reshape(*self.maps.shape[:-2], -1)                # [layers, heads, B * B]
+            if not np.take(cells, upper, axis=-1).any():
+                out["maps_lower"] = np.take(cells, lower, axis=-1)
+                del out["maps"]
         out["bin_width"] = np.array(self.bin_width)
         out["causal"] = np.array(self.causal)
         out["windows"] = np.array([-1 if w is None else w for w in self.windows])
@@ -78,6 +88,8 @@ class AttentionStats:
     @classmethod
     def from_arrays(cls, arrays) -> "AttentionStats":
         names = {f.name for f in fields(cls)} - set(OPTIONAL_FIELDS) - {"layers", "layer_kinds"}
+        if "maps_lower" in arrays and "maps" not in arrays:
+            arrays = {**{name: arrays[name] for name in arrays.keys()}, "maps": _from_lower(arrays["maps_lower"])}
         missing = names - set(arrays.keys())  # (older results lack layers, layer_kinds: all attention)
         if missing:
             raise KeyError(f"stored statistics lack {sorted(missing)}")
@@ -87,3 +99,20 @@ class AttentionStats:
                    windows=tuple(None if w < 0 else int(w) for w in arrays["windows"]),
                    layers=tuple(int(i) for i in arrays.get("layers", ())),
                    layer_kinds=tuple(str(k) for k in arrays.get("layer_kinds", ())))
+
+
+@functools.lru_cache(maxsize=8)
+def _triangles(bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices into a [bins, bins] map of the cells on and below the diagonal, and above it."""
+    rows, cols = np.indices((bins, bins)).reshape(2, -1)
+    return np.flatnonzero(cols <= rows), np.flatnonzero(cols > rows)
+
+
+def _from_lower(lower: np.ndarray) -> np.ndarray:
+    """[..., B (B + 1) / 2] cells on and below the diagonal -> [..., B, B] with zeros above."""
+    bins = int((np.sqrt(8 * lower.shape[-1] + 1) - 1) / 2)
+    if bins * (bins + 1) // 2 != lower.shape[-1]:
+        raise ValueError(f"{lower.shape[-1]} cells are not the lower triangle of a square map")
+    maps = np.zeros((*lower.shape[:-1], bins * bins), dtype=lower.dtype)
+    maps[..., _triangles(bins)[0]] = lower
+    return maps.reshape(*lower.shape[:-1], bins, bins)
