@@ -168,9 +168,9 @@ def check(model_type: str, mapping: str, workdir: Path) -> dict:
     if model_type in NEEDS_INPUTS:
         return {**row, "status": "skipped", "reason": f"needs {NEEDS_INPUTS[model_type]}"}
     ids = torch.randint(4, 120, (1, N_TOKENS), generator=torch.Generator().manual_seed(SEED))
-    phase = "build"
+    phase, folder = "build", workdir / f"{model_type}-{mapping}"   # both mappings of a type may run at once
     try:
-        folder = build(model_type, mapping, workdir / model_type)
+        folder = build(model_type, mapping, folder)
         phase = "float32"
         stats32 = capture(load_model(folder, device="cpu", dtype="float32").model, ids)
         phase = "float64"
@@ -196,7 +196,7 @@ def check(model_type: str, mapping: str, workdir: Path) -> dict:
         floor = errors(_AsStats(att32, stats32, ref["causal"]), ref)
         row["floor32"] = max(v for k, v in floor.items() if k != "causal")
     except SinkvizError as err:
-        reason = str(err).replace(str(workdir / model_type), model_type)
+        reason = str(err).replace(str(folder), model_type)
         return {**row, "status": "refused", "reason": ("in float64: " if phase == "float64" else "") + reason,
                 "phase": phase}
     except Exception as err:  # noqa: BLE001  (every other failure is recorded, never hidden)
