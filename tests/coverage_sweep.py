@@ -11,8 +11,9 @@ itself. Both bounds were measured: minicpm3's float32 capture missed by 4.6e-5 w
 by 4.5e-5 (two independent float32 roundings), gemma4_text's by 5.1e-5 where eager missed by 1.0e-5
 while its float64 capture matched to 6e-17: the float32 forward's own rounding, which one eager
 run only samples. A float32-specific bug (a half-precision sum, a lost mask) misses by far more.
-Where eager itself computes attention scores in float32 for a float64 model (REFERENCE_FLOAT32),
-the float64 check uses the float32 tolerance.
+The float64 reference keeps float64 where eager would round a float64 model to float32 (a
+softmax(dtype=float32), eager attention's .float() upcasts: GPT-J's scores, Inkling 2's learned
+sink), and so does the float64 capture (``float64_kept``).
 
     python tests/coverage_sweep.py [--readme]      # the whole sweep, writes sinkviz/data/coverage.json
     python tests/coverage_sweep.py --types llama,bert --out /tmp/c.json
@@ -54,9 +55,6 @@ NEEDS_INPUTS: dict[str, str] = {
     "gemma4_assistant": "the target model's shared KV states (a speculative-decoding drafter)",
     "gemma4_unified_assistant": "the target model's shared KV states (a speculative-decoding drafter)",
 }
-# softmax changes the lead is adding to capture.py (issue 12): refused until that lands
-# model types whose eager attention casts scores to float32 even in a float64 model
-REFERENCE_FLOAT32 = {"gptj", "codegen", "flint", "granite_swa", "granitemoe_swa"}  # eager softmax in float32 even for float64
 # Eager attention that returns weights renormalised over the tokens and applies the learned sink
 # to the output instead (x sigmoid(lse - sink)): the reference rescales those weights the same way.
 SINK_SCALED_EAGER = ("granite_swa", "granitemoe_swa")
@@ -109,12 +107,21 @@ def build(model_type: str, mapping: str, folder: Path) -> str:
     return save_tiny_model(tiny_config(model_type, mapping), folder, model_class=auto)
 
 
+@contextlib.contextmanager
+def float64_kept(model):
+    """Where eager attention would round a float64 model to float32 (its softmax, its casts), it
+    stays float64: around the reference, and around the float64 capture alike (an eager-path
+    capture runs that code; a router's softmax(dtype=float32) too)."""
+    from reference import float64_attention_casts, float64_softmax
+    with float64_softmax(), float64_attention_casts(model):
+        yield
+
+
 def eager(model_class, folder, ids, dtype):
     """Eager forward of the saved model: (attentions [layers, heads, L, L] float64, output)."""
-    from reference import float64_softmax
     model = model_class.from_pretrained(folder, dtype=dtype, attn_implementation="eager",
                                         experts_implementation="eager").eval()
-    with torch.no_grad(), float64_softmax(), sink_in_weights(model.config.model_type):
+    with torch.no_grad(), float64_kept(model), sink_in_weights(model.config.model_type):
         out = model(input_ids=ids, output_attentions=True, use_cache=False)
     att = getattr(out, "attentions", None) or getattr(out, "decoder_attentions", None)
     if not att:
@@ -163,7 +170,6 @@ def check(model_type: str, mapping: str, workdir: Path) -> dict:
     from sinkviz.engine.capture import capture
     from sinkviz.errors import SinkvizError
     from sinkviz.flow.models import load_model
-    from reference import float64_softmax
     row = {"type": model_type, "mapping": mapping}
     if model_type in NEEDS_INPUTS:
         return {**row, "status": "skipped", "reason": f"needs {NEEDS_INPUTS[model_type]}"}
@@ -176,7 +182,7 @@ def check(model_type: str, mapping: str, workdir: Path) -> dict:
         phase = "float64"
         loaded = load_model(folder, device="cpu", dtype="float64")
         row["class"] = type(loaded.model).__name__
-        with float64_softmax():  # as in the reference: a router's softmax(dtype=float32) stays float64
+        with float64_kept(loaded.model):
             stats = capture(loaded.model, ids)
         phase = "reference"
         att, out64 = eager(type(loaded.model), folder, ids, torch.float64)
@@ -187,7 +193,7 @@ def check(model_type: str, mapping: str, workdir: Path) -> dict:
             row["layer_kinds"] = list(stats.layer_kinds)
         ref = reference(att, stats)
         row["err64"] = errors(stats, ref)
-        with torch.no_grad(), float64_softmax():
+        with torch.no_grad(), float64_kept(loaded.model):
             mine = first_output(loaded.model(input_ids=ids, use_cache=False))
         want = first_output(out64)
         row["output_rel_err"] = float((mine - want).abs().max() / want.abs().max().clamp(min=1e-300))
@@ -218,11 +224,11 @@ class _AsStats:
 def verdict(row: dict) -> dict:
     """exact, or wrong with the statistics that missed."""
     tol32 = max(ATOL_FLOAT32_MIN, FLOOR_FACTOR * row["floor32"])
-    tol64 = tol32 if row["type"] in REFERENCE_FLOAT32 else ATOL_FLOAT64
-    missed = [f"{k} {v:.2g} (float64)" for k, v in row["err64"].items() if not v <= (0.0 if k == "causal" else tol64)]
+    missed = [f"{k} {v:.2g} (float64)" for k, v in row["err64"].items()
+              if not v <= (0.0 if k == "causal" else ATOL_FLOAT64)]
     missed += [f"{k} {v:.2g} (float32, tolerance {tol32:.2g})" for k, v in row["err32"].items()
                if not v <= (0.0 if k == "causal" else tol32)]
-    if not row["output_rel_err"] <= (tol64 if row["type"] in REFERENCE_FLOAT32 else RTOL_OUTPUT):
+    if not row["output_rel_err"] <= RTOL_OUTPUT:
         missed.append(f"model output changed by {row['output_rel_err']:.2g} (relative)")
     return {"status": "wrong", "reason": "; ".join(missed)} if missed else {"status": "exact"}
 

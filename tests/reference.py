@@ -2,6 +2,7 @@
 
 import contextlib
 import math
+import sys
 
 import numpy as np
 import torch
@@ -21,6 +22,46 @@ def float64_softmax():
         yield
     finally:
         torch.nn.functional.softmax = original
+
+
+@contextlib.contextmanager
+def float64_attention_casts(model):
+    """Within ``model``'s eager attention function, a float64 tensor cast to float32 (``.float()``,
+    ``.to(torch.float32)``) stays float64: eager attention that upcasts half precision this way
+    (Inkling 2's learned-sink softmax, GPT-J's scores) otherwise rounds a float64 model to float32."""
+    module = sys.modules[type(model).__module__]
+    real = getattr(module, "eager_attention_forward", None)
+    if real is None:
+        yield
+        return
+
+    def in_float64(*args, **kwargs):
+        with _float64_casts():
+            return real(*args, **kwargs)
+    module.eager_attention_forward = in_float64
+    try:
+        yield
+    finally:
+        module.eager_attention_forward = real
+
+
+@contextlib.contextmanager
+def _float64_casts():
+    real_float, real_to = torch.Tensor.float, torch.Tensor.to
+
+    def to_float(self, *args, **kwargs):
+        return self if self.dtype == torch.float64 else real_float(self, *args, **kwargs)
+
+    def to(self, *args, **kwargs):
+        if self.dtype == torch.float64:
+            args = tuple(torch.float64 if a is torch.float32 else a for a in args)
+            kwargs = {k: torch.float64 if v is torch.float32 else v for k, v in kwargs.items()}
+        return real_to(self, *args, **kwargs)
+    torch.Tensor.float, torch.Tensor.to = to_float, to
+    try:
+        yield
+    finally:
+        torch.Tensor.float, torch.Tensor.to = real_float, real_to
 
 
 def eager_attentions(folder, input_ids: torch.Tensor, model_class=None, with_logits=False, **load):

@@ -76,6 +76,8 @@ OVERRIDES: dict[str, dict] = {  # model type -> extra keyword values (see the mo
               "expert_layer_period": 2, "expert_layer_offset": 1},
     "granitemoehybrid": {"num_hidden_layers": 2, "layer_types": ["linear_attention", "full_attention"]},
     "recurrent_gemma": {"num_hidden_layers": 3},            # block_types cycle: recurrent, recurrent, attention
+    "inkling2_loop_text": {"n_layers_per_attn_res_block": 1, "loop_layer_index_start": 1,   # layer 1 looped
+                           "loop_layer_index_end": 2, "loop_num_passes": 2},              # (the default: 6..17)
     "xmod": {"default_language": "en_XX"},                  # its adapters' language, as set_default_language saves it
     # (also as dots3_note's text config) layers kept: indexed, indexed, sliding; the sliding layer's
     # own sizes (fewer heads, a wider latent) shrunk alike, its head_dim = qk_nope + qk_rope as required

@@ -85,10 +85,22 @@ def sinkviz_attention(module, query, key, value, attention_mask, **kwargs):
     """SDPA's output, or the block-wise softmax where SDPA cannot compute it (``Softmax``);
     plus statistics when a recorder is active in this context."""
     recorder = _recorder.get()
+    if recorder is not None and not over_prompt(query, key, recorder.tokens):
+        recorder = None                       # computed as the model asks, not recorded
     if isinstance(recorder, _Batch):
         return recorder.attend(module, query, key, value, attention_mask, kwargs), None
     attention_mask = indexed_keys_mask(attention_mask, kwargs.pop("indices", None), key.shape[2])
     return _attend(module, query, key, value, attention_mask, kwargs, recorder), None
+
+
+def over_prompt(query, key, tokens: int | None) -> bool:
+    """Whether an attention call's queries are the prompt's ``tokens`` (None: any call). Attention
+    over other things is not: Inkling 2 attends from each token over its earlier residual blocks,
+    query [B, tokens, queries per token, hidden] and key [B, tokens, blocks, hidden]."""
+    if tokens is None:
+        return True
+    over_blocks = query.shape[1] == tokens and key.shape[2] != query.shape[2]
+    return query.shape[2] == tokens and not over_blocks
 
 
 def _attend(module, query, key, value, attention_mask, kwargs, recorder) -> torch.Tensor:
@@ -161,8 +173,9 @@ def block_rows(heads: int, keys: int, device: torch.device) -> int:
 
 
 class _Recorder:
-    def __init__(self, map_size: int, n_layers: int = 0):
+    def __init__(self, map_size: int, n_layers: int = 0, tokens: int | None = None):
         self.map_size = map_size
+        self.tokens = tokens        # the prompt's length: only calls attending from or to its tokens are recorded
         self.n_recorded = 0
         self.host = LayerArrays(n_layers)          # statistics and value norms, by layer, on the host
         self.windows: list[int | None] = []
@@ -233,8 +246,8 @@ class _Batch:
     """Several right-padded prompts in one forward pass: each layer's attention is computed and
     recorded prompt by prompt on that prompt's own tokens, exactly as its batch-1 capture would."""
 
-    def __init__(self, recorders: list[_Recorder], lengths: list[int]):
-        self.recorders, self.lengths = recorders, lengths
+    def __init__(self, recorders: list[_Recorder], lengths: list[int], tokens: int):
+        self.recorders, self.lengths, self.tokens = recorders, lengths, tokens   # tokens: the padded length
         self.masks_checked: list[torch.Tensor] = []
 
     def attend(self, module, query, key, value, attention_mask, kwargs) -> torch.Tensor:
@@ -393,8 +406,8 @@ def _captured_forward(model, input_ids, map_size, kwargs, lengths: list[int] | N
     if model.config._attn_implementation not in (ATTN_NAME, ATTN_FULL_MASK):
         raise UnsupportedArchitecture(f"model was not loaded with attn_implementation={ATTN_NAME!r}")
     layers = decoder_layers(model)
-    recorders = [_Recorder(map_size, len(layers)) for _ in (lengths or [input_ids.shape[1]])]
-    token = _recorder.set(_Batch(recorders, lengths) if lengths else recorders[0])
+    recorders = [_Recorder(map_size, len(layers), n) for n in (lengths or [input_ids.shape[1]])]
+    token = _recorder.set(_Batch(recorders, lengths, input_ids.shape[1]) if lengths else recorders[0])
     try:
         with layer_trace(layers, recorders[0], hidden_norm_to(recorders, lengths or [input_ids.shape[1]])) as trace, \
                 torch.no_grad():
