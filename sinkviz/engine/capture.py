@@ -177,6 +177,7 @@ class _Recorder:
         self.map_size = map_size
         self.tokens = tokens        # the prompt's length: only calls attending from or to its tokens are recorded
         self.n_recorded = 0
+        self.heads: int | None = None              # every recorded layer's head count
         self.host = LayerArrays(n_layers)          # statistics and value norms, by layer, on the host
         self.windows: list[int | None] = []
         self.learned_sink_layers: list[int] = []   # layers whose softmax has a learned sink
@@ -217,6 +218,13 @@ class _Recorder:
 
     def append(self, layer: dict, value, window, causal: bool) -> None:
         """Keep one layer's statistics, its value norms [Lk] and its attention pattern."""
+        heads = layer["entropy"].shape[0]
+        if heads != self.heads:
+            if self.heads is not None:
+                raise UnsupportedArchitecture(
+                    f"the model's attention layers differ in head count ({self.heads}, then {heads} in attention "
+                    f"layer {self.n_recorded}); sinkviz's statistics hold one head count for all layers")
+            self.heads = heads
         if "learned_sink" in layer:
             self.learned_sink_layers.append(self.n_recorded)
         self.host.add(self.n_recorded, {**layer, "value_norm": row_norms(value[0]).mean(0)})  # value_norm [Lk]

@@ -267,7 +267,7 @@ def _attention_name(auto, config) -> str:
 
 def _load_weights(spec, auto, folder, config, kwargs) -> torch.nn.Module:
     """from_pretrained with every failure turned into one clear sentence."""
-    if getattr(config.get_text_config(), "num_attention_heads", None) is None:
+    if config_value(config.get_text_config(), "num_attention_heads") is None:
         raise UnsupportedArchitecture(f"{config.model_type} has no attention heads to inspect")
     try:
         model, loading = auto.from_pretrained(folder, output_loading_info=True, **kwargs)
