@@ -16,7 +16,8 @@ softmax(dtype=float32), eager attention's .float() upcasts: GPT-J's scores, Inkl
 sink), and so does the float64 capture (``float64_kept``).
 
     python tests/coverage_sweep.py [--readme]      # the whole sweep, writes sinkviz/data/coverage.json
-    python tests/coverage_sweep.py --types llama,bert --out /tmp/c.json
+    python tests/coverage_sweep.py --types llama,bert [--readme]   # re-sweeps those, replaces their rows
+    python tests/coverage_sweep.py --types llama,bert --out /tmp/c.json  # (a new file: those rows alone)
 
 Each architecture runs in a forked child with a timeout; the table records every outcome.
 """
@@ -324,9 +325,23 @@ def meta(seconds: float, jobs: int) -> dict:
             "atol_float64": ATOL_FLOAT64, "atol_float32_min": ATOL_FLOAT32_MIN, "floor_factor": FLOOR_FACTOR}
 
 
+def merged(old: dict, new: dict) -> dict:
+    """``old``'s table with ``new``'s rows in place of its rows of the same (type, mapping), the
+    re-sweep listed in meta["resweeps"]; both must come from the same transformers, torch and prompt."""
+    for key in ("transformers", "torch", "tokens"):
+        if old["meta"].get(key) != new["meta"][key]:
+            raise SystemExit(f"the table was swept with {key} {old['meta'].get(key)}, this sweep with "
+                             f"{new['meta'][key]}: sweep every type (no --types) to replace it")
+    swept = {(r["type"], r["mapping"]) for r in new["rows"]}
+    rows = [r for r in old["rows"] if (r["type"], r["mapping"]) not in swept] + new["rows"]
+    resweep = {"date": new["meta"]["date"], "rows": sorted(f"{t} ({m})" for t, m in swept)}
+    return {"meta": {**old["meta"], "resweeps": [*old["meta"].get("resweeps", ()), resweep]}, "rows": rows}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--types", help="comma-separated model types (default: both mappings, all)")
+    parser.add_argument("--types", help="comma-separated model types (default: both mappings, all); their rows "
+                        "replace those in an existing --out table")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=180)
     parser.add_argument("--out", default=str(TABLE))
@@ -335,14 +350,19 @@ def main(argv=None) -> int:
     types = model_types()
     if args.types:
         wanted = set(args.types.split(","))
+        unknown = wanted - {t for t, _ in types}
+        if unknown:
+            parser.error(f"not a model type of either mapping: {', '.join(sorted(unknown))}")
         types = [t for t in types if t[0] in wanted]
     start = time.perf_counter()
     rows = run_all(types, args.jobs, args.timeout, progress=lambda line: print(line, flush=True))
-    rows.sort(key=lambda r: (r["mapping"] != "causal", r["type"]))
-    Path(args.out).write_text(json.dumps({"meta": meta(time.perf_counter() - start, args.jobs), "rows": rows},
-                                         indent=1) + "\n")
+    table = {"meta": meta(time.perf_counter() - start, args.jobs), "rows": rows}
     from sinkviz.output.coverage import load_table, summary, update_readme
-    print(summary({"rows": rows}))
+    print(summary(table))
+    if args.types and Path(args.out).exists():
+        table = merged(load_table(Path(args.out)), table)
+    table["rows"].sort(key=lambda r: (r["mapping"] != "causal", r["type"]))
+    Path(args.out).write_text(json.dumps(table, indent=1) + "\n")
     if args.readme:
         update_readme(Path(__file__).resolve().parent.parent / "README.md", load_table(Path(args.out)))
     return 0

@@ -202,3 +202,20 @@ def test_eager_path_models_load_in_bfloat16(tmp_path, model_type):
     stats = capture(loaded.model, torch.randint(4, 120, (1, 30)))
     rows = stats.maps.sum(-1)
     assert np.abs(rows - 1).max() <= torch.finfo(torch.bfloat16).eps and np.abs(rows - 1).max() > 1e-4
+
+
+def test_a_resweep_replaces_its_rows_only():
+    from coverage_sweep import merged
+    meta = {"transformers": "5.24.0", "torch": "2.13.0", "tokens": 40, "date": "2026-11-25"}
+    old = {"meta": meta, "rows": [{"type": "xglm", "mapping": "causal", "status": "refused"},
+                                  {"type": "llama", "mapping": "causal", "status": "exact"},
+                                  {"type": "xmod", "mapping": "masked", "status": "refused"}]}
+    new = {"meta": {**meta, "date": "2026-11-26"}, "rows": [{"type": "xglm", "mapping": "causal", "status": "exact"},
+                                                            {"type": "xmod", "mapping": "masked", "status": "exact"}]}
+    table = merged(old, new)
+    assert sorted((r["type"], r["status"]) for r in table["rows"]) == [("llama", "exact"), ("xglm", "exact"),
+                                                                      ("xmod", "exact")]
+    assert table["meta"]["resweeps"] == [{"date": "2026-11-26", "rows": ["xglm (causal)", "xmod (masked)"]}]
+    assert table["meta"]["date"] == "2026-11-25" and "; 2 rows re-swept 2026-11-26." in markdown(table)
+    with pytest.raises(SystemExit, match="swept with transformers 5.24.0, this sweep with 5.25.0"):
+        merged(old, {**new, "meta": {**new["meta"], "transformers": "5.25.0"}})
