@@ -26,42 +26,60 @@ def float64_softmax():
 
 @contextlib.contextmanager
 def float64_attention_casts(model):
-    """Within ``model``'s eager attention function, a float64 tensor cast to float32 (``.float()``,
-    ``.to(torch.float32)``) stays float64: eager attention that upcasts half precision this way
-    (Inkling 2's learned-sink softmax, GPT-J's scores) otherwise rounds a float64 model to float32."""
+    """Where attention upcasts half precision with ``.float()`` / ``.to(torch.float32)``, a float64
+    tensor stays float64, else a float64 model is rounded to float32 there: in the module's eager
+    attention function (GPT-J's scores, Inkling 2's learned sink) and in the own code (not the
+    submodules) of its attention modules that hold no float32 weights (XLM's and MPT's softmax;
+    a module with float32 weights, such as a linear attention's convolution, casts for them)."""
+    active = [False]                       # a stack: True while such attention code runs
+    handles = _attention_frames(model, active)
     module = sys.modules[type(model).__module__]
-    real = getattr(module, "eager_attention_forward", None)
-    if real is None:
-        yield
-        return
+    real_eager = getattr(module, "eager_attention_forward", None)
 
-    def in_float64(*args, **kwargs):
-        with _float64_casts():
-            return real(*args, **kwargs)
-    module.eager_attention_forward = in_float64
-    try:
-        yield
-    finally:
-        module.eager_attention_forward = real
-
-
-@contextlib.contextmanager
-def _float64_casts():
+    def eager_in_float64(*args, **kwargs):
+        active.append(True)
+        try:
+            return real_eager(*args, **kwargs)
+        finally:
+            active.pop()
     real_float, real_to = torch.Tensor.float, torch.Tensor.to
 
     def to_float(self, *args, **kwargs):
-        return self if self.dtype == torch.float64 else real_float(self, *args, **kwargs)
+        return self if active[-1] and self.dtype == torch.float64 else real_float(self, *args, **kwargs)
 
     def to(self, *args, **kwargs):
-        if self.dtype == torch.float64:
+        if active[-1] and self.dtype == torch.float64:
             args = tuple(torch.float64 if a is torch.float32 else a for a in args)
             kwargs = {k: torch.float64 if v is torch.float32 else v for k, v in kwargs.items()}
         return real_to(self, *args, **kwargs)
     torch.Tensor.float, torch.Tensor.to = to_float, to
+    if real_eager is not None:
+        module.eager_attention_forward = eager_in_float64
     try:
         yield
     finally:
         torch.Tensor.float, torch.Tensor.to = real_float, real_to
+        if real_eager is not None:
+            module.eager_attention_forward = real_eager
+        for handle in handles:
+            handle.remove()
+
+
+def _attention_frames(model, active: list) -> list:
+    """Hooks that push True on ``active`` while an attention module without float32 weights runs
+    its own code, False while any module inside it runs; returns their handles."""
+    attention = [m for m in model.modules() if type(m).__name__.endswith("Attention")
+                 and all(p.dtype != torch.float32 for p in m.parameters())]
+    inner = {id(c): c for m in attention for c in m.modules() if c is not m and not any(c is a for a in attention)}
+    handles = []
+
+    def leave(*_):
+        active.pop()                       # (returns None: the module's output stays)
+    for flag, modules in ((True, attention), (False, inner.values())):
+        for m in modules:
+            handles.append(m.register_forward_pre_hook(lambda *_, f=flag: active.append(f)))
+            handles.append(m.register_forward_hook(leave, always_call=True))
+    return handles
 
 
 def eager_attentions(folder, input_ids: torch.Tensor, model_class=None, with_logits=False, **load):
