@@ -7,13 +7,15 @@ Exact means: the float64 capture is within ATOL_FLOAT64 = 1e-12 of the reference
 statistic (sink mass, entropy, received attention, maps, learned-sink mass: 0 where none is
 captured) and on the causal flag, the model's own float64 output under sinkviz equals eager's
 to 1e-9 (relative), and the float32 capture is within max(1e-4, 2 x floor) of the reference,
-floor = the largest error of float32 eager itself. Both bounds were measured: minicpm3's float32 capture missed by 4.6e-5 where eager missed
-by 4.5e-5 (two independent float32 roundings), gemma4_text's by 5.1e-5 where eager missed by 1.0e-5
-while its float64 capture matched to 6e-17: the float32 forward's own rounding, which one eager
-run only samples. A float32-specific bug (a half-precision sum, a lost mask) misses by far more.
-The float64 reference keeps float64 where eager would round a float64 model to float32 (a
-softmax(dtype=float32), eager attention's .float() upcasts: GPT-J's scores, Inkling 2's learned
-sink), and so does the float64 capture (``float64_kept``).
+floor = the largest error of float32 eager itself. Both bounds were measured: minicpm3's float32
+capture missed by 4.6e-5 where eager missed by 4.5e-5 (two independent float32 roundings),
+gemma4_text's by 5.1e-5 where eager missed by 1.0e-5 while its float64 capture matched to 6e-17:
+the float32 forward's own rounding, which one eager run only samples (on the same float32 inputs
+sinkviz's attention and eager's miss alike, 2.0e-5 at gemma4_text's logits of 735). A
+float32-specific bug (a half-precision sum, a lost mask) misses by far more. The float64
+reference keeps float64 where eager would round a float64 model to float32 (a
+softmax(dtype=float32); attention's .float() upcasts: GPT-J's scores, XLM's and MPT's softmax,
+Inkling 2's learned sink), and so does the float64 capture (``float64_kept``).
 
     python tests/coverage_sweep.py [--readme]      # the whole sweep, writes sinkviz/data/coverage.json
     python tests/coverage_sweep.py --types llama,bert [--readme]   # re-sweeps those, replaces their rows

@@ -70,7 +70,8 @@ def _attention_frames(model, active: list) -> list:
     its own code, False while any module inside it runs; returns their handles."""
     attention = [m for m in model.modules() if type(m).__name__.endswith("Attention")
                  and all(p.dtype != torch.float32 for p in m.parameters())]
-    inner = {id(c): c for m in attention for c in m.modules() if c is not m and not any(c is a for a in attention)}
+    ids = {id(m) for m in attention}
+    inner = {id(c): c for m in attention for c in m.modules() if id(c) not in ids}
     handles = []
 
     def leave(*_):

@@ -80,7 +80,8 @@ OVERRIDES: dict[str, dict] = {  # model type -> extra keyword values (see the mo
                            "loop_layer_index_end": 2, "loop_num_passes": 2},              # (the default: 6..17)
     "xmod": {"default_language": "en_XX"},                  # its adapters' language, as set_default_language saves it
     # (also as dots3_note's text config) layers kept: indexed, indexed, sliding; the sliding layer's
-    # own sizes (fewer heads, a wider latent) shrunk alike, its head_dim = qk_nope + qk_rope as required
+    # own sizes shrunk alike (the release: 64 heads there, 128 on the others; a wider latent), its
+    # head_dim = qk_nope + qk_rope as required
     "dots3_note_text": {"per_layer_config": {2: {"num_attention_heads": 2, "num_key_value_heads": 2,
                                                  "kv_lora_rank": 64}}},
 }
