@@ -4,18 +4,22 @@ safetensors with the word-level test tokenizer, ``load_model`` then ``capture`` 
 tokens in float64 and float32 on CPU, each against the float64 eager reference.
 
 Exact means: the float64 capture is within ATOL_FLOAT64 = 1e-12 of the reference on every
-statistic (sink mass, entropy, received attention, maps) and on the causal flag, the model's
-own float64 output under sinkviz equals eager's to 1e-9 (relative), and the float32 capture
-is within max(1e-4, 2 x floor) of the reference, floor = the largest error of float32 eager
-itself. Both bounds were measured: minicpm3's float32 capture missed by 4.6e-5 where eager missed
-by 4.5e-5 (two independent float32 roundings), gemma4_text's by 5.1e-5 where eager missed by 1.0e-5
-while its float64 capture matched to 6e-17: the float32 forward's own rounding, which one eager
-run only samples. A float32-specific bug (a half-precision sum, a lost mask) misses by far more.
-Where eager itself computes attention scores in float32 for a float64 model (REFERENCE_FLOAT32),
-the float64 check uses the float32 tolerance.
+statistic (sink mass, entropy, received attention, maps, learned-sink mass: 0 where none is
+captured) and on the causal flag, the model's own float64 output under sinkviz equals eager's
+to 1e-9 (relative), and the float32 capture is within max(1e-4, 2 x floor) of the reference,
+floor = the largest error of float32 eager itself. Both bounds were measured: minicpm3's float32
+capture missed by 4.6e-5 where eager missed by 4.5e-5 (two independent float32 roundings),
+gemma4_text's by 5.1e-5 where eager missed by 1.0e-5 while its float64 capture matched to 6e-17:
+the float32 forward's own rounding, which one eager run only samples (on the same float32 inputs
+sinkviz's attention and eager's miss alike, 2.0e-5 at gemma4_text's logits of 735). A
+float32-specific bug (a half-precision sum, a lost mask) misses by far more. The float64
+reference keeps float64 where eager would round a float64 model to float32 (a
+softmax(dtype=float32); attention's .float() upcasts: GPT-J's scores, XLM's and MPT's softmax,
+Inkling 2's learned sink), and so does the float64 capture (``float64_kept``).
 
     python tests/coverage_sweep.py [--readme]      # the whole sweep, writes sinkviz/data/coverage.json
-    python tests/coverage_sweep.py --types llama,bert --out /tmp/c.json
+    python tests/coverage_sweep.py --types llama,bert [--readme]   # re-sweeps those, replaces their rows
+    python tests/coverage_sweep.py --types llama,bert --out /tmp/c.json  # (a new file: those rows alone)
 
 Each architecture runs in a forked child with a timeout; the table records every outcome.
 """
@@ -45,7 +49,7 @@ ATOL_FLOAT32_MIN = 1e-4
 FLOOR_FACTOR = 2
 RTOL_OUTPUT = 1e-9
 N_TOKENS, SEED = 40, 1234
-STATS = ("sink_mass", "entropy", "received", "maps")
+STATS = ("sink_mass", "entropy", "received", "maps", "learned_sink")
 TABLE = Path(__file__).resolve().parent.parent / "sinkviz" / "data" / "coverage.json"
 # model type -> the inputs it needs beyond input_ids (such architectures are skipped, not failed)
 NEEDS_INPUTS: dict[str, str] = {
@@ -54,9 +58,11 @@ NEEDS_INPUTS: dict[str, str] = {
     "gemma4_assistant": "the target model's shared KV states (a speculative-decoding drafter)",
     "gemma4_unified_assistant": "the target model's shared KV states (a speculative-decoding drafter)",
 }
-# softmax changes the lead is adding to capture.py (issue 12): refused until that lands
-# model types whose eager attention casts scores to float32 even in a float64 model
-REFERENCE_FLOAT32 = {"gptj", "codegen", "flint", "granite_swa", "granitemoe_swa"}  # eager softmax in float32 even for float64
+# Types whose own code cannot run in float64 as transformers ships it: the float64 phase (capture
+# and reference) runs with float64 as torch's default dtype. A user's float64 load is refused.
+OWN_CODE_DEFAULT_DTYPE = {
+    "xglm": "its attention clamps scores at torch.full((), finfo(float64).min) without a dtype: float32 overflows",
+}
 # Eager attention that returns weights renormalised over the tokens and applies the learned sink
 # to the output instead (x sigmoid(lse - sink)): the reference rescales those weights the same way.
 SINK_SCALED_EAGER = ("granite_swa", "granitemoe_swa")
@@ -109,12 +115,40 @@ def build(model_type: str, mapping: str, folder: Path) -> str:
     return save_tiny_model(tiny_config(model_type, mapping), folder, model_class=auto)
 
 
-def eager(model_class, folder, ids, dtype):
-    """Eager forward of the saved model: (attentions [layers, heads, L, L] float64, output)."""
-    from reference import float64_softmax
+@contextlib.contextmanager
+def float64_kept(model):
+    """Where eager attention would round a float64 model to float32 (its softmax, its casts), it
+    stays float64: around the reference, and around the float64 capture alike (an eager-path
+    capture runs that code; a router's softmax(dtype=float32) too)."""
+    from reference import float64_attention_casts, float64_softmax
+    with float64_softmax(), float64_attention_casts(model):
+        yield
+
+
+@contextlib.contextmanager
+def float64_by_default(model_type: str):
+    """torch's default dtype float64 within this block, for the types of OWN_CODE_DEFAULT_DTYPE."""
+    if model_type not in OWN_CODE_DEFAULT_DTYPE:
+        yield
+        return
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(default)
+
+
+def eager(model_class, folder, ids, dtype, like=None):
+    """Eager forward of the saved model: (attentions [layers, heads, L, L] float64, output). With
+    ``like`` (the captured model), each weight in the dtype it has there: where loading left
+    weights in float32, sinkviz casts them (``models.cast_stray_weights``: XLNet), eager alike."""
     model = model_class.from_pretrained(folder, dtype=dtype, attn_implementation="eager",
                                         experts_implementation="eager").eval()
-    with torch.no_grad(), float64_softmax(), sink_in_weights(model.config.model_type):
+    dtypes = {name: p.dtype for name, p in like.named_parameters()} if like is not None else {}
+    for name, p in model.named_parameters():
+        p.data = p.data.to(dtypes.get(name, p.dtype))
+    with torch.no_grad(), float64_kept(model), sink_in_weights(model.config.model_type):
         out = model(input_ids=ids, output_attentions=True, use_cache=False)
     att = getattr(out, "attentions", None) or getattr(out, "decoder_attentions", None)
     if not att:
@@ -145,6 +179,8 @@ def errors(stats, ref: dict) -> dict:
     out = {}
     for name in STATS:
         got, want = getattr(stats, name), ref[name]
+        if got is None:  # no learned sink captured: the reference's rows must give it nothing
+            got = np.zeros_like(want)
         if got.shape != want.shape:
             out[name] = float("inf")
             continue
@@ -163,32 +199,34 @@ def check(model_type: str, mapping: str, workdir: Path) -> dict:
     from sinkviz.engine.capture import capture
     from sinkviz.errors import SinkvizError
     from sinkviz.flow.models import load_model
-    from reference import float64_softmax
     row = {"type": model_type, "mapping": mapping}
     if model_type in NEEDS_INPUTS:
         return {**row, "status": "skipped", "reason": f"needs {NEEDS_INPUTS[model_type]}"}
     ids = torch.randint(4, 120, (1, N_TOKENS), generator=torch.Generator().manual_seed(SEED))
-    phase = "build"
+    phase, folder = "build", workdir / f"{model_type}-{mapping}"   # both mappings of a type may run at once
     try:
-        folder = build(model_type, mapping, workdir / model_type)
+        folder = build(model_type, mapping, folder)
         phase = "float32"
         stats32 = capture(load_model(folder, device="cpu", dtype="float32").model, ids)
         phase = "float64"
-        loaded = load_model(folder, device="cpu", dtype="float64")
-        row["class"] = type(loaded.model).__name__
-        with float64_softmax():  # as in the reference: a router's softmax(dtype=float32) stays float64
-            stats = capture(loaded.model, ids)
-        phase = "reference"
-        att, out64 = eager(type(loaded.model), folder, ids, torch.float64)
-        att = None if att is None else rows_of(att, stats)
-        if att is None:
-            return {**row, "status": "crash", "reason": "eager returns no attention weights to compare with"}
+        if model_type in OWN_CODE_DEFAULT_DTYPE:
+            row["note"] = "float64 checked with torch's default dtype float64: " + OWN_CODE_DEFAULT_DTYPE[model_type]
+        with float64_by_default(model_type):
+            loaded = load_model(folder, device="cpu", dtype="float64")
+            row["class"] = type(loaded.model).__name__
+            with float64_kept(loaded.model):
+                stats = capture(loaded.model, ids)
+            phase = "reference"
+            att, out64 = eager(type(loaded.model), folder, ids, torch.float64, like=loaded.model)
+            att = None if att is None else rows_of(att, stats)
+            if att is None:
+                return {**row, "status": "crash", "reason": "eager returns no attention weights to compare with"}
+            ref = reference(att, stats)
+            row["err64"] = errors(stats, ref)
+            with torch.no_grad(), float64_kept(loaded.model):
+                mine = first_output(loaded.model(input_ids=ids, use_cache=False))
         if getattr(stats, "layer_kinds", ()):
             row["layer_kinds"] = list(stats.layer_kinds)
-        ref = reference(att, stats)
-        row["err64"] = errors(stats, ref)
-        with torch.no_grad(), float64_softmax():
-            mine = first_output(loaded.model(input_ids=ids, use_cache=False))
         want = first_output(out64)
         row["output_rel_err"] = float((mine - want).abs().max() / want.abs().max().clamp(min=1e-300))
         att32 = rows_of(eager(type(loaded.model), folder, ids, torch.float32)[0], stats)
@@ -196,7 +234,7 @@ def check(model_type: str, mapping: str, workdir: Path) -> dict:
         floor = errors(_AsStats(att32, stats32, ref["causal"]), ref)
         row["floor32"] = max(v for k, v in floor.items() if k != "causal")
     except SinkvizError as err:
-        reason = str(err).replace(str(workdir / model_type), model_type)
+        reason = str(err).replace(str(folder), model_type)
         return {**row, "status": "refused", "reason": ("in float64: " if phase == "float64" else "") + reason,
                 "phase": phase}
     except Exception as err:  # noqa: BLE001  (every other failure is recorded, never hidden)
@@ -218,11 +256,11 @@ class _AsStats:
 def verdict(row: dict) -> dict:
     """exact, or wrong with the statistics that missed."""
     tol32 = max(ATOL_FLOAT32_MIN, FLOOR_FACTOR * row["floor32"])
-    tol64 = tol32 if row["type"] in REFERENCE_FLOAT32 else ATOL_FLOAT64
-    missed = [f"{k} {v:.2g} (float64)" for k, v in row["err64"].items() if not v <= (0.0 if k == "causal" else tol64)]
+    missed = [f"{k} {v:.2g} (float64)" for k, v in row["err64"].items()
+              if not v <= (0.0 if k == "causal" else ATOL_FLOAT64)]
     missed += [f"{k} {v:.2g} (float32, tolerance {tol32:.2g})" for k, v in row["err32"].items()
                if not v <= (0.0 if k == "causal" else tol32)]
-    if not row["output_rel_err"] <= (tol64 if row["type"] in REFERENCE_FLOAT32 else RTOL_OUTPUT):
+    if not row["output_rel_err"] <= RTOL_OUTPUT:
         missed.append(f"model output changed by {row['output_rel_err']:.2g} (relative)")
     return {"status": "wrong", "reason": "; ".join(missed)} if missed else {"status": "exact"}
 
@@ -291,9 +329,23 @@ def meta(seconds: float, jobs: int) -> dict:
             "atol_float64": ATOL_FLOAT64, "atol_float32_min": ATOL_FLOAT32_MIN, "floor_factor": FLOOR_FACTOR}
 
 
+def merged(old: dict, new: dict) -> dict:
+    """``old``'s table with ``new``'s rows in place of its rows of the same (type, mapping), the
+    re-sweep listed in meta["resweeps"]; both must come from the same transformers, torch and prompt."""
+    for key in ("transformers", "torch", "tokens"):
+        if old["meta"].get(key) != new["meta"][key]:
+            raise SystemExit(f"the table was swept with {key} {old['meta'].get(key)}, this sweep with "
+                             f"{new['meta'][key]}: sweep every type (no --types) to replace it")
+    swept = {(r["type"], r["mapping"]) for r in new["rows"]}
+    rows = [r for r in old["rows"] if (r["type"], r["mapping"]) not in swept] + new["rows"]
+    resweep = {"date": new["meta"]["date"], "rows": sorted(f"{t} ({m})" for t, m in swept)}
+    return {"meta": {**old["meta"], "resweeps": [*old["meta"].get("resweeps", ()), resweep]}, "rows": rows}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--types", help="comma-separated model types (default: both mappings, all)")
+    parser.add_argument("--types", help="comma-separated model types (default: both mappings, all); their rows "
+                        "replace those in an existing --out table")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=180)
     parser.add_argument("--out", default=str(TABLE))
@@ -302,14 +354,19 @@ def main(argv=None) -> int:
     types = model_types()
     if args.types:
         wanted = set(args.types.split(","))
+        unknown = wanted - {t for t, _ in types}
+        if unknown:
+            parser.error(f"not a model type of either mapping: {', '.join(sorted(unknown))}")
         types = [t for t in types if t[0] in wanted]
     start = time.perf_counter()
     rows = run_all(types, args.jobs, args.timeout, progress=lambda line: print(line, flush=True))
-    rows.sort(key=lambda r: (r["mapping"] != "causal", r["type"]))
-    Path(args.out).write_text(json.dumps({"meta": meta(time.perf_counter() - start, args.jobs), "rows": rows},
-                                         indent=1) + "\n")
+    table = {"meta": meta(time.perf_counter() - start, args.jobs), "rows": rows}
     from sinkviz.output.coverage import load_table, summary, update_readme
-    print(summary({"rows": rows}))
+    print(summary(table))
+    if args.types and Path(args.out).exists():
+        table = merged(load_table(Path(args.out)), table)
+    table["rows"].sort(key=lambda r: (r["mapping"] != "causal", r["type"]))
+    Path(args.out).write_text(json.dumps(table, indent=1) + "\n")
     if args.readme:
         update_readme(Path(__file__).resolve().parent.parent / "README.md", load_table(Path(args.out)))
     return 0

@@ -2,6 +2,7 @@
 
 import contextlib
 import math
+import sys
 
 import numpy as np
 import torch
@@ -21,6 +22,65 @@ def float64_softmax():
         yield
     finally:
         torch.nn.functional.softmax = original
+
+
+@contextlib.contextmanager
+def float64_attention_casts(model):
+    """Where attention upcasts half precision with ``.float()`` / ``.to(torch.float32)``, a float64
+    tensor stays float64, else a float64 model is rounded to float32 there: in the module's eager
+    attention function (GPT-J's scores, Inkling 2's learned sink) and in the own code (not the
+    submodules) of its attention modules that hold no float32 weights (XLM's and MPT's softmax;
+    a module with float32 weights, such as a linear attention's convolution, casts for them)."""
+    active = [False]                       # a stack: True while such attention code runs
+    handles = _attention_frames(model, active)
+    module = sys.modules[type(model).__module__]
+    real_eager = getattr(module, "eager_attention_forward", None)
+
+    def eager_in_float64(*args, **kwargs):
+        active.append(True)
+        try:
+            return real_eager(*args, **kwargs)
+        finally:
+            active.pop()
+    real_float, real_to = torch.Tensor.float, torch.Tensor.to
+
+    def to_float(self, *args, **kwargs):
+        return self if active[-1] and self.dtype == torch.float64 else real_float(self, *args, **kwargs)
+
+    def to(self, *args, **kwargs):
+        if active[-1] and self.dtype == torch.float64:
+            args = tuple(torch.float64 if a is torch.float32 else a for a in args)
+            kwargs = {k: torch.float64 if v is torch.float32 else v for k, v in kwargs.items()}
+        return real_to(self, *args, **kwargs)
+    torch.Tensor.float, torch.Tensor.to = to_float, to
+    if real_eager is not None:
+        module.eager_attention_forward = eager_in_float64
+    try:
+        yield
+    finally:
+        torch.Tensor.float, torch.Tensor.to = real_float, real_to
+        if real_eager is not None:
+            module.eager_attention_forward = real_eager
+        for handle in handles:
+            handle.remove()
+
+
+def _attention_frames(model, active: list) -> list:
+    """Hooks that push True on ``active`` while an attention module without float32 weights runs
+    its own code, False while any module inside it runs; returns their handles."""
+    attention = [m for m in model.modules() if type(m).__name__.endswith("Attention")
+                 and all(p.dtype != torch.float32 for p in m.parameters())]
+    ids = {id(m) for m in attention}
+    inner = {id(c): c for m in attention for c in m.modules() if id(c) not in ids}
+    handles = []
+
+    def leave(*_):
+        active.pop()                       # (returns None: the module's output stays)
+    for flag, modules in ((True, attention), (False, inner.values())):
+        for m in modules:
+            handles.append(m.register_forward_pre_hook(lambda *_, f=flag: active.append(f)))
+            handles.append(m.register_forward_hook(leave, always_call=True))
+    return handles
 
 
 def eager_attentions(folder, input_ids: torch.Tensor, model_class=None, with_logits=False, **load):

@@ -37,8 +37,12 @@ QUICK = {  # model type, mapping -> expected status (one per attention kind, the
     ("layoutlm", "masked"): "exact",         # bidirectional by its mask, no is_causal attribute
     ("falcon", "causal"): "exact",           # attention classes from its own table: eager output_attentions
     ("bloom", "causal"): "exact",            # ALiBi computed outside the interface: eager output_attentions
+    ("inkling2_text", "causal"): "exact",    # per-query learned sinks, position bias, attention over depth
+    ("xlnet", "causal"): "exact",            # weights loading leaves in float32: cast for float64
     ("mamba", "causal"): "refused",          # no attention at all
     ("squeezebert", "masked"): "refused",    # layers called without module hooks
+    ("dots3_note_text", "causal"): "refused",  # head count differs by layer
+    ("cpmant", "causal"): "refused",         # its returned maps crop the learned prompt tokens it attends to
 }
 
 
@@ -56,6 +60,8 @@ def test_quick_subset_is_exact_or_refused_as_expected():
     reasons = {r["type"]: r.get("reason", "") for r in rows}
     assert "no attention heads" in reasons["mamba"]
     assert "without calling them as modules" in reasons["squeezebert"]
+    assert "differ in head count (4, then 2 in attention layer 2)" in reasons["dots3_note_text"]
+    assert "CpmAntForCausalLM's attention maps leave out keys its tokens attend to" in reasons["cpmant"]
     for r in rows:
         if r["status"] == "exact":
             assert max(r["err64"].values()) <= 1e-12 and r["output_rel_err"] <= 1e-9, r
@@ -168,3 +174,51 @@ def test_attention_outside_the_interface_comes_from_eager_maps(tmp_path):
     with pytest.raises(UnsupportedArchitecture, match="computes attention its own way"):
         attention_scaling("w1 w2 w3 w4", Settings(model=folder, device="cpu", use_template=False))
 
+
+
+def test_only_attention_over_the_prompts_tokens_is_recorded():
+    """Token attention [B, heads, L, D] is recorded, also where it attends to more keys than tokens
+    (then refused as such); Inkling 2's attention over a token's residual blocks, [B, L, queries,
+    hidden] against [B, L, blocks, hidden], is not, whatever the prompt's length."""
+    from sinkviz.engine.capture import over_prompt
+    q = lambda *shape: torch.zeros(shape)  # noqa: E731
+    assert over_prompt(q(1, 4, 40, 16), q(1, 2, 40, 16), 40)              # GQA self-attention
+    assert over_prompt(q(1, 4, 40, 16), q(1, 2, 50, 16), 40)              # extra memory keys
+    assert over_prompt(q(1, 2, 2, 16), q(1, 2, 2, 16), 2)                 # the load probe, 2 heads
+    assert not over_prompt(q(1, 40, 1, 64), q(1, 40, 2, 64), 40)          # over residual blocks
+    assert not over_prompt(q(1, 40, 3, 64), q(1, 40, 3, 64), 40)          # three queries, three blocks
+    assert not over_prompt(q(1, 2, 1, 64), q(1, 2, 2, 64), 2)             # the probe's
+    assert not over_prompt(q(1, 1, 1, 64), q(1, 1, 2, 64), 1)             # a 1-token prompt's
+    assert over_prompt(q(1, 40, 1, 64), q(1, 40, 2, 64), None)            # no prompt length given
+
+
+@pytest.mark.parametrize("model_type", ["xlnet", "bloom"])
+def test_eager_path_models_load_in_bfloat16(tmp_path, model_type):
+    """bfloat16 is the default on CUDA. XLNet makes its attention weights as float32 whatever the
+    dtype (its own code then fails on bfloat16 activations): they are cast. The eager path's
+    statistics are the model's own bfloat16 maps reduced, each map row within bfloat16's epsilon of 1."""
+    from coverage_sweep import build
+    from sinkviz.engine.capture import capture
+    from sinkviz.flow.models import load_model
+    loaded = load_model(build(model_type, "causal", tmp_path / "m"), device="cpu", dtype="bfloat16")
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
+    stats = capture(loaded.model, torch.randint(4, 120, (1, 30)))
+    rows = stats.maps.sum(-1)
+    assert np.abs(rows - 1).max() <= torch.finfo(torch.bfloat16).eps and np.abs(rows - 1).max() > 1e-4
+
+
+def test_a_resweep_replaces_its_rows_only():
+    from coverage_sweep import merged
+    meta = {"transformers": "5.24.0", "torch": "2.13.0", "tokens": 40, "date": "2026-11-25"}
+    old = {"meta": meta, "rows": [{"type": "xglm", "mapping": "causal", "status": "refused"},
+                                  {"type": "llama", "mapping": "causal", "status": "exact"},
+                                  {"type": "xmod", "mapping": "masked", "status": "refused"}]}
+    new = {"meta": {**meta, "date": "2026-11-26"}, "rows": [{"type": "xglm", "mapping": "causal", "status": "exact"},
+                                                            {"type": "xmod", "mapping": "masked", "status": "exact"}]}
+    table = merged(old, new)
+    assert sorted((r["type"], r["status"]) for r in table["rows"]) == [("llama", "exact"), ("xglm", "exact"),
+                                                                      ("xmod", "exact")]
+    assert table["meta"]["resweeps"] == [{"date": "2026-11-26", "rows": ["xglm (causal)", "xmod (masked)"]}]
+    assert table["meta"]["date"] == "2026-11-25" and "; 2 rows re-swept 2026-11-26." in markdown(table)
+    with pytest.raises(SystemExit, match="swept with transformers 5.24.0, this sweep with 5.25.0"):
+        merged(old, {**new, "meta": {**new["meta"], "transformers": "5.25.0"}})

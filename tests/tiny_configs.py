@@ -12,7 +12,8 @@ HIDDEN, HEADS, HEAD_DIM, FFN, LAYERS = 64, 4, 16, 128, 2
 SIZES = {  # field -> tiny value (only fields whose default is an int are touched)
     **dict.fromkeys(["hidden_size", "n_embd", "d_model", "dim", "emb_dim", "embed_dim", "embedding_size",
                      "word_embed_proj_dim", "lru_width", "input_embedding_size",
-                     "output_embedding_size", "hidden_size_per_layer_input"], HIDDEN),
+                     "output_embedding_size", "hidden_size_per_layer_input",
+                     "adapter_in_dim", "adapter_out_dim", "adapter_input_size"], HIDDEN),
     **dict.fromkeys(["intermediate_size", "n_inner", "ffn_dim", "encoder_ffn_dim", "decoder_ffn_dim",
                      "d_ff", "d_inner", "dim_ff", "dff", "feed_forward_size", "hidden_dim", "ffn_hidden_size",
                      "intermediate_size_mlp", "dense_intermediate_size", "prefix_dense_intermediate_size",
@@ -42,7 +43,7 @@ SIZES = {  # field -> tiny value (only fields whose default is an int are touche
                      "max_source_positions", "max_seq_len", "context_length"], 512),
     **dict.fromkeys(["sliding_window", "sliding_window_size", "attention_window_size", "window_size",
                      "local_attention_window_len"], 16),
-    **dict.fromkeys(["vocab_size", "decoder_vocab_size", "output_vocab_size"], VOCAB),
+    **dict.fromkeys(["vocab_size", "decoder_vocab_size", "output_vocab_size", "unpadded_vocab_size"], VOCAB),
     **dict.fromkeys(["state_size", "mamba_d_state", "ssm_state_size"], 16),
     **dict.fromkeys(["mamba_n_heads", "mamba_num_heads", "n_mamba_heads"], 8),
     "vocab_size_per_layer_input": VOCAB, "type_vocab_size": 2, "laurel_rank": 8, "rotary_dim": 8,
@@ -75,6 +76,14 @@ OVERRIDES: dict[str, dict] = {  # model type -> extra keyword values (see the mo
               "expert_layer_period": 2, "expert_layer_offset": 1},
     "granitemoehybrid": {"num_hidden_layers": 2, "layer_types": ["linear_attention", "full_attention"]},
     "recurrent_gemma": {"num_hidden_layers": 3},            # block_types cycle: recurrent, recurrent, attention
+    "inkling2_loop_text": {"n_layers_per_attn_res_block": 1, "loop_layer_index_start": 1,   # layer 1 looped
+                           "loop_layer_index_end": 2, "loop_num_passes": 2},              # (the default: 6..17)
+    "xmod": {"default_language": "en_XX"},                  # its adapters' language, as set_default_language saves it
+    # (also as dots3_note's text config) layers kept: indexed, indexed, sliding; the sliding layer's
+    # own sizes shrunk alike (the release: 64 heads there, 128 on the others; a wider latent), its
+    # head_dim = qk_nope + qk_rope as required
+    "dots3_note_text": {"per_layer_config": {2: {"num_attention_heads": 2, "num_key_value_heads": 2,
+                                                 "kv_lora_rank": 64}}},
 }
 
 
@@ -128,7 +137,7 @@ def _shrink_sub(sub) -> dict:
     """A nested config (text, vision, ...) shrunk like the top one, as a dict with its model_type."""
     cls = type(sub)
     try:
-        kwargs = shrunk_kwargs(cls, sub, {})
+        kwargs = shrunk_kwargs(cls, sub, OVERRIDES.get(getattr(sub, "model_type", None), {}))
     except TypeError:  # not a dataclass config
         return sub.to_dict()
     return {**sub.to_dict(), **kwargs}

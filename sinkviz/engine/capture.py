@@ -86,12 +86,24 @@ def sinkviz_attention(module, query, key, value, attention_mask, **kwargs):
     """SDPA's output, or the block-wise softmax where SDPA cannot compute it (``Softmax``);
     plus statistics when a recorder is active in this context."""
     recorder = _recorder.get()
+    if recorder is not None and not over_prompt(query, key, recorder.tokens):
+        recorder = None                       # computed as the model asks, not recorded
     if isinstance(recorder, deferred.DeferredRecorder) and Softmax.of(query, kwargs) is not None:
         raise deferred.Undeferrable("a softmax SDPA does not compute (learned sink, soft cap, scaled keys)")
     if isinstance(recorder, (_Batch, deferred.DeferredRecorder)):
         return recorder.attend(module, query, key, value, attention_mask, kwargs), None
     attention_mask = indexed_keys_mask(attention_mask, kwargs.pop("indices", None), key.shape[2])
     return _attend(module, query, key, value, attention_mask, kwargs, recorder), None
+
+
+def over_prompt(query, key, tokens: int | None) -> bool:
+    """Whether an attention call's queries are the prompt's ``tokens`` (None: any call). Attention
+    over other things is not: Inkling 2 attends from each token over its earlier residual blocks,
+    query [B, tokens, queries per token, hidden] and key [B, tokens, blocks, hidden]."""
+    if tokens is None:
+        return True
+    over_blocks = query.shape[1] == tokens and key.shape[2] != query.shape[2]
+    return query.shape[2] == tokens and not over_blocks
 
 
 def _attend(module, query, key, value, attention_mask, kwargs, recorder) -> torch.Tensor:
@@ -158,9 +170,11 @@ def block_rows(heads: int, keys: int, device: torch.device) -> int:
 
 
 class _Recorder:
-    def __init__(self, map_size: int, n_layers: int = 0):
+    def __init__(self, map_size: int, n_layers: int = 0, tokens: int | None = None):
         self.map_size = map_size
+        self.tokens = tokens        # the prompt's length: only calls attending from or to its tokens are recorded
         self.n_recorded = 0
+        self.heads: int | None = None              # every recorded layer's head count
         self.host = LayerArrays(n_layers)          # statistics and value norms, by layer, on the host
         self.windows: list[int | None] = []
         self.learned_sink_layers: list[int] = []   # layers whose softmax has a learned sink
@@ -202,6 +216,13 @@ class _Recorder:
 
     def append(self, layer: dict, value, window, causal: bool) -> None:
         """Keep one layer's statistics, its value norms [Lk] and its attention pattern."""
+        heads = layer["entropy"].shape[0]
+        if heads != self.heads:
+            if self.heads is not None:
+                raise UnsupportedArchitecture(
+                    f"the model's attention layers differ in head count ({self.heads}, then {heads} in attention "
+                    f"layer {self.n_recorded}); sinkviz's statistics hold one head count for all layers")
+            self.heads = heads
         if "learned_sink" in layer:
             self.learned_sink_layers.append(self.n_recorded)
         self.host.add(self.n_recorded, {**layer, "value_norm": row_norms(value[0]).mean(0)})  # value_norm [Lk]
@@ -231,8 +252,8 @@ class _Batch:
     """Several right-padded prompts in one forward pass: each layer's attention is computed and
     recorded prompt by prompt on that prompt's own tokens, exactly as its batch-1 capture would."""
 
-    def __init__(self, recorders: list[_Recorder], lengths: list[int]):
-        self.recorders, self.lengths = recorders, lengths
+    def __init__(self, recorders: list[_Recorder], lengths: list[int], tokens: int):
+        self.recorders, self.lengths, self.tokens = recorders, lengths, tokens   # tokens: the padded length
         self.masks_checked: list[torch.Tensor] = []
 
     def attend(self, module, query, key, value, attention_mask, kwargs) -> torch.Tensor:
@@ -360,7 +381,7 @@ def _captured_forward(model, input_ids, map_size, kwargs, lengths: list[int] | N
     layers, batch = decoder_layers(model), lengths or [input_ids.shape[1]]
     if deferred.fits(model, input_ids):
         try:
-            recorder = deferred.DeferredRecorder(batch, map_size)
+            recorder = deferred.DeferredRecorder(batch, map_size, input_ids.shape[1])
             out, trace = _run(model, input_ids, kwargs, layers, recorder, recorder, recorder.keep_hidden)
             rows, kinds = check_layers(model, layers, trace, recorder.n_recorded)
             stats = [_to_stats(arrays, tuple(recorder.windows), True, [], map_size, rows, kinds)
@@ -368,9 +389,10 @@ def _captured_forward(model, input_ids, map_size, kwargs, lengths: list[int] | N
             return (stats if lengths else stats[0]), out
         except deferred.Undeferrable:
             pass   # the per-layer path below computes what this one cannot
-    recorders = [_Recorder(map_size, len(layers)) for _ in batch]
+    recorders = [_Recorder(map_size, len(layers), n) for n in batch]
     try:
-        out, trace = _run(model, input_ids, kwargs, layers, _Batch(recorders, lengths) if lengths else recorders[0],
+        out, trace = _run(model, input_ids, kwargs, layers,
+                          _Batch(recorders, lengths, input_ids.shape[1]) if lengths else recorders[0],
                           recorders[0], hidden_norm_to(recorders, batch))
     finally:
         for recorder in recorders:

@@ -46,8 +46,9 @@ def fits(model, input_ids: torch.Tensor) -> bool:
 class DeferredRecorder:
     """Attention for a right-padded causal batch (B >= 1) that keeps what the statistics need."""
 
-    def __init__(self, lengths: list[int], map_size: int):
+    def __init__(self, lengths: list[int], map_size: int, tokens: int):
         self.lengths, self.map_size = lengths, map_size
+        self.tokens = tokens                                   # the padded length (capture.over_prompt)
         self.n_recorded = 0
         self.queries, self.keys, self.lses = [], [], []      # per layer: [B, heads, L, D], [B, kv, L, D], [B, heads, L]
         self.value_norms, self.hidden_norms = [], []         # per layer: [B, L]

@@ -38,6 +38,8 @@ def captured_forward(model, input_ids, map_size: int, kwargs: dict, layers) -> t
         for handle in handles:
             handle.remove()
     maps = _maps(model, out, len(layers), input_ids.shape[1], len(ran))
+    tol = max(1e-4, torch.finfo(maps[0].dtype).eps)  # the maps' precision (float32 softmax, or the model's dtype)
+    _check_rows(model, maps, tol)
     causal = all(bool((a[0].triu(1) == 0).all()) for a in maps)
     for index, att in enumerate(maps):
         host.add(index, {**reduce_map(att[0], map_size, causal),
@@ -48,7 +50,7 @@ def captured_forward(model, input_ids, map_size: int, kwargs: dict, layers) -> t
         maps=arrays["maps"], hidden_norm=arrays["hidden_norm"], value_norm=arrays["value_norm"],
         bin_width=bin_width(input_ids.shape[1], map_size), causal=causal,
         windows=(None,) * len(layers))
-    invariants.check(stats, tol=1e-4)   # eager softmaxes round to float32, float64 models too
+    invariants.check(stats, tol=tol)
     return stats, out
 
 
@@ -68,6 +70,19 @@ def _maps(model, out, n_layers: int, n_tokens: int, n_run: int) -> list[torch.Te
             f"{name} returns attention of shape {sorted(shapes)[0]} for {len(att)} of its {n_layers} layers "
             f"({n_run} ran), not one [heads, L, L] map per layer (chunked, pooled or shared layers)")
     return list(att)
+
+
+def _check_rows(model, maps: list[torch.Tensor], tol: float) -> None:
+    """UnsupportedArchitecture unless every row of every map sums to 1 (within ``tol``): a map that
+    leaves out some of the keys a token attended to (CPM-Ant's learned prompt tokens, which its
+    returned attention crops) is not a distribution over the prompt's tokens."""
+    sums = torch.stack([a[0].sum(-1, dtype=_acc(a)) for a in maps]).flatten()     # [layers x heads x L]
+    worst = int((sums - 1).abs().argmax())
+    if abs(float(sums[worst]) - 1) > tol:
+        raise UnsupportedArchitecture(
+            f"{type(model).__name__}'s attention maps leave out keys its tokens attend to (a row of layer "
+            f"{worst // maps[0][0].shape[:2].numel()} sums to {float(sums[worst]):.3g}, not 1: attention to "
+            "positions before the prompt, such as learned prompt tokens)")
 
 
 def _acc(t: torch.Tensor) -> torch.dtype:

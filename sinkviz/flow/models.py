@@ -196,15 +196,42 @@ def _placed(model, kwargs, device, dtype) -> torch.nn.Module:
 
 def _probe(model, dtype) -> None:
     """A 2-token capture, so an unsupported model fails at load with its cause. An error raised
-    inside the model's own code (not sinkviz's) means it cannot run like this at all."""
+    inside the model's own code (not sinkviz's) means it cannot run like this at all, unless
+    loading left weights in another dtype than ``dtype`` (XLNet makes its attention weights as
+    torch.FloatTensor, whatever dtype is asked): then those are cast to ``dtype`` and it runs again."""
+    try:
+        _probe_capture(model, dtype)
+    except _OwnCodeFails:
+        if not cast_stray_weights(model, dtype):
+            raise
+        _probe_capture(model, dtype)
+
+
+class _OwnCodeFails(UnsupportedArchitecture):
+    """The model's own code raised during the probe."""
+
+
+def _probe_capture(model, dtype) -> None:
     try:
         capture.capture(model, torch.tensor([[0, 0]], device=model.device))
     except Exception as err:
         frames = traceback.extract_tb(err.__traceback__)
         if isinstance(err, SinkvizError) or not frames or frames[-1].filename.startswith(_PACKAGE):
             raise
-        raise UnsupportedArchitecture(f"{type(model).__name__} fails in its own code in {dtype_name(dtype)} "
-                                      f"on {model.device.type} ({_first_line(err)})") from err
+        raise _OwnCodeFails(f"{type(model).__name__} fails in its own code in {dtype_name(dtype)} "
+                            f"on {model.device.type} ({_first_line(err)})") from err
+
+
+def cast_stray_weights(model, dtype: torch.dtype) -> list[str]:
+    """Cast to ``dtype`` the floating-point parameters loading left in another dtype, except in
+    the modules the model keeps in float32 on purpose (``_keep_in_fp32_modules``); their names."""
+    keep = [*(getattr(model, "_keep_in_fp32_modules", None) or ()),
+            *(getattr(model, "_keep_in_fp32_modules_strict", None) or ())]
+    stray = [(name, p) for name, p in model.named_parameters()
+             if p.is_floating_point() and p.dtype != dtype and not any(k in name for k in keep)]
+    for _, p in stray:
+        p.data = p.data.to(dtype)
+    return [name for name, _ in stray]
 
 
 def weight_source(spec: str, files: list[str]) -> dict:
@@ -267,7 +294,7 @@ def _attention_name(auto, config) -> str:
 
 def _load_weights(spec, auto, folder, config, kwargs) -> torch.nn.Module:
     """from_pretrained with every failure turned into one clear sentence."""
-    if getattr(config.get_text_config(), "num_attention_heads", None) is None:
+    if config_value(config.get_text_config(), "num_attention_heads") is None:
         raise UnsupportedArchitecture(f"{config.model_type} has no attention heads to inspect")
     try:
         model, loading = auto.from_pretrained(folder, output_loading_info=True, **kwargs)

@@ -41,7 +41,8 @@ def markdown(table: dict, statuses=("refused", "skipped", "wrong", "crash")) -> 
     """The README section's body: the versions, the counts, and one row per non-exact type."""
     meta = table.get("meta", {})
     head = (f"transformers {meta.get('transformers', '?')}, torch {meta.get('torch', '?')}, "
-            f"{meta.get('tokens', 40)} random tokens, CPU, swept {meta.get('date', '?')}.")
+            f"{meta.get('tokens', 40)} random tokens, CPU, swept {meta.get('date', '?')}"
+            + "".join(f"; {len(r['rows'])} rows re-swept {r['date']}" for r in meta.get("resweeps", ())) + ".")
     rows = [r for r in table["rows"] if r["status"] in statuses]
     body = ["| model type | mapping | status | reason |", "|---|---|---|---|"]
     body += [f"| `{r['type']}` | {r['mapping']} | {r['status']} | {_cell(r.get('reason', ''))} |" for r in rows]
