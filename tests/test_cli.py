@@ -80,3 +80,13 @@ def test_module_entry_point_exit_code():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr == "sinkviz: the prompt is empty\n" and done.stdout == ""
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`python -m sinkviz models --coverage | head -1`: the pipe closes; exit quietly."""
+    import subprocess
+    import sys
+    done = subprocess.run(f"{sys.executable} -m sinkviz models --coverage | head -1", shell=True,
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.startswith("architecture coverage") and done.stdout.count("\n") == 1
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
