@@ -81,14 +81,15 @@ def show(run: dict) -> None:
                   f"{TYPICAL[0]:.0f}th–{TYPICAL[1]:.0f}th)." if run["cal"] else "; not judged against the model."))
     left, right = st.columns(2)
     left.download_button("Download these rows (CSV)",
-                       filtered_csv([r for r, _ in keep], extras, [m for _, m in keep]), "sinkviz-audit.csv", "text/csv")
+                         filtered_csv([r for r, _ in keep], extras, [m for _, m in keep]), "sinkviz-audit.csv",
+                         "text/csv")
+    shown = f"bands: {' / '.join(bands) or 'none'}; severities: {' / '.join(severities) or 'none'}"
     right.download_button("Report of these rows (HTML)", lambda: audit_report(
-                           [r for r, _ in keep], extras, run["settings"], n, reading, run["cal"],
-                           audited_model(rows, store()), audited=len(rows),
-                           filters=f"shown: {', '.join(bands) or 'no band'}; {', '.join(severities) or 'no severity'}"),
-                       "sinkviz-audit-report.html", "text/html", type="primary",
-                       help="These rows in one file that opens offline: the summary, the table with the file's "
-                            "columns, the settings and the method.")
+                              [r for r, _ in keep], extras, run["settings"], n, reading, run["cal"],
+                              audited_model(rows, store()), audited=len(rows), filters=shown),
+                          "sinkviz-audit-report.html", "text/html", type="primary",
+                          help="These rows in one file that opens offline: the summary, the table with the file's "
+                               "columns, the settings and the method.")
     openable = sorted((r for r, _ in keep if r.key), key=lambda r: r.row)
     if openable:
         pick = st.selectbox("Read or open a row", range(len(openable)), key="au_pick",

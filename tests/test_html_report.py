@@ -198,3 +198,14 @@ def test_module_entry_point_report_error_has_no_traceback(tmp_path):
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == f"sinkviz: cannot write the report to {tmp_path / 'nowhere' / 'r.html'}: there is no " \
                           f"folder {tmp_path / 'nowhere'}\n"
+
+
+def test_learned_sink_has_its_column_in_the_table_and_the_heatmap(sink_models, store):
+    from conftest import random_words
+    a = analyze(random_words(40), Settings(model=sink_models["gpt-oss"], use_template=False), store=store)
+    page = analysis_report(a)
+    assert "<th>learned sink</th>" in page
+    for value in a.stats.learned_sink.mean(axis=1):
+        assert f'<td class="num">{value:.1%}</td>' in page
+    heatmap = next(f for f in embedded_figures(page) if str(f["layout"]["title"]["text"]).startswith("Layer "))
+    assert heatmap["data"][0]["x"][-1] == "learned sink"

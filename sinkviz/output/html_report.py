@@ -201,11 +201,15 @@ def threshold_text(t: Thresholds) -> str:
             f"{t.shallow_layers}; layers above {t.ratio_flag:g}× uniform flagged")
 
 
-def template_facts(settings: Settings) -> dict[str, str]:
-    system = ("the template's default" if settings.system is None else settings.system) \
-        if settings.use_template else "none (no template)"
-    return {"Chat template": "on: the prompt is a user turn" if settings.use_template else "off: the raw prompt",
-            "System turn": system}
+def template_facts(settings: Settings, templated: bool | None = None) -> dict[str, str]:
+    """The template choice and the system turn; ``templated``: whether the template was applied (a model
+    without one takes the raw prompt), where known."""
+    if settings.use_template and templated is False:
+        return {"Chat template": "off: this model has no chat template, the raw prompt"}
+    if not settings.use_template:
+        return {"Chat template": "off: the raw prompt"}
+    return {"Chat template": "on: the prompt is a user turn",
+            "System turn": "the template's default" if settings.system is None else settings.system}
 
 
 def strongest(sinks, stats, thresholds: Thresholds) -> int:
@@ -224,7 +228,7 @@ def analysis_report(a: Analysis, first_n: int = 3, epsilon: float = 0.3, thresho
     sinks = layer_sinks(a.stats, first_n, thresholds)
     layer = strongest(sinks, a.stats, thresholds)
     settings = {"Sink": f"the first {first_n} tokens (mean over queries i ≥ {first_n}, then heads)",
-                **template_facts(a.settings),
+                **template_facts(a.settings, a.tokens.templated),
                 "Segments": f"blocks: {blocks}" if blocks else "turns only",
                 "Thresholds": threshold_text(thresholds), "Sink-rate ε": f"{epsilon:g}",
                 "Maps": f"full L × L up to {a.settings.map_size} tokens; here {a.stats.bin_width} token(s) per cell",
@@ -350,7 +354,7 @@ def compare_report(results: list[Analysis], first_n: int = 3, reading: str = "us
         layer = strongest(layer_sinks(first.stats, first_n, thresholds), first.stats, thresholds)
     what = reading_title(reading, first_n)
     settings = {"Reading": READINGS[reading].replace("N", str(first_n)),
-                "Value": f"mean over layers ≥ {thresholds.shallow_layers}", **template_facts(first.settings),
+                "Value": f"mean over layers ≥ {thresholds.shallow_layers}", **template_facts(first.settings, first.tokens.templated),
                 "Thresholds": threshold_text(thresholds), "Heatmaps": f"layer {first.stats.layer_ids[layer]}"}
     body = [f"<h1>Opening variants compared</h1><p class=\"note\">sinkviz report · {len(results)} variants</p>",
             facts(model_facts(first.model, max(r.created for r in results), generated or datetime.now(timezone.utc))),
@@ -414,12 +418,12 @@ def audit_summary(rows: list[AuditRow], marks: list[dict]) -> str:
     bands = [band(m["percentile"]) for m in marks]
     values = np.array([m["reading"] for m in marks], dtype=float)
     values = values[np.isfinite(values)]
-    counts = {"severity (fixed)": ["critical", "warning", "ok", "error"], "prompts": []}
-    counts["prompts"] = [severities.count(s) for s in counts["severity (fixed)"]]
-    judged_bands = {"against this model": list(BANDS), "prompts": [bands.count(b) for b in BANDS]}
-    spread = facts({"Reading over the prompts": (f"median {np.median(values):.1%}, range {values.min():.1%} to "
-                                                 f"{values.max():.1%}") if values.size else "no prompt has numbers"})
-    return table(counts) + table(judged_bands) + spread
+    levels = ["critical", "warning", "ok", "error"]
+    spread = (f"median {np.median(values):.1%}, range {values.min():.1%} to {values.max():.1%}" if values.size
+              else "no prompt has numbers")
+    return (table({"severity (fixed)": levels, "prompts": [severities.count(s) for s in levels]})
+            + table({"against this model": list(BANDS), "prompts": [bands.count(b) for b in BANDS]})
+            + facts({"Reading over the prompts": spread}))
 
 
 def audit_table(pairs, extras: list[dict[str, str]], settings: Settings) -> str:
