@@ -120,9 +120,11 @@ def test_each_page_downloads_its_report(server, browser, tmp_path):
     box = page.get_by_label("…or paste prompts, one per line")
     box.fill("You are a helpful assistant. Answer concisely.\n:\nWhat is the capital of France?")
     box.press("Control+Enter")
+    page.get_by_text("Judge against this model", exact=True).click()     # no calibration run: quicker
     page.get_by_role("button", name="Run audit").click()
     page.wait_for_selector("text=done: 3 prompts", timeout=300_000)
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
     text = downloaded_report(page, "Report of these rows (HTML)", "audit-report-button.png", tmp_path)
     assert "Prompt audit" in text and "3 prompts of 3 audited" in text
     assert "What is the capital of France?" in text and "SmolLM2-135M-Instruct" in text
+    assert '<th>Against this model</th><td class="text">not judged</td>' in text
