@@ -8,13 +8,13 @@ import streamlit as st
 from pages.common import (EXAMPLES, URL_PROMPT_LIMIT, device_dtype_pickers, first_n_from_params, guarded,
                           model_picker, open_stored, run_analysis, settings_from_params,
                           settings_to_params, step_progress, store, threshold_inputs)
-from sinkviz.numbers.calibration import (TYPICAL, calibrate, calibration_key, calibration_prompts, judge, load_calibration,
-                                 sentences)
-from sinkviz.numbers.readings import per_layer_reading
+from sinkviz.numbers.calibration import (TYPICAL, calibrate, calibration_key, calibration_prompts, judge_readings,
+                                         load_calibration, sentences)
 from sinkviz.output import figures, segment_figures
 from sinkviz.flow.analysis import Analysis, Settings
 from sinkviz.errors import SinkvizError
 from sinkviz.output.export import layers_csv, metadata, npz_bytes
+from sinkviz.output.html_report import analysis_report
 from sinkviz.numbers.metrics import deep_mean, layer_entropy, layer_sinks, norm_vs_median, sink_rate, uniform_entropy
 from sinkviz.output.readable import quoted
 from sinkviz.numbers.segments import BLOCK_RULES, openings, segment_shares, segment_table, segments_of
@@ -148,12 +148,8 @@ def render_percentiles(a: Analysis) -> None:
     cal = st.session_state.get("an_calibration")
     if cal is None or cal.key != guarded(lambda: calibration_key(a.settings), "Calibration"):
         return
-    names = {"sequence": f"sequence's first {first_n} (sink mass)"}
-    if a.tokens.templated and a.tokens.user_span:
-        names = {"user": f"your text's first {first_n}", **names}
-    judged = {label: judge(cal, per_layer_reading(a, first_n, r, thresholds), r, first_n, thresholds)
-              for r, label in names.items()}
-    st.plotly_chart(segment_figures.percentile_lines(judged, TYPICAL), key="an_percentiles")
+    st.plotly_chart(segment_figures.percentile_lines(judge_readings(cal, a, first_n, thresholds), TYPICAL),
+                    key="an_percentiles")
 
 
 def render_bars(a: Analysis, sinks) -> None:
@@ -244,6 +240,11 @@ def render_position0(a: Analysis) -> None:
 def render_export(a: Analysis) -> None:
     report = report_dict(a, first_n, epsilon, thresholds)
     stem = f"sinkviz-{a.key[:10]}"
+    st.download_button("One-file report (HTML)", lambda: analysis_report(
+                           a, first_n, epsilon, thresholds, calibration=load_calibration(a.settings, store())),
+                       f"{stem}-report.html", "text/html", type="primary",
+                       help="Everything on this page in one file that opens offline: prompt, model, settings, "
+                            "verdicts, every chart, the tables and the method.")
     c = st.columns(3)
     c[0].download_button("Per-layer metrics (CSV)", layers_csv(report), f"{stem}-layers.csv", "text/csv")
     c[1].download_button("Maps and statistics (NPZ)", lambda: npz_bytes(a), f"{stem}.npz",

@@ -1,18 +1,15 @@
 """Audit: many prompts at once, one row each, through the store (re-runs are instant)."""
 
-import math
-
 import streamlit as st
 
 from pages.common import guarded, model_picker, open_in_analyze, step_progress, store
 from sinkviz.flow.analysis import Settings
-from sinkviz.flow.audit import MAX_FILE_BYTES, MAX_ROWS, audit, prompts_from_lines, read_prompts
-from sinkviz.flow.audit_table import extra_names, file_columns, filtered_csv, judged
+from sinkviz.flow.audit import MAX_FILE_BYTES, MAX_ROWS, audit, audited_model, prompts_from_lines, read_prompts
+from sinkviz.flow.audit_table import (BANDS, band, file_columns, filtered_csv, judged, most_unusual_first, one_line,
+                                      table_rows)
 from sinkviz.numbers.calibration import TYPICAL, calibrate, calibration_prompts
 from sinkviz.numbers.readings import READINGS
-
-BANDS = {"unusual, high": lambda p: p > TYPICAL[1], "typical": lambda p: TYPICAL[0] <= p <= TYPICAL[1],
-         "unusual, low": lambda p: p < TYPICAL[0], "not judged": lambda p: math.isnan(p)}
+from sinkviz.output.html_report import audit_report
 
 st.title("Batch prompt audit")
 st.caption(f"Upload a CSV (column 'prompt', else the first column; quote prompts that hold commas) or JSONL (field 'prompt'), or paste "
@@ -58,10 +55,6 @@ if run:
         st.session_state.au_run = done
 
 
-def one_line(text: str) -> str:
-    return text.replace("\r\n", "\n").replace("\n", " ↵ ")
-
-
 def show(run: dict) -> None:
     rows, extras, n = run["rows"], run["extras"], run["first_n"]
     c1, c2 = st.columns([2, 3])
@@ -71,18 +64,9 @@ def show(run: dict) -> None:
     bands = c2.multiselect("Show (against this model)", list(BANDS), list(BANDS), key="au_bands")
     severities = c2.multiselect("Show (seed 000's fixed thresholds)", ["critical", "warning", "ok", "error"],
                                 ["critical", "warning", "ok", "error"], key="au_filter")
-    keep = [(r, m) for r, m in zip(rows, marks)
-            if (r.severity or "error") in severities and any(BANDS[b](m["percentile"]) for b in bands)]
-    keep.sort(key=lambda rm: -rm[1]["percentile"] if not math.isnan(rm[1]["percentile"]) else math.inf)
-    names = extra_names(extras)
-    table = [{"prompt": one_line(r.prompt), **{k: (extras[r.row - 1] if r.row - 1 < len(extras) else {}).get(k, "")
-                                               for k in names},
-              "your first tokens" if run["settings"].use_template else "first tokens": r.first_tokens,
-              "reading": m["reading"], "percentile": m["percentile"], "against this model": m["against_model"],
-              "worst layer": r.worst_layer, "sink mass (worst layer)": r.worst_sink_mass,
-              "× uniform": r.ratio_to_uniform, "severity (fixed)": r.severity or "error",
-              "share: template": r.share_template, "share: system": r.share_system, "share: your text": r.share_user,
-              "tokens": r.n_tokens, "row": r.row, "error": r.error} for r, m in keep]
+    keep = most_unusual_first([(r, m) for r, m in zip(rows, marks)
+                               if (r.severity or "error") in severities and band(m["percentile"]) in bands])
+    table = table_rows(keep, extras, run["settings"].use_template)
     pct = st.column_config.NumberColumn(format="percent")
     st.dataframe(table, hide_index=True, key="au_table", row_height=60,
                  column_config={"prompt": st.column_config.TextColumn(width="large", pinned=True,
@@ -95,8 +79,17 @@ def show(run: dict) -> None:
                   if reading == "user" else "the attention queries i ≥ N give to the sequence's first N tokens")
                + (f"; percentile among {run['cal'].n_prompts} calibration prompts on this model (typical: "
                   f"{TYPICAL[0]:.0f}th–{TYPICAL[1]:.0f}th)." if run["cal"] else "; not judged against the model."))
-    st.download_button("Download these rows (CSV)",
-                       filtered_csv([r for r, _ in keep], extras, [m for _, m in keep]), "sinkviz-audit.csv", "text/csv")
+    left, right = st.columns(2)
+    left.download_button("Download these rows (CSV)",
+                         filtered_csv([r for r, _ in keep], extras, [m for _, m in keep]), "sinkviz-audit.csv",
+                         "text/csv")
+    shown = f"bands: {' / '.join(bands) or 'none'}; severities: {' / '.join(severities) or 'none'}"
+    right.download_button("Report of these rows (HTML)", lambda: audit_report(
+                              [r for r, _ in keep], extras, run["settings"], n, reading, run["cal"],
+                              audited_model(rows, store()), audited=len(rows), filters=shown),
+                          "sinkviz-audit-report.html", "text/html", type="primary",
+                          help="These rows in one file that opens offline: the summary, the table with the file's "
+                               "columns, the settings and the method.")
     openable = sorted((r for r, _ in keep if r.key), key=lambda r: r.row)
     if openable:
         pick = st.selectbox("Read or open a row", range(len(openable)), key="au_pick",

@@ -3,12 +3,13 @@
 import streamlit as st
 
 from pages.common import EXAMPLES, guarded, model_picker, run_analysis, store
-from sinkviz.output import figures, segment_figures
+from sinkviz.output import segment_figures
 from sinkviz.flow.analysis import Settings
 from sinkviz.errors import SinkvizError
 from sinkviz.numbers.metrics import Thresholds
 from sinkviz.numbers.calibration import judge_value, load_calibration, ordinal
-from sinkviz.numbers.readings import READINGS, compare_readings
+from sinkviz.numbers.readings import READINGS, compare_readings, reading_title
+from sinkviz.output.html_report import compare_report
 
 SHALLOW = Thresholds().shallow_layers
 st.title("Compare opening variants")
@@ -40,14 +41,6 @@ if run:
         st.session_state.cmp_results, st.session_state.cmp_inputs = results, inputs
 
 
-def shared_suffix(token_ids: list[tuple[int, ...]]) -> int:
-    """How many final tokens all variants share."""
-    n = 0
-    while n < min(map(len, token_ids)) and len({ids[-1 - n] for ids in token_ids}) == 1:
-        n += 1
-    return n
-
-
 def headline(results, readings) -> None:
     what = READINGS[reading].replace("N", str(first_n))
     st.subheader(f"Ranked by {what}")
@@ -73,21 +66,24 @@ def show(results) -> None:
     readings = compare_readings(results, first_n, reading)
     labels = [v.label for v in readings]
     headline(results, readings)
-    what = READINGS[reading].split(" (")[0].replace("N", str(first_n)).capitalize()
+    what = reading_title(reading, first_n)
     values = [v.per_layer for v in readings]
     st.plotly_chart(segment_figures.compare_lines(labels, values, what), key="cmp_lines")
     st.plotly_chart(segment_figures.compare_difference(labels, values, what), key="cmp_diff")
     n_layers = results[0].stats.n_layers
     layer = st.selectbox("Layer for the heatmaps", range(n_layers), index=min(3, n_layers - 1), key="cmp_layer",
                          format_func=lambda row: f"{results[0].stats.layer_ids[row]}")
-    suffix = shared_suffix([r.tokens.token_ids for r in results])
-    rows = suffix if suffix and all(r.stats.bin_width == 1 for r in results) else None
+    rows = segment_figures.aligned_rows(results)
     if rows:
         st.caption(f"Rows: the {rows} query tokens all variants end with, aligned; columns: every key.")
-    for i, (col, label, r) in enumerate(zip(st.columns(len(results)), labels, results)):
-        fig = figures.attention_heatmap(r.stats, r.tokens.shown, layer, last_queries=rows)
-        fig.update_layout(title=f"{label}: layer {layer}", height=480)
+    maps = segment_figures.compare_heatmaps(labels, results, layer)
+    for i, (col, fig) in enumerate(zip(st.columns(len(results)), maps)):
         col.plotly_chart(fig, key=f"cmp_map_{i}")
+    st.download_button("One-file report (HTML)", lambda: compare_report(
+                           results, first_n, reading, load_calibration(results[0].settings, store()), layer),
+                       "sinkviz-compare-report.html", "text/html", type="primary",
+                       help="This comparison in one file that opens offline: the ranking, each variant's prompt and "
+                            "verdict, every chart and the method.")
 
 
 results = st.session_state.get("cmp_results")

@@ -5,11 +5,13 @@ Bad input exits with status 2 and one line on stderr; the table or JSON goes to 
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 import numpy as np
 
-from sinkviz.errors import SinkvizError
+from sinkviz.errors import BadSetting, SinkvizError
 
 EXIT_BAD_INPUT = 2
 
@@ -70,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="judge against this model: run the shipped calibration prompts once (kept), "
                           "and add each reading's percentile")
     run.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    run.add_argument("--report", metavar="OUT.html",
+                     help="also write a one-file HTML report (every chart, opens offline) to OUT.html")
     sweep = sub.add_parser("sweep", help="sink mass per layer as the context grows")
     text = sweep.add_mutually_exclusive_group()
     text.add_argument("--text", help="the text (default: the shipped Declaration of Independence)")
@@ -86,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--first", type=int, default=3, metavar="N", help="sink = the first N tokens (1..8)")
     audit.add_argument("--no-template", action="store_true", help="do not apply the chat template")
     audit.add_argument("--csv", metavar="OUT", help="also write the table as CSV to OUT")
+    audit.add_argument("--report", metavar="OUT.html",
+                       help="also write a one-file HTML report (summary and table, most unusual first) to OUT.html")
+    audit.add_argument("--calibrate", action="store_true",
+                       help="with --report: judge each prompt against this model (runs the shipped calibration "
+                            "prompts once, kept) and give its percentile")
     audit.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                        help="spread the work over a Ray cluster (ADDRESS, e.g. ray://host:10001 or auto; "
                             "none: a local one); needs requirements-ray.txt")
@@ -181,6 +190,28 @@ def _read_text(text: str | None, path: str | None) -> str:
         raise BadPrompt(f"cannot read {path}: not UTF-8 text (byte {err.start:,})") from None
 
 
+def _report_target(path: str | None) -> Path | None:
+    """--report's file, checked before any work (so a long run is never lost to a bad path)."""
+    if path is None:
+        return None
+    target = Path(path)
+    if target.is_dir():
+        raise BadSetting(f"cannot write the report to {path}: it is a folder")
+    if not target.parent.is_dir():
+        raise BadSetting(f"cannot write the report to {path}: there is no folder {target.parent}")
+    if not os.access(target.parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise BadSetting(f"cannot write the report to {path}: permission denied")
+    return target
+
+
+def _write_report(target: Path, text: str) -> None:
+    try:
+        target.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise BadSetting(f"cannot write the report to {target}: {err.strerror or err}") from None
+    print(f"sinkviz: report written to {target} ({len(text.encode()) / 1e6:.1f} MB)", file=sys.stderr)
+
+
 def _sweep(args) -> int:
     from sinkviz.flow.analysis import Settings
     from sinkviz.flow.sweep import run_sweep, shipped_text
@@ -214,21 +245,38 @@ def _audit(args) -> int:
     from sinkviz.flow.audit import audit_rows, stream_prompts
 
     settings = Settings(model=args.model, use_template=not args.no_template)
+    target = _report_target(args.report)
     if args.ray:
         from sinkviz.flow.ray_audit import ray_audit_rows
         rows = ray_audit_rows(stream_prompts(args.file), settings, args.first,
                               address=None if args.ray == "local" else args.ray, workers=args.workers)
     else:
         rows = audit_rows(stream_prompts(args.file), settings, args.first)
-    table, start = _AuditOutput(args.csv), time.perf_counter()
+    table, start, done = _AuditOutput(args.csv), time.perf_counter(), []
     try:
         for r in rows:
             table.write(r)
+            if target:
+                done.append(r)
             print(f"sinkviz: audit {r.row} done, {r.row / (time.perf_counter() - start):.1f} prompts/s",
                   file=sys.stderr)
     finally:
         table.close()
+    if target:
+        _write_report(target, _audit_report(args, settings, done))
     return 0
+
+
+def _audit_report(args, settings, rows) -> str:
+    """The audit's HTML report: the file's own columns kept, judged against the model with --calibrate."""
+    from sinkviz.flow.audit import audited_model
+    from sinkviz.flow.audit_table import file_columns
+    from sinkviz.numbers.calibration import calibrate
+    from sinkviz.output.html_report import audit_report
+    extras = file_columns(Path(args.file).read_bytes(), Path(args.file).name)
+    cal = calibrate(settings, progress=lambda step: print(f"sinkviz: calibration {step}", file=sys.stderr)) \
+        if args.calibrate else None
+    return audit_report(rows, extras, settings, args.first, calibration=cal, model=audited_model(rows))
 
 
 class _AuditOutput:
@@ -294,19 +342,25 @@ def _analyze(args) -> int:
     prompt = _read_text(args.prompt, args.prompt_file)
     settings = Settings(model=args.model, use_template=not args.no_template, system=args.system,
                         device=args.device, dtype=args.dtype, max_tokens=args.max_tokens)
+    target = _report_target(args.report)
     analysis = analyze(prompt, settings)
     report = report_dict(analysis, args.first, args.epsilon, blocks=args.blocks)
+    cal = None
     if args.calibrate:
-        report["against_model"] = _against_model(analysis, args.first)
+        from sinkviz.numbers.calibration import calibrate
+        cal = calibrate(analysis.settings, progress=lambda step: print(f"sinkviz: calibration {step}", file=sys.stderr))
+        report["against_model"] = _against_model(analysis, args.first, cal)
     print(json.dumps(report, allow_nan=False) if args.json else _table(report))
+    if target:
+        from sinkviz.output.html_report import analysis_report
+        _write_report(target, analysis_report(analysis, args.first, args.epsilon, blocks=args.blocks, calibration=cal))
     return 0
 
 
-def _against_model(analysis, first_n: int) -> dict:
-    """Each reading's deep-layer mean, percentile and label against the model's calibration."""
-    from sinkviz.numbers.calibration import calibrate, judge, sentences
+def _against_model(analysis, first_n: int, cal) -> dict:
+    """Each reading's deep-layer mean, percentile and label against the model's calibration ``cal``."""
+    from sinkviz.numbers.calibration import judge, sentences
     from sinkviz.numbers.readings import READINGS, per_layer_reading
-    cal = calibrate(analysis.settings, progress=lambda step: print(f"sinkviz: calibration {step}", file=sys.stderr))
     out = {"n_prompts": cal.n_prompts, "sentences": sentences(cal, analysis, first_n)}
     for reading in READINGS:
         j = judge(cal, per_layer_reading(analysis, first_n, reading), reading, first_n)

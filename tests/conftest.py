@@ -150,3 +150,24 @@ def app_test(tmp_path):
 def random_words(n: int, generator: torch.Generator | None = None) -> str:
     ids = torch.randint(0, VOCAB - 4, (n,), generator=generator)
     return " ".join(f"w{i}" for i in ids.tolist())
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (tests/browser.py), one per test module; screenshots go to test-artifacts/."""
+    from playwright.sync_api import sync_playwright
+
+    from browser import ARGS, ARTIFACTS, CHROMIUM
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, default_model_dir):
+    """The dashboard on a loopback port with a private store (tests/browser.py); its URL."""
+    from browser import streamlit_server
+    with streamlit_server(tmp_path_factory.mktemp("e2e-store")) as url:
+        yield url

@@ -8,25 +8,16 @@ counts; any wrong or lost result fails. Skipped without chromium, like the e2e t
 
 import asyncio
 import os
-import shutil
 import time
 import urllib.parse
-from pathlib import Path
 
-import pytest
-
+from browser import ARGS, CHROMIUM, require_chromium
 from sinkviz.flow.analysis import Settings, result_key
 from sinkviz.flow.models import get_model, identity
 from sinkviz.flow.prompts import tokenize
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SESSIONS, REQUESTS = 4, 3  # 3 x 2 passed with the settings bug about half the time; 5 x 3 never did
-if not Path(CHROMIUM).exists():
-    if os.environ.get("SINKVIZ_REQUIRE_E2E") == "1":
-        raise RuntimeError("SINKVIZ_REQUIRE_E2E=1 but chromium is missing")
-    pytest.skip("chromium not installed (apt-get install chromium)", allow_module_level=True)
-
-from test_e2e_browser import server  # noqa: E402,F401  (the loopback server fixture)
+require_chromium()
 
 
 def expected(prompt: str) -> tuple[str, int]:
@@ -63,7 +54,7 @@ async def session(browser, url: str, prompts: list[str], counts: dict) -> None:
     await page.close()
 
 
-def test_concurrent_sessions_get_their_own_correct_results(server):  # noqa: F811
+def test_concurrent_sessions_get_their_own_correct_results(server):
     from playwright.async_api import async_playwright
     tag = os.urandom(3).hex()
     shared = f"Load test {tag}: the same prompt from two sessions at once."
@@ -74,8 +65,7 @@ def test_concurrent_sessions_get_their_own_correct_results(server):  # noqa: F81
 
     async def main():
         async with async_playwright() as p:
-            browser = await p.chromium.launch(executable_path=CHROMIUM,
-                                              args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             await asyncio.wait_for(asyncio.gather(*(session(browser, server, plan, counts) for plan in plans)),
                                    timeout=600)
             await browser.close()

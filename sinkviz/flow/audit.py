@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sinkviz.flow.analysis import Analysis, Progress, Settings, analyze_many
+from sinkviz.flow.analysis import Analysis, Progress, Settings, analyze_many, load_stored
 from sinkviz.errors import BadPrompt, SinkvizError
 from sinkviz.output.export import csv_row
 from sinkviz.numbers.metrics import Thresholds, layer_sinks
@@ -230,6 +230,16 @@ def audit(prompts: list[str | BadRow], settings: Settings, first_n: int = 3, thr
         if progress:
             progress(f"{row.row}/{len(prompts)}")
     return rows
+
+
+def audited_model(rows: Iterable[AuditRow], store: ResultStore | None = None):
+    """The models.ModelInfo the rows were computed with (from the first stored row), None if no row
+    has numbers."""
+    for row in rows:
+        found = load_stored(store or ResultStore(), row.key) if row.key else None
+        if found is not None:
+            return found.model
+    return None
 
 
 def audit_csv(rows: Iterable[AuditRow]) -> str:

@@ -8,6 +8,7 @@ dict belongs to the i-th prompt (audit row i + 1).
 import csv
 import io
 import json
+import math
 from dataclasses import asdict
 
 from sinkviz.flow.audit import COLUMNS, AuditRow, _csv_records
@@ -89,3 +90,39 @@ def judged(rows: list[AuditRow], cal, reading: str, first_n: int) -> list[dict]:
         pct, text = judge_value(cal, value, reading, first_n) if cal is not None and not row.error else (float("nan"), "")
         out.append({"reading": value, "percentile": pct, "against_model": text})
     return out
+
+
+BANDS = ("unusual, high", "typical", "unusual, low", "not judged")
+
+
+def band(pct: float) -> str:
+    """Which of BANDS a row's percentile falls in (calibration.TYPICAL bounds the typical band)."""
+    from sinkviz.numbers.calibration import TYPICAL
+    if math.isnan(pct):
+        return "not judged"
+    return "unusual, high" if pct > TYPICAL[1] else "unusual, low" if pct < TYPICAL[0] else "typical"
+
+
+def most_unusual_first(pairs: list[tuple[AuditRow, dict]]) -> list[tuple[AuditRow, dict]]:
+    """(row, judged mark) pairs by percentile, highest first; rows not judged last, in file order."""
+    return sorted(pairs, key=lambda rm: -rm[1]["percentile"] if not math.isnan(rm[1]["percentile"]) else math.inf)
+
+
+def one_line(text: str) -> str:
+    """A prompt on one line: newlines shown as ' ↵ '."""
+    return text.replace("\r\n", "\n").replace("\n", " ↵ ")
+
+
+def table_rows(pairs: list[tuple[AuditRow, dict]], extras: list[dict[str, str]], use_template: bool) -> list[dict]:
+    """The audit table as the page shows it, one dict per (row, judged mark): the prompt on one line,
+    the file's columns, then the readings, the worst layer and the shares (fractions, as computed)."""
+    names = extra_names(extras)
+    first = "your first tokens" if use_template else "first tokens"
+    return [{"prompt": one_line(r.prompt),
+             **{k: (extras[r.row - 1] if r.row - 1 < len(extras) else {}).get(k, "") for k in names},
+             first: r.first_tokens, "reading": m["reading"], "percentile": m["percentile"],
+             "against this model": m["against_model"], "worst layer": r.worst_layer,
+             "sink mass (worst layer)": r.worst_sink_mass, "× uniform": r.ratio_to_uniform,
+             "severity (fixed)": r.severity or "error", "share: template": r.share_template,
+             "share: system": r.share_system, "share: your text": r.share_user,
+             "tokens": r.n_tokens, "row": r.row, "error": r.error} for r, m in pairs]

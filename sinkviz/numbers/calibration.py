@@ -27,7 +27,7 @@ import numpy as np
 from sinkviz.flow import models
 from sinkviz.flow.analysis import Progress, Settings, analyze
 from sinkviz.numbers.metrics import Thresholds, deep_mean
-from sinkviz.numbers.readings import KINDS, kind_shares
+from sinkviz.numbers.readings import KINDS, kind_shares, per_layer_reading
 from sinkviz.engine.reduce import MAX_FIRST_N
 from sinkviz.numbers.segments import openings, segments_of
 from sinkviz.flow.store import ResultStore
@@ -219,6 +219,16 @@ def sentences(cal: Calibration, result, first_n: int, thresholds: Thresholds = T
         out.append(f"Read these percentiles with care: this prompt has {n:,} tokens, the calibration prompts "
                    f"{low}–{high}, and attention on the first tokens changes with length (Sweep page).")
     return out
+
+
+def judge_readings(cal: Calibration, result, first_n: int, thresholds: Thresholds = Thresholds()) -> dict:
+    """Label -> Judgement of each reading an analysis has (Analyze's percentile chart): your text's
+    opening where a template locates it, then the sequence's first N (sink mass)."""
+    names = {"sequence": f"sequence's first {first_n} (sink mass)"}
+    if result.tokens.templated and result.tokens.user_span:
+        names = {"user": f"your text's first {first_n}", **names}
+    return {label: judge(cal, per_layer_reading(result, first_n, r, thresholds), r, first_n, thresholds)
+            for r, label in names.items()}
 
 
 def judge_value(cal: Calibration, value: float, reading: str, first_n: int = 3,

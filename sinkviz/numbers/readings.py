@@ -53,6 +53,11 @@ READINGS = {"user": "your text's first N tokens (opening mass)",
             "sequence": "the sequence's first N tokens (sink mass, from position 0)"}
 
 
+def reading_title(reading: str, first_n: int) -> str:
+    """The reading's short name for chart titles: "Your text's first 3 tokens"."""
+    return READINGS[reading].split(" (")[0].replace("N", str(first_n)).capitalize()
+
+
 def per_layer_reading(result, first_n: int, reading: str, thresholds: Thresholds = Thresholds()) -> np.ndarray:
     """[layers] the chosen reading: 'user', the opening mass of the user's text (the sequence's
     opening where the user's text is not located); 'sequence', m_N of ``metrics.layer_sinks``."""

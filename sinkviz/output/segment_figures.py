@@ -4,6 +4,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from sinkviz.numbers.segments import LEARNED_SINK, Openings, SegmentShares
+from sinkviz.output import figures
 
 KIND_COLORS = {"sequence": "#4c78a8", "template": "#9aa5b1", "system": "#72b7b2", "user": "#4c78a8",
                LEARNED_SINK: "#54a24b"}
@@ -72,6 +73,32 @@ def compare_difference(labels: list[str], values: list[np.ndarray], what: str) -
     fig.update_layout(title=f"Difference from {labels[0]} (percentage points): {what}", xaxis_title="layer",
                       yaxis_title="Δ", yaxis_tickformat="+.0%", barmode="group", height=340)
     return fig
+
+
+def shared_suffix(token_ids: list[tuple[int, ...]]) -> int:
+    """How many final tokens all variants share."""
+    n = 0
+    while n < min(map(len, token_ids)) and len({ids[-1 - n] for ids in token_ids}) == 1:
+        n += 1
+    return n
+
+
+def aligned_rows(results) -> int | None:
+    """Query rows to keep so the variants' heatmaps line up: the tokens they all end with (None: every
+    row, where they share none or a map is pooled)."""
+    suffix = shared_suffix([r.tokens.token_ids for r in results])
+    return suffix if suffix and all(r.stats.bin_width == 1 for r in results) else None
+
+
+def compare_heatmaps(labels: list[str], results, layer: int) -> list[go.Figure]:
+    """One head-mean heatmap of row ``layer`` per variant, rows aligned by ``aligned_rows``."""
+    rows = aligned_rows(results)
+    out = []
+    for label, r in zip(labels, results):
+        fig = figures.attention_heatmap(r.stats, r.tokens.shown, layer, last_queries=rows)
+        fig.update_layout(title=f"{label}: layer {r.stats.layer_ids[layer]}", height=480)
+        out.append(fig)
+    return out
 
 
 def percentile_lines(judgements: dict, typical: tuple[float, float]) -> go.Figure:

@@ -1,0 +1,92 @@
+"""Headless Chromium and a streamlit server for the browser tests.
+
+Debian's /usr/bin/chromium driven by playwright (never ``playwright install``). ``require_chromium()``
+skips a test module where chromium is missing, unless SINKVIZ_REQUIRE_E2E=1 (CI), where that fails.
+The ``browser`` and ``server`` fixtures (conftest.py) are built from the helpers here.
+"""
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+
+
+def require_chromium() -> None:
+    if Path(CHROMIUM).exists():
+        return
+    if os.environ.get("SINKVIZ_REQUIRE_E2E") == "1":
+        raise RuntimeError("SINKVIZ_REQUIRE_E2E=1 but chromium is missing (apt-get install chromium)")
+    pytest.skip("chromium not installed (apt-get install chromium)", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def streamlit_server(store_dir: Path):
+    """``streamlit run app.py`` on a free loopback port with its own result store, in its own
+    process group; yields its URL once /_stcore/health answers, stops the group after."""
+    port = free_port()
+    env = {**os.environ, "SINKVIZ_STORE_DIR": str(store_dir)}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
+                             "--server.port", str(port), "--server.headless", "true"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                if urllib.request.urlopen(url + "/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.25)
+        else:
+            raise RuntimeError("streamlit did not start")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def new_page(browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 2400})
+    page.set_default_timeout(120_000)
+    return page
+
+
+def open_app(browser, server: str, link: str | None = None):
+    """A new page on the app, once st.navigation's menu is there; then on ``link``'s page."""
+    page = new_page(browser)
+    page.goto(server)
+    page.wait_for_selector("text=Analyze a prompt")   # the menu, not the transient file list
+    if link:
+        page.get_by_role("link", name=link, exact=True).click()
+    return page
+
+
+def analyze_in_page(page, prompt: str) -> float:
+    """Type a prompt, press Analyze, wait for the bars; seconds from click to rendered chart."""
+    box = page.get_by_label("Prompt", exact=True)
+    box.fill(prompt)
+    box.press("Control+Enter")
+    start = time.perf_counter()
+    page.get_by_role("button", name="Analyze").click()
+    page.wait_for_selector("text=done (", timeout=120_000)
+    page.wait_for_selector(".js-plotly-plot")
+    return time.perf_counter() - start
