@@ -11,6 +11,7 @@ import inspect
 import math
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ ATTN_FULL_MASK = "sinkviz_full_mask"  # see register()
 BLOCK_ELEMENTS = 1 << 24          # probabilities per block on accelerators (64 MB in float32)
 CPU_BLOCK_ROWS = 128              # on CPU, 128-query blocks were twice as fast as 256
 
+OnLayer = Callable[[int, int], None]   # (decoder layers done, all decoder layers), after each layer
 _recorder: ContextVar["_Recorder | None"] = ContextVar("sinkviz_recorder", default=None)
 _first_key_scale: ContextVar["tuple[int, float] | None"] = ContextVar("sinkviz_key_scale", default=None)
 
@@ -360,18 +362,21 @@ def forward_kwargs(model) -> dict:
     return kwargs
 
 
-def capture(model, input_ids: torch.Tensor, map_size: int = 128) -> AttentionStats:
-    """Run one forward pass on input_ids [1, L] and return its attention statistics."""
-    return _captured_forward(model, input_ids, map_size, forward_kwargs(model))[0]
+def capture(model, input_ids: torch.Tensor, map_size: int = 128, on_layer: OnLayer | None = None) -> AttentionStats:
+    """Run one forward pass on input_ids [1, L] and return its attention statistics;
+    ``on_layer(done, total)`` after each decoder layer, where given."""
+    return _captured_forward(model, input_ids, map_size, forward_kwargs(model), on_layer=on_layer)[0]
 
 
-def capture_with_logits(model, input_ids: torch.Tensor, map_size: int = 128) -> tuple[AttentionStats, torch.Tensor]:
+def capture_with_logits(model, input_ids: torch.Tensor, map_size: int = 128,
+                        on_layer: OnLayer | None = None) -> tuple[AttentionStats, torch.Tensor]:
     """capture(), plus the next-token logits of every position: [L, vocab] float32."""
-    stats, out = _captured_forward(model, input_ids, map_size, {"use_cache": False})
+    stats, out = _captured_forward(model, input_ids, map_size, {"use_cache": False}, on_layer=on_layer)
     return stats, out.logits[0].float()
 
 
-def capture_batch(model, sequences: list[list[int]], map_size: int = 128) -> list[AttentionStats]:
+def capture_batch(model, sequences: list[list[int]], map_size: int = 128,
+                  on_layer: OnLayer | None = None) -> list[AttentionStats]:
     """Several prompts (token ids) in one forward pass, right-padded with the padding masked;
     each prompt's statistics are its own capture's. Raises BatchUnsupported where the model's
     batched attention is not each prompt's own (then capture them one by one)."""
@@ -381,22 +386,24 @@ def capture_batch(model, sequences: list[list[int]], map_size: int = 128) -> lis
     for b, seq in enumerate(sequences):
         ids[b, :len(seq)], mask[b, :len(seq)] = torch.tensor(seq), 1
     kwargs = {**forward_kwargs(model), "attention_mask": mask.to(device)}
-    return _captured_forward(model, ids.to(device), map_size, kwargs, lengths)[0]
+    return _captured_forward(model, ids.to(device), map_size, kwargs, lengths, on_layer)[0]
 
 
-def _captured_forward(model, input_ids, map_size, kwargs, lengths: list[int] | None = None):
+def _captured_forward(model, input_ids, map_size, kwargs, lengths: list[int] | None = None,
+                      on_layer: OnLayer | None = None):
     """(stats, model output); with ``lengths``, a batch: (a list of stats, one per prompt, output)."""
     if eager_path.is_eager(model):  # attention outside the interface: the model's own maps
         if lengths:
             raise BatchUnsupported(f"{type(model).__name__} is captured through its own attention maps, one prompt at a time")
-        return eager_path.captured_forward(model, input_ids, map_size, kwargs, decoder_layers(model))
+        return eager_path.captured_forward(model, input_ids, map_size, kwargs, decoder_layers(model), on_layer)
     if model.config._attn_implementation not in (ATTN_NAME, ATTN_FULL_MASK):
         raise UnsupportedArchitecture(f"model was not loaded with attn_implementation={ATTN_NAME!r}")
     layers = decoder_layers(model)
     recorders = [_Recorder(map_size, len(layers)) for _ in (lengths or [input_ids.shape[1]])]
     token = _recorder.set(_Batch(recorders, lengths) if lengths else recorders[0])
     try:
-        with layer_trace(layers, recorders[0], hidden_norm_to(recorders, lengths or [input_ids.shape[1]])) as trace, \
+        with layer_trace(layers, recorders[0], hidden_norm_to(recorders, lengths or [input_ids.shape[1]]),
+                         on_layer) as trace, \
                 torch.no_grad():
             out = model(input_ids=input_ids, **kwargs)
     finally:
