@@ -18,6 +18,7 @@ SMALL_MAP_BINS = 32  # bins per side in the all-layers grid
 MAX_TICK_LABELS = 32  # token labels per axis of the large heatmap; longer axes name every k-th bin
 TICK_CHARS = 18       # a tick label's characters at most (the hover has the whole label)
 LAYER_SCALE = "Viridis"  # sequential: a layer's colour says how deep it is
+LEGEND_ABOVE = dict(orientation="h", yanchor="bottom", y=1.0, x=0)   # between the title and the plot, clear of the x title
 
 
 def severity_names(thresholds: Thresholds) -> dict[str, str]:
@@ -59,7 +60,8 @@ def sink_bars(sinks: LayerSinks, thresholds: Thresholds = Thresholds()) -> go.Fi
         title=f"Attention on the first {sinks.first_n} tokens, per layer "
               f"(mean over heads and over queries i ≥ {sinks.first_n})",
         xaxis_title="layer", yaxis_title="sink mass", yaxis_tickformat=".0%", barmode="group",
-        yaxis_range=[0, 1.08], legend_orientation="h", margin_t=60, margin_r=150, height=400)
+        yaxis_range=[0, 1.08], legend=LEGEND_ABOVE, margin_t=80,
+        margin_r=150, height=420)
     return fig
 
 
@@ -271,7 +273,7 @@ def sweep_lines(lengths: list[int], sink_mass: np.ndarray, first_n: int, layers=
                              hovertemplate="mean over layers<br>%{x:,} tokens: %{y:.1%}<extra></extra>"))
     fig.update_layout(title=f"Sink mass (first {first_n} tokens) as the context grows, per layer",
                       xaxis_title="context length (tokens)", xaxis_type="log", yaxis_title="sink mass",
-                      yaxis_tickformat=".0%", legend_orientation="h", height=480)
+                      yaxis_tickformat=".0%", legend=LEGEND_ABOVE, margin_t=80, height=480)
     fig.update_xaxes(tickmode="array", tickvals=list(lengths), ticktext=[f"{n:,}" for n in lengths])
     return fig
 
