@@ -54,8 +54,9 @@ def run_audit(settings: Settings) -> None:
     done = {"rows": [], "total": len(prompts), "finished": False, "extras": extras, "settings": settings,
             "cal": cal, "first_n": first_n}
     st.session_state.au_run = done
-    st.button("Stop", key="au_stop", help="Keeps the rows done (they are in the store); Run audit again "
-                                          "computes only the missing ones.")
+    stop = st.empty()
+    stop.button("Stop", key="au_stop", help="Keeps the rows done (they are in the store); Run audit again "
+                                            "computes only the missing ones.")
     bar, live, eta = st.progress(0.0, text=f"prompt 0/{len(prompts)}"), st.empty(), Eta()
     for rows in audit_chunks(prompts, settings, first_n, store=store(), chunk=PAGE_CHUNK):
         # A click during the run stops this script at its next st call: what is done is kept first.
@@ -66,6 +67,7 @@ def run_audit(settings: Settings) -> None:
                        column_config={"sink mass (worst layer)": st.column_config.NumberColumn(format="percent")})
     bar.progress(1.0, text=f"done: {len(prompts)} prompts")
     live.empty()
+    stop.empty()
     st.session_state.au_run = {**done, "finished": True}
 
 
