@@ -255,11 +255,11 @@ def compare_difference(labels: list[str], sinks: list[LayerSinks]) -> go.Figure:
     return fig
 
 
-def sweep_lines(lengths: list[int], sink_mass: np.ndarray, first_n: int, layers=None) -> go.Figure:
+def sweep_lines(lengths: list[int], sink_mass: np.ndarray, first_n: int) -> go.Figure:
     """Sink mass vs context length (log x, ticked at the lengths), one line per layer coloured
     along a sequential scale (early layers dark, late ones light; the colour bar names them) and
     the mean over layers in red; sink_mass is [lengths, layers]."""
-    layers = list(range(sink_mass.shape[1])) if layers is None else list(layers)
+    layers = list(range(sink_mass.shape[1]))
     colors = sample_colorscale(LAYER_SCALE, np.linspace(0, 1, len(layers)))
     fig = go.Figure([go.Scatter(x=lengths, y=sink_mass[:, k], mode="lines", line=dict(color=colors[k], width=1.5),
                                 name=f"layer {layer}", showlegend=False,
