@@ -13,7 +13,7 @@ from streamlit.elements.lib.mutable_status_container import StatusContainer  # n
 from streamlit.runtime.scriptrunner_utils.exceptions import StopException  # noqa: E402
 
 from conftest import analyze_page, app_store  # noqa: E402
-from plotly_json import array, by_title  # noqa: E402
+from plotly_json import by_title  # noqa: E402
 from sinkviz.engine import capture  # noqa: E402
 from sinkviz.flow import progress  # noqa: E402
 from sinkviz.flow.analysis import Settings, analyze  # noqa: E402
