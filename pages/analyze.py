@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 from pages.common import (EXAMPLES, URL_PROMPT_LIMIT, device_dtype_pickers, first_n_from_params, guarded,
-                          model_picker, open_stored, run_analysis, settings_from_params,
+                          kept_figure, model_picker, open_stored, run_analysis, settings_from_params,
                           settings_to_params, step_progress, store, threshold_inputs)
 from sinkviz.numbers.calibration import (TYPICAL, calibrate, calibration_key, calibration_prompts, judge_readings,
                                          load_calibration, sentences)
@@ -19,7 +19,7 @@ from sinkviz.numbers.metrics import deep_mean, layer_entropy, layer_sinks, norm_
 from sinkviz.output.readable import quoted
 from sinkviz.numbers.segments import BLOCK_RULES, openings, segment_shares, segment_table, segments_of
 from sinkviz.output.report import report_dict
-from sinkviz.output.verdict import verdict
+from sinkviz.output.verdict import verdict, verdict_layer
 
 TABS = ["Sink mass per layer", "Segments", "Heatmaps", "Position-0 inspector", "Entropy", "Tokens", "Export"]
 MAP_SIZES = [32, 64, 128, 192, 256]
@@ -118,7 +118,7 @@ def render(a: Analysis) -> None:
     if stats.layer_kinds:
         st.caption("Layers without softmax attention, left out of every chart and table: " + ", ".join(
             f"{i} ({kind})" for i, kind in enumerate(stats.layer_kinds) if kind != "attention"))
-    sections = [lambda: render_bars(a, sinks), lambda: render_segments(a), lambda: render_heatmaps(a), lambda: render_position0(a),
+    sections = [lambda: render_bars(a, sinks), lambda: render_segments(a), lambda: render_heatmaps(a, sinks), lambda: render_position0(a),
                 lambda: render_entropy(a), lambda: render_tokens(a), lambda: render_export(a)]
     for tab, draw in zip(st.tabs(TABS, key="an_tab", on_change="rerun"), sections):
         if tab.open:  # only the open tab is computed and sent to the browser
@@ -153,7 +153,7 @@ def render_percentiles(a: Analysis) -> None:
 
 
 def render_bars(a: Analysis, sinks) -> None:
-    st.plotly_chart(figures.sink_bars(sinks, thresholds), key="an_bars")
+    st.plotly_chart(kept_figure(bars_figure, a, first_n, thresholds), key="an_bars")
     render_percentiles(a)
     st.caption(f"Averaged over queries i ≥ {first_n} (each query's attention to the first {first_n} "
                f"tokens), then over heads. Uniform attention would give {sinks.baseline:.1%}; the "
@@ -173,7 +173,7 @@ def render_segments(a: Analysis) -> None:
                                + " ".join(f"{rule}: {text}." for rule, text in BLOCK_RULES.items()))
     segs = segments_of(a.tokens, BLOCK_CHOICES[choice])
     shares = segment_shares(a.stats, segs)
-    st.plotly_chart(segment_figures.segment_share_bars(shares), key="an_segments")
+    st.plotly_chart(kept_figure(segments_figure, a, BLOCK_CHOICES[choice]), key="an_segments")
     st.dataframe(segment_table(shares, a.tokens, thresholds.shallow_layers),
                  hide_index=True, key="an_segment_table",
                  column_config={c: st.column_config.NumberColumn(format="percent")
@@ -183,16 +183,14 @@ def render_segments(a: Analysis) -> None:
                f"100 % in every layer. Table: mean over layers ≥ {thresholds.shallow_layers}. Uniform share: the "
                "same if every query spread its attention evenly over the keys it sees. Parts come from the "
                "tokenizer's character offsets; a token belongs to the part holding most of its characters.")
-    opens = openings(a.stats, segs, first_n)
-    st.plotly_chart(segment_figures.opening_lines(opens), key="an_openings")
+    st.plotly_chart(kept_figure(openings_figure, a, BLOCK_CHOICES[choice], first_n), key="an_openings")
     st.caption(f"Opening mass of a part: the attention on its first {first_n} tokens, averaged over the queries "
                "that can see them (from the part's first token on). For the sequence this counts its first "
                f"{first_n} queries too, so it is a little above the sink mass of the bars.")
 
 
 def render_entropy(a: Analysis) -> None:
-    uniform = uniform_entropy(a.stats.n_tokens, a.stats.causal)
-    st.plotly_chart(figures.entropy_lines(layer_entropy(a.stats), uniform, a.stats.layer_ids), key="an_entropy")
+    st.plotly_chart(kept_figure(entropy_figure, a), key="an_entropy")
     st.caption("Low entropy with high sink mass: the heads park their attention on the sink.")
 
 
@@ -202,10 +200,14 @@ def render_tokens(a: Analysis) -> None:
                   "received (mean over layers, heads)": a.stats.received.mean(axis=(0, 1))}, hide_index=True)
 
 
-def render_heatmaps(a: Analysis) -> None:
+def render_heatmaps(a: Analysis, sinks) -> None:
     stats = a.stats
     c = st.columns(4)
-    layer = c[0].selectbox("Layer", range(stats.n_layers), index=min(3, stats.n_layers - 1), key="an_layer",
+    opened = (a.key, first_n, thresholds)
+    if st.session_state.get("an_layer_for") != opened or "an_layer" not in st.session_state:
+        st.session_state.an_layer_for = opened       # an analysis (or reading) opens on the verdict's layer
+        st.session_state.an_layer = verdict_layer(sinks, stats, thresholds) or 0
+    layer = c[0].selectbox("Layer", range(stats.n_layers), key="an_layer",
                            format_func=lambda row: f"{stats.layer_ids[row]}")
     head_label = c[1].selectbox("Head", ["mean over heads"] + [f"head {h}" for h in range(stats.n_heads)],
                                 key="an_head")
@@ -213,10 +215,8 @@ def render_heatmaps(a: Analysis) -> None:
     hide = c[3].toggle("Hide position 0", key="an_hide",
                        help="Blank the first column so the rest of the map gets the colour range")
     head = None if head_label.startswith("mean") else int(head_label.split()[1])
-    big = figures.attention_heatmap(stats, a.tokens.shown, layer, head, hide, log)
-    segment_figures.mark_segments(big, segments_of(a.tokens), stats.bin_width)     # where each turn starts
-    st.plotly_chart(big, key="an_map_big")
-    st.plotly_chart(figures.all_layers_grid(stats, hide, log), key="an_grid")
+    st.plotly_chart(kept_figure(heatmap_figure, a, layer, head, hide, log), key="an_map_big")
+    st.plotly_chart(kept_figure(grid_figure, a, hide, log), key="an_grid")
 
 
 def render_position0(a: Analysis) -> None:
@@ -230,11 +230,47 @@ def render_position0(a: Analysis) -> None:
                   "hidden norm × median": hidden, "value norm × median": value}, hide_index=True)
     pos = st.radio("Position", range(first), horizontal=True, key="an_pos",
                    format_func=lambda p: f"{p}: {tokens[p]!r}")
-    st.plotly_chart(figures.position_heatmap(stats, pos, tokens[pos]), key="an_pos_map")
-    st.plotly_chart(figures.norm_ratio_lines(stats.hidden_norm, tokens, "Hidden-state", first, stats.layer_ids), key="an_hidden")
-    st.plotly_chart(figures.norm_ratio_lines(stats.value_norm, tokens, "Value-vector", first, stats.layer_ids), key="an_value")
+    st.plotly_chart(kept_figure(position_figure, a, pos), key="an_pos_map")
+    st.plotly_chart(kept_figure(norms_figure, a, "Hidden-state", first), key="an_hidden")
+    st.plotly_chart(kept_figure(norms_figure, a, "Value-vector", first), key="an_value")
     st.caption("Sink tokens often carry 'massive activations' (Sun et al. 2024): a hidden-state norm many "
                "times the median token's, with a small value vector, so attending to them changes little.")
+
+
+# Figure builders: each depends on its arguments only, so kept_figure can keep what it builds.
+def bars_figure(a: Analysis, n: int, limits):
+    return figures.sink_bars(layer_sinks(a.stats, n, limits), limits)
+
+
+def segments_figure(a: Analysis, rule):
+    return segment_figures.segment_share_bars(segment_shares(a.stats, segments_of(a.tokens, rule)))
+
+
+def openings_figure(a: Analysis, rule, n: int):
+    return segment_figures.opening_lines(openings(a.stats, segments_of(a.tokens, rule), n))
+
+
+def entropy_figure(a: Analysis):
+    uniform = uniform_entropy(a.stats.n_tokens, a.stats.causal)
+    return figures.entropy_lines(layer_entropy(a.stats), uniform, a.stats.layer_ids)
+
+
+def heatmap_figure(a: Analysis, layer: int, head, hide: bool, log: bool):
+    big = figures.attention_heatmap(a.stats, a.tokens.shown, layer, head, hide, log)
+    return segment_figures.mark_segments(big, segments_of(a.tokens), a.stats.bin_width)   # where each turn starts
+
+
+def grid_figure(a: Analysis, hide: bool, log: bool):
+    return figures.all_layers_grid(a.stats, hide, log)
+
+
+def position_figure(a: Analysis, pos: int):
+    return figures.position_heatmap(a.stats, pos, a.tokens.shown[pos])
+
+
+def norms_figure(a: Analysis, what: str, first: int):
+    norms = a.stats.hidden_norm if what == "Hidden-state" else a.stats.value_norm
+    return figures.norm_ratio_lines(norms, a.tokens.shown, what, first, a.stats.layer_ids)
 
 
 def render_export(a: Analysis) -> None:

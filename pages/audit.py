@@ -4,12 +4,15 @@ import streamlit as st
 
 from pages.common import guarded, model_picker, open_in_analyze, step_progress, store
 from sinkviz.flow.analysis import Settings
-from sinkviz.flow.audit import MAX_FILE_BYTES, MAX_ROWS, audit, audited_model, prompts_from_lines, read_prompts
+from sinkviz.flow.audit import MAX_FILE_BYTES, MAX_ROWS, audit_chunks, audited_model, prompts_from_lines, read_prompts
 from sinkviz.flow.audit_table import (BANDS, band, file_columns, filtered_csv, judged, most_unusual_first, one_line,
                                       table_rows)
+from sinkviz.flow.progress import Eta, rate_line
 from sinkviz.numbers.calibration import TYPICAL, calibrate, calibration_prompts
 from sinkviz.numbers.readings import READINGS
 from sinkviz.output.html_report import audit_report
+
+PAGE_CHUNK = 8   # prompts per step: rows appear, and a stop takes effect, this often
 
 st.title("Batch prompt audit")
 st.caption(f"Upload a CSV (column 'prompt', else the first column; quote prompts that hold commas) or JSONL (field 'prompt'), or paste "
@@ -36,27 +39,47 @@ def load_prompts():
     return prompts_from_lines(pasted), []
 
 
-def run_audit(settings: Settings):
+def run_audit(settings: Settings) -> None:
+    """Audit the prompts, a chunk at a time; session state holds the rows done after each chunk."""
+    st.session_state.pop("au_run", None)
     prompts, extras = load_prompts()
     cal = None
     if calibrated:
         bar = st.progress(0.0, text="calibrating …")
         cal = calibrate(settings, store(), progress=step_progress(bar, "calibration prompt"))
         bar.empty()
-    bar = st.progress(0.0, text="reading prompts …")
-    rows = audit(prompts, settings, first_n, store=store(), progress=step_progress(bar, "prompt"))
-    bar.progress(1.0, text=f"done: {len(rows)} prompts")
-    return {"rows": rows, "extras": extras, "settings": settings, "cal": cal, "first_n": first_n}
+    done = {"rows": [], "total": len(prompts), "finished": False, "extras": extras, "settings": settings,
+            "cal": cal, "first_n": first_n}
+    st.session_state.au_run = done
+    stop = st.empty()
+    stop.button("Stop", key="au_stop", help="Keeps the rows done (they are in the store); Run audit again "
+                                            "computes only the missing ones.")
+    bar, live, eta = st.progress(0.0, text=f"prompt 0/{len(prompts)}"), st.empty(), Eta()
+    for rows in audit_chunks(prompts, settings, first_n, store=store(), chunk=PAGE_CHUNK):
+        # A click during the run stops this script at its next st call: what is done is kept first.
+        done = st.session_state.au_run = {**done, "rows": done["rows"] + rows}
+        bar.progress(len(done["rows"]) / len(prompts),
+                     text=rate_line("prompt", len(done["rows"]), len(prompts), eta.elapsed(), "prompts"))
+        live.dataframe(live_table(done["rows"]), hide_index=True,
+                       column_config={"sink mass (worst layer)": st.column_config.NumberColumn(format="percent")})
+    bar.progress(1.0, text=f"done: {len(prompts)} prompts")
+    live.empty()
+    stop.empty()
+    st.session_state.au_run = {**done, "finished": True}
 
 
-if run:
-    done = guarded(lambda: run_audit(Settings(model=model, use_template=use_template)), "Audit")
-    if done is not None:
-        st.session_state.au_run = done
+def live_table(rows) -> list[dict]:
+    """The rows done so far, in file order, while the audit runs."""
+    return [{"row": r.row, "prompt": one_line(r.prompt), "first tokens": r.first_tokens, "worst layer": r.worst_layer,
+             "sink mass (worst layer)": r.worst_sink_mass, "severity (fixed)": r.severity or "error", "error": r.error}
+            for r in rows]
 
 
 def show(run: dict) -> None:
     rows, extras, n = run["rows"], run["extras"], run["first_n"]
+    if not run["finished"]:
+        st.warning(f"The audit stopped at row {len(rows)} of {run['total']}. The rows done are in the store: "
+                   f"Run audit again to compute only the other {run['total'] - len(rows)}.")
     c1, c2 = st.columns([2, 3])
     reading = c1.radio("Judge by", list(READINGS), key="au_reading", horizontal=False,
                        format_func=lambda r: READINGS[r].replace("N", str(n)))
@@ -100,5 +123,7 @@ def show(run: dict) -> None:
             open_in_analyze(run["settings"], chosen.key, chosen.prompt, n)
 
 
+if run:
+    guarded(lambda: run_audit(Settings(model=model, use_template=use_template)), "Audit")
 if st.session_state.get("au_run"):
     show(st.session_state.au_run)

@@ -12,6 +12,7 @@ from sinkviz.flow.embedded import DEFAULT_MODEL, EMBEDDED
 from sinkviz.errors import SinkvizError
 from sinkviz.numbers.metrics import Thresholds
 from sinkviz.flow.models import check_allowed, offered_models
+from sinkviz.flow.progress import Eta, count_line
 from sinkviz.flow.store import ResultStore
 
 log = logging.getLogger("sinkviz.app")
@@ -146,11 +147,30 @@ def guarded(run, what: str):
 
 
 def step_progress(bar, noun: str):
-    """A progress callback for engine steps named 'i/total', shown on ``bar``."""
+    """A progress callback for engine steps named 'i/total' (sent as step i starts), shown on
+    ``bar`` as 'noun 3/40 · ~25 s left'."""
+    eta = Eta()
+
     def progress(step: str) -> None:
         done, total = (int(x) for x in step.split("/"))
-        bar.progress((done - 1) / total, text=f"{noun} {done} of {total} …")
+        bar.progress((done - 1) / total, text=count_line(noun, done, total, eta.left(done - 1, total)))
     return progress
+
+
+FIGURES_KEPT = 64   # figures kept for all sessions (a large heatmap is at most a few MB)
+
+
+@st.cache_resource(max_entries=FIGURES_KEPT, show_spinner=False)
+def _kept(builder: tuple[str, str], key: str, params: tuple, _build, _source):
+    return _build(_source, *params)
+
+
+def kept_figure(build, source, *params):
+    """``build(source, *params)``, built once per builder, ``source.key`` (an analysis key, which
+    names its numbers) and ``params``, then kept for every session: a tab switch or any other
+    rerun shows the kept figure instead of building it again. ``build`` must depend on nothing
+    but its arguments; the figure is never mutated."""
+    return _kept((build.__code__.co_filename, build.__qualname__), source.key, params, build, source)
 
 
 def open_in_analyze(settings: Settings, key: str, prompt: str, first_n: int | None = None) -> None:

@@ -7,6 +7,7 @@ from sinkviz.output import figures
 from sinkviz.flow.analysis import Settings
 from sinkviz.numbers.metrics import layer_sinks
 from sinkviz.flow.mitigation import WindowResult, attention_scaling, sink_token_experiment
+from sinkviz.flow.progress import Eta, fraction_line
 from sinkviz.flow.sweep import shipped_text
 
 st.title("Mitigation lab")
@@ -22,9 +23,11 @@ with scale_tab:
     k = c1.number_input("K (first keys scaled)", 1, 64, 10, key="lab_k")
     gamma = c2.number_input("γ (logit factor)", 0.05, 4.0, 0.85, 0.05, key="lab_gamma")
     if st.button("Run scaling", type="primary"):
-        with st.spinner("two forward passes …"):
-            st.session_state.lab_scale = guarded(
-                lambda: attention_scaling(prompt, Settings(model=model), k, gamma), "Experiment")
+        bar = st.progress(0.0, text="two forward passes …")
+        st.session_state.lab_scale = guarded(
+            lambda: attention_scaling(prompt, Settings(model=model), k, gamma,
+                                      progress=lambda tick: bar.progress(tick.fraction, text=tick.text)), "Experiment")
+        bar.empty()
     r = st.session_state.get("lab_scale")
     if r is not None:
         m = st.columns(3)
@@ -47,10 +50,11 @@ with window_tab:
     sinks_n = c2.number_input("S (sink tokens kept)", 1, 16, 4, key="lab_sinks")
     limit = c3.number_input("Tokens of the shipped text", 64, 4096, 384, 64, key="lab_tokens")
     if st.button("Run windowed perplexity", type="primary"):
-        bar = st.progress(0.0, text="full attention …")
+        bar, eta = st.progress(0.0, text="full attention …"), Eta()
         st.session_state.lab_window_result = guarded(lambda: sink_token_experiment(
             shipped_text(), Settings(model=model), window, sinks_n, limit,
-            progress=lambda f: bar.progress(f, text=f"window KV cache … {f:.0%}")), "Experiment")
+            progress=lambda f: bar.progress(f, text=fraction_line("window KV cache", f, eta.left(f, 1.0)))),
+            "Experiment")
         bar.empty()
     w = st.session_state.get("lab_window_result")
     if w is not None:

@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from pages.common import guarded, model_picker, show_model_in_sidebar, step_progress, store
+from pages.common import guarded, model_picker, show_model_in_sidebar, store
 from sinkviz.output import figures
 from sinkviz.flow.analysis import Settings
 from sinkviz.flow.sweep import run_sweep, shipped_text
@@ -29,8 +29,8 @@ with st.container(border=True):
 
 if run:
     bar = st.progress(0.0, text="tokenizing …")
-    points = guarded(lambda: run_sweep(text, Settings(model=model), max_tokens=max_tokens or None,
-                                       store=store(), progress=step_progress(bar, "length")), "Sweep")
+    points = guarded(lambda: run_sweep(text, Settings(model=model), max_tokens=max_tokens or None, store=store(),
+                                       progress=lambda tick: bar.progress(tick.fraction, text=tick.text)), "Sweep")
     if points is None:
         bar.empty()
     else:
@@ -45,4 +45,5 @@ if points:
     st.plotly_chart(figures.sweep_lines(lengths, mass, first_n), key="sw_lines")
     st.dataframe({"tokens": lengths, "mean sink mass": np.nanmean(mass, axis=1),
                   "max sink mass": np.nanmax(mass, axis=1), "from the store": [p.cached for p in points]},
-                 hide_index=True)
+                 hide_index=True, column_config={c: st.column_config.NumberColumn(format="percent")
+                                                 for c in ("mean sink mass", "max sink mass")})

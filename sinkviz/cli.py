@@ -219,7 +219,7 @@ def _sweep(args) -> int:
     text = shipped_text() if args.text is None and args.file is None else _read_text(args.text, args.file)
     settings = Settings(model=args.model, use_template=False, device=args.device, dtype=args.dtype)
     points = run_sweep(text, settings, max_tokens=args.max_tokens,
-                       progress=lambda step: print(f"sinkviz: sweep {step}", file=sys.stderr))
+                       progress=lambda tick: print(f"sinkviz: sweep {tick.text}", file=sys.stderr))
     n = args.first - 1
     if args.json:
         print(json.dumps({"first_n": args.first, "points": [

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'   # the script has finished its run
 
 
 def require_chromium() -> None:
@@ -64,15 +65,15 @@ def streamlit_server(store_dir: Path):
         proc.wait(timeout=30)
 
 
-def new_page(browser):
-    page = browser.new_page(viewport={"width": 1400, "height": 2400})
+def new_page(browser, height: int = 2400):
+    page = browser.new_page(viewport={"width": 1400, "height": height})
     page.set_default_timeout(120_000)
     return page
 
 
-def open_app(browser, server: str, link: str | None = None):
+def open_app(browser, server: str, link: str | None = None, height: int = 2400):
     """A new page on the app, once st.navigation's menu is there; then on ``link``'s page."""
-    page = new_page(browser)
+    page = new_page(browser, height)
     page.goto(server)
     page.wait_for_selector("text=Analyze a prompt")   # the menu, not the transient file list
     if link:
@@ -80,13 +81,13 @@ def open_app(browser, server: str, link: str | None = None):
     return page
 
 
-def analyze_in_page(page, prompt: str) -> float:
+def analyze_in_page(page, prompt: str, timeout: int = 120_000) -> float:
     """Type a prompt, press Analyze, wait for the bars; seconds from click to rendered chart."""
     box = page.get_by_label("Prompt", exact=True)
     box.fill(prompt)
     box.press("Control+Enter")
     start = time.perf_counter()
     page.get_by_role("button", name="Analyze").click()
-    page.wait_for_selector("text=done (", timeout=120_000)
+    page.wait_for_selector("text=done (", timeout=timeout)
     page.wait_for_selector(".js-plotly-plot")
     return time.perf_counter() - start

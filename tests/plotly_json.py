@@ -38,3 +38,11 @@ def array(trace_value) -> np.ndarray:
         return trace_value.astype(float)
     return np.array([[np.nan if v is None else v for v in row] if isinstance(row, list)
                      else (np.nan if row is None else row) for row in trace_value], dtype=float)
+
+
+def sink_mass_bars(fig: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(layers, sink mass) of the sink-mass bars, gathered over their traces (one per severity
+    colour) in layer order."""
+    pairs = sorted((x, y) for t in fig["data"] if t["type"] == "bar" and t.get("offsetgroup") == "sink mass"
+                   for x, y in zip(array(t["x"]), array(t["y"])))
+    return np.array([x for x, _ in pairs]), np.array([y for _, y in pairs])

@@ -1,7 +1,8 @@
 """End to end in headless Chromium: paste, run, switch pages, compare, reopen, shared URL.
 
 Screenshots land in test-artifacts/. Needs Debian's chromium (/usr/bin/chromium); skipped
-with a reason where it is missing, unless SINKVIZ_REQUIRE_E2E=1 (CI), where that fails.
+with a reason where it is missing, unless SINKVIZ_REQUIRE_E2E=1 (CI), where that fails
+(tests/browser.py).
 """
 
 import time

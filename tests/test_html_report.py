@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import pytest
 from plotly.offline import get_plotlyjs
 
-from plotly_json import array, decode
+from plotly_json import array, decode, sink_mass_bars
 from sinkviz.cli import main
 from sinkviz.flow.analysis import Settings, analyze
 from sinkviz.flow.audit import AuditRow, audit
@@ -76,7 +76,7 @@ def test_analysis_figures_hold_the_engine_numbers(hostile):
     found = embedded_figures(analysis_report(a, first_n=3, blocks="blank lines"))
     assert len(found) == 9
     sinks = layer_sinks(stats, 3, t)
-    np.testing.assert_array_equal(array(titled(found, "Attention on the first 3 tokens, per layer")["data"][0]["y"]),
+    np.testing.assert_array_equal(sink_mass_bars(titled(found, "Attention on the first 3 tokens, per layer"))[1],
                                   sinks.sink_mass)
     shares = segment_shares(stats, segments_of(a.tokens, "blank lines"))
     bars = titled(found, "Share of attention per segment")["data"]

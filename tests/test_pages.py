@@ -9,10 +9,11 @@ os.environ["SINKVIZ_WARM"] = "0"
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from conftest import APP, analyze_page, app_store  # noqa: E402
-from plotly_json import array, by_title, figures  # noqa: E402
+from plotly_json import array, by_title, figures, sink_mass_bars  # noqa: E402
 from sinkviz.flow.analysis import Settings, analyze  # noqa: E402
 from sinkviz.output.figures import layer_map, map_for_display  # noqa: E402
 from sinkviz.numbers.metrics import layer_sinks  # noqa: E402
+from sinkviz.output.verdict import verdict_layer  # noqa: E402
 
 PROMPT_A = "You are a helpful assistant. Answer concisely."
 PROMPT_B = "Assistant: helpful and concise.\nYou are a helpful assistant. Answer concisely."
@@ -34,11 +35,13 @@ def test_analyze_bars_equal_engine(first_n):
     at = analyze_page(PROMPT_A, first_n)
     engine = layer_sinks(analyze(PROMPT_A, Settings()).stats, first_n)
     bars = by_title(at, f"Attention on the first {first_n} tokens")
-    np.testing.assert_allclose(array(bars["data"][0]["y"]), engine.sink_mass, rtol=1e-6)
-    np.testing.assert_allclose(array(bars["data"][0]["x"]), np.arange(30))
+    layers, mass = sink_mass_bars(bars)
+    np.testing.assert_allclose(mass, engine.sink_mass, rtol=1e-6)
+    np.testing.assert_allclose(layers, np.arange(30))
     baseline = [s for s in bars["layout"]["shapes"] if s.get("line", {}).get("dash") == "dot"][0]
     assert baseline["y0"] == pytest.approx(engine.baseline)
-    flagged = array(bars["data"][1]["x"]) if bars["data"][1].get("x") is not None else np.array([])
+    marks = [t for t in bars["data"] if t["name"] == "> 5x uniform"][0]
+    flagged = array(marks["x"]) if marks.get("x") is not None else np.array([])
     np.testing.assert_array_equal(flagged, np.flatnonzero(engine.flagged))
 
 
@@ -46,9 +49,11 @@ def test_analyze_heatmaps_and_position0_equal_engine():
     at = analyze_page(PROMPT_A, tab="Heatmaps")
     stats = analyze(PROMPT_A, Settings()).stats
     assert not [f for f in figures(at) if "per layer" in f["layout"]["title"]["text"]]  # lazy tabs
-    big = by_title(at, "Layer 3, mean over heads")
+    layer = verdict_layer(layer_sinks(stats, 3), stats)                # it opens on the verdict's layer
+    assert at.selectbox(key="an_layer").value == layer != 3
+    big = by_title(at, f"Layer {layer}, mean over heads")
     np.testing.assert_allclose(array(big["data"][0]["z"]),
-                               map_for_display(layer_map(stats, 3), 1, False, False), rtol=1e-6)
+                               map_for_display(layer_map(stats, layer), 1, False, False), rtol=1e-6)
     assert big["data"][0]["x"][0] == "0: '<|im_start|>'"
     at.session_state["an_tab"] = "Position-0 inspector"
     at.run()
@@ -62,6 +67,7 @@ def test_hide_position0_and_log_scale():
     at.toggle(key="an_hide").set_value(True)
     at.toggle(key="an_log").set_value(True).run()
     stats = analyze(PROMPT_A, Settings()).stats
+    at.selectbox(key="an_layer").set_value(3).run()
     big = by_title(at, "Layer 3, mean over heads")
     z = array(big["data"][0]["z"])
     assert np.isnan(z[:, 0]).all()
@@ -86,7 +92,7 @@ def test_shared_url_reproduces_the_analysis():
     result = analyze(PROMPT_B, Settings(use_template=False))
     engine = layer_sinks(result.stats, 2)
     bars = by_title(at, "Attention on the first 2 tokens")
-    np.testing.assert_allclose(array(bars["data"][0]["y"]), engine.sink_mass, rtol=1e-6)
+    np.testing.assert_allclose(sink_mass_bars(bars)[1], engine.sink_mass, rtol=1e-6)
     assert at.metric[1].value == repr(result.tokens.tokens[0]) == "'Ass'"
 
 
@@ -170,11 +176,12 @@ def test_learned_sink_is_plotted_as_captured(sink_models):
     result = analyze(prompt, Settings(model=folder, use_template=False))
     stats = result.stats
     assert "learned sink, a softmax column no token owns" in at.info[0].value
-    big = by_title(at, "Layer 3, mean over heads")
-    assert big["data"][0]["x"][-1] == "learned sink"
-    np.testing.assert_allclose(array(big["data"][0]["z"])[:, -1], stats.learned_sink_map[3].mean(0), rtol=1e-6)
-    np.testing.assert_allclose(array(big["data"][0]["z"])[:, :-1], map_for_display(layer_map(stats, 3), 1, False, False),
-                               rtol=1e-6)
+    layer = verdict_layer(layer_sinks(stats, 3), stats)
+    big = by_title(at, f"Layer {layer}, mean over heads")
+    assert big["data"][0]["x"][-1] == "learned sink" == big["layout"]["xaxis"]["tickvals"][-1]
+    np.testing.assert_allclose(array(big["data"][0]["z"])[:, -1], stats.learned_sink_map[layer].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(array(big["data"][0]["z"])[:, :-1],
+                               map_for_display(layer_map(stats, layer), 1, False, False), rtol=1e-6)
     at.session_state["an_tab"] = "Sink mass per layer"
     at.run()
     bars = by_title(at, "Attention on the first 3 tokens")
@@ -202,7 +209,7 @@ def test_history_reopens_in_analyze():
     assert not at.exception
     assert at.query_params["key"] == analyze(prompt, Settings()).key
     mass = layer_sinks(analyze(prompt, Settings()).stats, 3).sink_mass
-    np.testing.assert_allclose(array(by_title(at, "Attention on the first 3")["data"][0]["y"]), mass, rtol=1e-6)
+    np.testing.assert_allclose(sink_mass_bars(by_title(at, "Attention on the first 3"))[1], mass, rtol=1e-6)
     assert "from the result store" in " ".join(c.value for c in at.caption)
 
 

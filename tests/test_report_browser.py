@@ -11,7 +11,7 @@ import re
 import numpy as np
 
 from browser import ARTIFACTS, analyze_in_page, open_app, require_chromium
-from plotly_json import array, decode
+from plotly_json import array, decode, sink_mass_bars
 from sinkviz.flow.analysis import Settings, analyze
 from sinkviz.numbers.metrics import layer_entropy, layer_sinks
 from sinkviz.output import figures
@@ -67,9 +67,9 @@ def test_report_opens_offline_and_plots_the_engine_numbers(browser, store, tmp_p
 
     stats = a.stats
     sinks = layer_sinks(stats, 3)
-    bars = by_title(charts, "Attention on the first 3 tokens, per layer")["traces"][0]
-    np.testing.assert_array_equal(np.array(bars["y"], dtype=float), sinks.sink_mass)
-    assert bars["x"] == list(stats.layer_ids)
+    layers, mass = bar_values(by_title(charts, "Attention on the first 3 tokens, per layer")["traces"])
+    np.testing.assert_array_equal(mass, sinks.sink_mass)
+    assert layers.tolist() == list(stats.layer_ids)
     deep = np.array(stats.layer_ids) >= 2
     strongest = int(np.where(deep, sinks.sink_mass, -1).argmax())
     z = array(by_title(charts, f"Layer {strongest}, mean over heads")["traces"][0]["z"])
@@ -94,6 +94,12 @@ def downloaded_report(page, button: str, shot: str, tmp_path) -> str:
     return saved.read_text(encoding="utf-8")
 
 
+def bar_values(traces: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of a chart's bars, gathered over its bar traces (one per colour) in x order."""
+    pairs = sorted((x, y) for t in traces if t["type"] == "bar" for x, y in zip(t["x"], t["y"]))
+    return np.array([x for x, _ in pairs]), np.array([y for _, y in pairs], dtype=float)
+
+
 def report_figures(text: str) -> list[dict]:
     return [decode(json.loads(b)) for b in re.findall(r'<script type="application/json">(.*?)</script>', text, re.S)]
 
@@ -101,13 +107,13 @@ def report_figures(text: str) -> list[dict]:
 def test_each_page_downloads_its_report(server, browser, tmp_path):
     page = open_app(browser, server)
     analyze_in_page(page, PROMPT)
-    shown = page.evaluate(PLOTTED)[0]["traces"][0]["y"]          # the page's own sink-mass bars
+    shown = bar_values(page.evaluate(PLOTTED)[0]["traces"])[1]     # the page's own sink-mass bars
     page.get_by_role("tab", name="Export").click()
     text = downloaded_report(page, "One-file report (HTML)", "analyze-report-button.png", tmp_path)
     assert html.escape(PROMPT) in text and "<script>alert" not in text
     bars = report_figures(text)[0]
     assert bars["layout"]["title"]["text"].startswith("Attention on the first 3 tokens, per layer")
-    np.testing.assert_array_equal(array(bars["data"][0]["y"]), np.array(shown, dtype=float))
+    np.testing.assert_array_equal(sink_mass_bars(bars)[1], shown)
 
     page.get_by_role("link", name="Compare", exact=True).click()
     page.get_by_role("button", name="Compare").click()

@@ -11,6 +11,7 @@ import inspect
 import math
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ ATTN_FULL_MASK = "sinkviz_full_mask"  # see register()
 BLOCK_ELEMENTS = 1 << 24          # probabilities per block on accelerators (64 MB in float32)
 CPU_BLOCK_ROWS = 128              # on CPU, 128-query blocks were twice as fast as 256
 
+OnLayer = Callable[[int, int], None]   # (decoder layers done, all decoder layers), after each layer
 _recorder: ContextVar["_Recorder | None"] = ContextVar("sinkviz_recorder", default=None)
 _first_key_scale: ContextVar["tuple[int, float] | None"] = ContextVar("sinkviz_key_scale", default=None)
 
@@ -345,18 +347,21 @@ def forward_kwargs(model) -> dict:
     return kwargs
 
 
-def capture(model, input_ids: torch.Tensor, map_size: int = 128) -> AttentionStats:
-    """Run one forward pass on input_ids [1, L] and return its attention statistics."""
-    return _captured_forward(model, input_ids, map_size, forward_kwargs(model))[0]
+def capture(model, input_ids: torch.Tensor, map_size: int = 128, on_layer: OnLayer | None = None) -> AttentionStats:
+    """Run one forward pass on input_ids [1, L] and return its attention statistics;
+    ``on_layer(done, total)`` after each decoder layer, where given."""
+    return _captured_forward(model, input_ids, map_size, forward_kwargs(model), on_layer=on_layer)[0]
 
 
-def capture_with_logits(model, input_ids: torch.Tensor, map_size: int = 128) -> tuple[AttentionStats, torch.Tensor]:
+def capture_with_logits(model, input_ids: torch.Tensor, map_size: int = 128,
+                        on_layer: OnLayer | None = None) -> tuple[AttentionStats, torch.Tensor]:
     """capture(), plus the next-token logits of every position: [L, vocab] float32."""
-    stats, out = _captured_forward(model, input_ids, map_size, {"use_cache": False})
+    stats, out = _captured_forward(model, input_ids, map_size, {"use_cache": False}, on_layer=on_layer)
     return stats, out.logits[0].float()
 
 
-def capture_batch(model, sequences: list[list[int]], map_size: int = 128) -> list[AttentionStats]:
+def capture_batch(model, sequences: list[list[int]], map_size: int = 128,
+                  on_layer: OnLayer | None = None) -> list[AttentionStats]:
     """Several prompts (token ids) in one forward pass, right-padded with the padding masked;
     each prompt's statistics are its own capture's. Raises BatchUnsupported where the model's
     batched attention is not each prompt's own (then capture them one by one)."""
@@ -366,23 +371,25 @@ def capture_batch(model, sequences: list[list[int]], map_size: int = 128) -> lis
     for b, seq in enumerate(sequences):
         ids[b, :len(seq)], mask[b, :len(seq)] = torch.tensor(seq), 1
     kwargs = {**forward_kwargs(model), "attention_mask": mask.to(device)}
-    return _captured_forward(model, ids.to(device), map_size, kwargs, lengths)[0]
+    return _captured_forward(model, ids.to(device), map_size, kwargs, lengths, on_layer)[0]
 
 
-def _captured_forward(model, input_ids, map_size, kwargs, lengths: list[int] | None = None):
+def _captured_forward(model, input_ids, map_size, kwargs, lengths: list[int] | None = None,
+                      on_layer: OnLayer | None = None):
     """(stats, model output); with ``lengths``, a batch: (a list of stats, one per prompt, output).
-    Short work on a GPU defers the statistics to one sweep after the forward (deferred.py)."""
+    Short work on a GPU defers the statistics to one sweep after the forward (deferred.py).
+    ``on_layer(done, total)`` after each decoder layer, where given."""
     if eager_path.is_eager(model):  # attention outside the interface: the model's own maps
         if lengths:
             raise BatchUnsupported(f"{type(model).__name__} is captured through its own attention maps, one prompt at a time")
-        return eager_path.captured_forward(model, input_ids, map_size, kwargs, decoder_layers(model))
+        return eager_path.captured_forward(model, input_ids, map_size, kwargs, decoder_layers(model), on_layer)
     if model.config._attn_implementation not in (ATTN_NAME, ATTN_FULL_MASK):
         raise UnsupportedArchitecture(f"model was not loaded with attn_implementation={ATTN_NAME!r}")
     layers, batch = decoder_layers(model), lengths or [input_ids.shape[1]]
     if deferred.fits(model, input_ids):
         try:
             recorder = deferred.DeferredRecorder(batch, map_size, input_ids.shape[1])
-            out, trace = _run(model, input_ids, kwargs, layers, recorder, recorder, recorder.keep_hidden)
+            out, trace = _run(model, input_ids, kwargs, layers, recorder, recorder, recorder.keep_hidden, on_layer)
             rows, kinds = check_layers(model, layers, trace, recorder.n_recorded)
             stats = [_to_stats(arrays, tuple(recorder.windows), True, [], map_size, rows, kinds)
                      for arrays in recorder.result()]
@@ -393,7 +400,7 @@ def _captured_forward(model, input_ids, map_size, kwargs, lengths: list[int] | N
     try:
         out, trace = _run(model, input_ids, kwargs, layers,
                           _Batch(recorders, lengths, input_ids.shape[1]) if lengths else recorders[0],
-                          recorders[0], hidden_norm_to(recorders, batch))
+                          recorders[0], hidden_norm_to(recorders, batch), on_layer)
     finally:
         for recorder in recorders:
             recorder.host.close()
@@ -403,12 +410,13 @@ def _captured_forward(model, input_ids, map_size, kwargs, lengths: list[int] | N
     return (stats if lengths else stats[0]), out
 
 
-def _run(model, input_ids, kwargs, layers, recorder, counter, on_layer):
+def _run(model, input_ids, kwargs, layers, recorder, counter, keep, on_layer):
     """The forward pass with ``recorder`` active and the layers traced (``counter.n_recorded``
-    counts attention calls); returns (model output, LayerTrace)."""
+    counts attention calls; ``keep(index, output)`` after each attention layer, ``on_layer(done,
+    total)`` after every layer where given); returns (model output, LayerTrace)."""
     token = _recorder.set(recorder)
     try:
-        with layer_trace(layers, counter, on_layer) as trace, torch.no_grad():
+        with layer_trace(layers, counter, keep, on_layer) as trace, torch.no_grad():
             return model(input_ids=input_ids, **kwargs), trace
     finally:
         _recorder.reset(token)

@@ -21,14 +21,18 @@ def is_eager(model) -> bool:
     return model.config._attn_implementation == EAGER
 
 
-def captured_forward(model, input_ids, map_size: int, kwargs: dict, layers) -> tuple[AttentionStats, object]:
-    """One forward with output_attentions; (statistics, model output)."""
+def captured_forward(model, input_ids, map_size: int, kwargs: dict, layers,
+                     on_layer=None) -> tuple[AttentionStats, object]:
+    """One forward with output_attentions; (statistics, model output). ``on_layer(done, total)``
+    after each layer, where given."""
     host, ran = LayerArrays(len(layers)), []
 
     def hook(_module, _inputs, output):
         hidden = output[0] if isinstance(output, (tuple, list)) else output   # [1, L, d]
         host.add(len(ran), {"hidden_norm": torch.linalg.vector_norm(hidden[0].to(_acc(hidden)), dim=-1)})
         ran.append(len(ran))
+        if on_layer is not None:
+            on_layer(min(len(ran), len(layers)), len(layers))
 
     handles = [layer.register_forward_hook(hook) for layer in layers]
     try:

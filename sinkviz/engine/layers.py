@@ -31,9 +31,10 @@ class LayerTrace:
 
 
 @contextlib.contextmanager
-def traced(layers: torch.nn.ModuleList, recorder, on_layer):
+def traced(layers: torch.nn.ModuleList, recorder, on_layer, progress=None):
     """Hooks on every layer: ``on_layer(index, output)`` after an attention layer ran (its row is
-    ``recorder.n_recorded - 1``); yields the LayerTrace."""
+    ``recorder.n_recorded - 1``), ``progress(layers run, len(layers))`` after every layer where
+    given; yields the LayerTrace."""
     trace, started = LayerTrace(), {}
 
     def pre(index):
@@ -47,6 +48,8 @@ def traced(layers: torch.nn.ModuleList, recorder, on_layer):
             trace.runs.append((index, calls))
             if calls == 1:
                 on_layer(index, output)
+            if progress is not None:
+                progress(min(len(trace.runs), len(layers)), len(layers))
         return hook
 
     handles = [h for i, layer in enumerate(layers)

@@ -25,13 +25,14 @@ from sinkviz.flow.embedded import DEFAULT_MODEL
 from sinkviz.errors import BadPrompt, BadSetting, OutOfMemory, SinkvizError
 from sinkviz.flow.memory import check_fits, fits_together
 from sinkviz.numbers.metrics import layer_sinks
+from sinkviz.flow.progress import Eta, count_line
 from sinkviz.flow.prompts import TokenizedPrompt, check_prompt, check_text, tokenize
 from sinkviz.engine.reduce import MAX_FIRST_N
 from sinkviz.numbers.stats import AttentionStats
 from sinkviz.flow.store import ResultStore
 
 SCHEMA_VERSION = 2   # 2: tokens keep offsets, turn spans and readable labels
-Progress = Callable[[str], None]  # called with each step's name as it starts
+Progress = Callable[[str], None]  # called with each step's name as it starts, and the forward pass's layers
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,19 @@ class _Steps:
     def __init__(self, progress: Progress | None):
         self.progress, self.timings = progress, []
 
+    def layers(self, name: str, on_layer: capture.OnLayer | None = None) -> capture.OnLayer | None:
+        """A capture's on_layer that reports '<name> · layer 17/30 · ~12 s left' to ``progress``
+        and calls ``on_layer`` too; None where neither is wanted (the capture then pays nothing)."""
+        if not self.progress:
+            return on_layer
+        eta = Eta()
+
+        def report(done: int, total: int) -> None:
+            self.progress(f"{name} · {count_line('layer', done, total, eta.left(done, total))}")
+            if on_layer:
+                on_layer(done, total)
+        return report
+
     @contextmanager
     def __call__(self, name: str):
         if self.progress:
@@ -104,8 +118,10 @@ def _key_lock(key: str) -> threading.Lock:
 
 
 def analyze(prompt: str, settings: Settings = Settings(), *, store: ResultStore | None = None,
-            progress: Progress | None = None) -> Analysis:
-    """Capture (or fetch from the store) the attention statistics of ``prompt``."""
+            progress: Progress | None = None, on_layer: capture.OnLayer | None = None) -> Analysis:
+    """Capture (or fetch from the store) the attention statistics of ``prompt``; ``progress``
+    gets each step's name and, during the forward pass, 'forward pass · layer 17/30 · ~12 s left';
+    ``on_layer(done, total)`` gets the forward pass's layers as numbers."""
     check_prompt(prompt)
     store = store or ResultStore()
     steps = _Steps(progress)
@@ -123,7 +139,8 @@ def analyze(prompt: str, settings: Settings = Settings(), *, store: ResultStore 
         with steps("forward pass"):
             ids = torch.tensor([tokens.token_ids], device=loaded.model.device)
             with loaded.lock:
-                stats = _capture_or_release(loaded.model, ids, settings.map_size)
+                stats = _capture_or_release(loaded.model, ids, settings.map_size,
+                                            steps.layers("forward pass", on_layer))
         with steps("saving"):
             analysis = _saved(store, key, prompt, settings, loaded, tokens, stats)
         return replace(analysis, timings=tuple(steps.timings))
@@ -246,10 +263,10 @@ def _release() -> None:
         torch.cuda.empty_cache()
 
 
-def _capture_or_release(model, ids: torch.Tensor, map_size: int):
+def _capture_or_release(model, ids: torch.Tensor, map_size: int, on_layer: capture.OnLayer | None = None):
     """capture(), with an out-of-memory turned into OutOfMemory after releasing what it held."""
     try:
-        return capture.capture(model, ids, map_size)
+        return capture.capture(model, ids, map_size, on_layer)
     except (torch.OutOfMemoryError, MemoryError):
         _release()
         raise OutOfMemory(f"{model.device.type} ran out of memory on a {ids.shape[1]:,}-token prompt; "

@@ -202,12 +202,20 @@ def audit_rows(prompts: Iterable[str | BadRow], settings: Settings, first_n: int
     ``chunk`` prompts completes: analyze_many answers stored prompts from the store and batches
     the rest, so memory stays flat however many prompts stream in, and a re-run after an
     interruption recomputes only prompts whose rows were never finished."""
+    for rows in audit_chunks(prompts, settings, first_n, thresholds, store=store, chunk=chunk, start=start):
+        yield from rows
+
+
+def audit_chunks(prompts: Iterable[str | BadRow], settings: Settings, first_n: int = 3,
+                 thresholds: Thresholds = Thresholds(), *, store: ResultStore | None = None,
+                 chunk: int = CHUNK, start: int = 1) -> Iterator[list[AuditRow]]:
+    """audit_rows' rows, a chunk's rows at a time, each list yielded once its chunk is stored."""
     for offset, part in enumerate(_chunks(prompts, chunk)):
         texts = [(i, p) for i, p in enumerate(part) if not isinstance(p, BadRow)]
         found = dict(analyze_many([p for _, p in texts], settings, store=store))
         results = {i: found[k] for k, (i, _) in enumerate(texts)}
-        for i, prompt in enumerate(part):
-            yield row_of(start + offset * chunk + i, prompt, results.get(i), first_n, thresholds)
+        yield [row_of(start + offset * chunk + i, prompt, results.get(i), first_n, thresholds)
+               for i, prompt in enumerate(part)]
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:

@@ -20,6 +20,7 @@ from sinkviz.flow import memory
 from sinkviz.flow.analysis import Settings, token_limit
 from sinkviz.errors import BadPrompt, BadSetting, UnsupportedArchitecture
 from sinkviz.flow.models import get_model
+from sinkviz.flow.progress import Eta, Tick, Ticks, left_text, line
 from sinkviz.flow.prompts import TokenizedPrompt, tokenize
 from sinkviz.numbers.stats import AttentionStats
 
@@ -83,9 +84,10 @@ def _limited(loaded, settings: Settings, token_ids, what: str) -> torch.Tensor:
 
 
 def attention_scaling(prompt: str, settings: Settings = Settings(), first_keys: int = 10,
-                      gamma: float = 0.85) -> ScalingResult:
+                      gamma: float = 0.85, progress: Ticks | None = None) -> ScalingResult:
     """Run the prompt twice, plain and with the first ``first_keys`` keys' logits times gamma.
-    Same token limit and memory guard as Analyze; the model lock is held one pass at a time."""
+    Same token limit and memory guard as Analyze; the model lock is held one pass at a time.
+    ``progress`` gets a Tick after each layer of each pass ('after · layer 17/30 · ~3 s left')."""
     if first_keys < 1 or not 0.0 < gamma <= 4.0:
         raise BadSetting("K must be at least 1 and gamma between 0 and 4")
     loaded = language_model(settings)
@@ -94,15 +96,30 @@ def attention_scaling(prompt: str, settings: Settings = Settings(), first_keys: 
                                       "its own way, so sinkviz cannot scale its attention logits")
     tokens = tokenize(loaded.tokenizer, prompt, settings.use_template, settings.system)
     ids = _limited(loaded, settings, tokens.token_ids, "the prompt")[None]
+    eta = Eta()
     with loaded.lock:
-        before, logits_b = capture.capture_with_logits(loaded.model, ids, settings.map_size)
+        before, logits_b = capture.capture_with_logits(loaded.model, ids, settings.map_size,
+                                                       _pass_ticks(progress, 0, eta))
     with loaded.lock, capture.scaled_first_keys(first_keys, gamma):
-        after, logits_a = capture.capture_with_logits(loaded.model, ids, settings.map_size)
+        after, logits_a = capture.capture_with_logits(loaded.model, ids, settings.map_size,
+                                                      _pass_ticks(progress, 1, eta))
     log_b, log_a = torch.log_softmax(logits_b.double(), -1), torch.log_softmax(logits_a.double(), -1)
     kl = (log_b.exp() * (log_b - log_a)).sum(-1)
     return ScalingResult(first_keys, gamma, tokens, before, after, kl.cpu().numpy(),
                          perplexity(logits_b, ids[0]), perplexity(logits_a, ids[0]),
                          top5(loaded.tokenizer, logits_b[-1]), top5(loaded.tokenizer, logits_a[-1]))
+
+
+def _pass_ticks(progress: Ticks | None, index: int, eta: Eta) -> capture.OnLayer | None:
+    """The on_layer of pass ``index`` (0: before, 1: after) of the two, as Ticks of both passes."""
+    if progress is None:
+        return None
+
+    def on_layer(done: int, total: int) -> None:
+        fraction = (index + done / total) / 2
+        progress(Tick(fraction, line(("before", "after")[index], f"layer {done}/{total}",
+                                     left_text(eta.left(fraction, 1.0)))))
+    return on_layer
 
 
 @dataclass(frozen=True)

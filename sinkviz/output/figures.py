@@ -6,34 +6,52 @@ can compare the figure's arrays with the engine's.
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 from sinkviz.numbers.metrics import LayerSinks, Thresholds, norm_vs_median
 from sinkviz.numbers.stats import AttentionStats
+from sinkviz.output.readable import quoted
 
 SEVERITY_COLORS = {"shallow": "#9aa5b1", "ok": "#4c78a8", "warning": "#f58518", "critical": "#d62728"}
 SMALL_MAP_BINS = 32  # bins per side in the all-layers grid
+MAX_TICK_LABELS = 32  # token labels per axis of the large heatmap; longer axes name every k-th bin
+TICK_CHARS = 18       # a tick label's characters at most (the hover has the whole label)
+LAYER_SCALE = "Viridis"  # sequential: a layer's colour says how deep it is
+LEGEND_ABOVE = dict(orientation="h", yanchor="bottom", y=1.0, x=0)   # between the title and the plot, clear of the x title
+
+
+def severity_names(thresholds: Thresholds) -> dict[str, str]:
+    """The legend entry of each bar colour (severity class)."""
+    return {"shallow": f"layers < {thresholds.shallow_layers} (not judged)", "ok": "below warning",
+            "warning": f"warning (≥ {thresholds.warning:.0%})", "critical": f"critical (≥ {thresholds.critical:.0%})"}
 
 
 def sink_bars(sinks: LayerSinks, thresholds: Thresholds = Thresholds()) -> go.Figure:
-    """Sink mass per layer, coloured by severity, with baseline, thresholds and ratio flags."""
+    """Sink mass per layer, one bar trace (and legend entry) per severity colour, with the baseline
+    and thresholds as lines labelled in the right margin (never under a bar) and ratio flags."""
     layers = np.array(sinks.layer_ids or range(len(sinks.sink_mass)))   # hybrids: gaps where no attention
-    fig = go.Figure(go.Bar(
-        x=layers, y=sinks.sink_mass, name="sink mass",
-        marker_color=[SEVERITY_COLORS[s] for s in sinks.severity],
-        customdata=np.stack([sinks.ratio, np.array(sinks.severity, dtype=object)], axis=-1),
-        hovertemplate="layer %{x}<br>sink mass %{y:.1%}<br>%{customdata[0]:.1f}x uniform"
-                      "<br>%{customdata[1]}<extra></extra>"))
-    for y, label, dash in [(sinks.baseline, "uniform baseline", "dot"),
-                           (thresholds.warning, "warning", "dash"),
-                           (thresholds.critical, "critical", "dash")]:
-        fig.add_hline(y=y, line_dash=dash, annotation_text=f"{label} {y:.0%}",
-                      annotation_position="top left", line_color="#555")
+    severity = np.array(sinks.severity)
+    fig = go.Figure()
+    for name, label in severity_names(thresholds).items():
+        rows = np.flatnonzero(severity == name)
+        if len(rows):
+            fig.add_trace(go.Bar(
+                x=layers[rows], y=sinks.sink_mass[rows], name=label, marker_color=SEVERITY_COLORS[name],
+                offsetgroup="sink mass", customdata=sinks.ratio[rows],
+                hovertemplate=f"layer %{{x}}<br>sink mass %{{y:.1%}}<br>%{{customdata:.1f}}x uniform<br>{label}"
+                              "<extra></extra>"))
+    lines = [(sinks.baseline, "uniform baseline", "dot"), (thresholds.warning, "warning", "dash"),
+             (thresholds.critical, "critical", "dash")]
+    for (y, label, dash), shift in zip(lines, margin_label_shifts([y for y, _, _ in lines])):
+        fig.add_hline(y=y, line_dash=dash, line_color="#555")
+        fig.add_annotation(x=1.0, xref="paper", xanchor="left", y=y, yref="y", yshift=shift, showarrow=False,
+                           text=f"{label} {y:.1%}" if y < 0.1 else f"{label} {y:.0%}", font_size=11)
     flagged = np.flatnonzero(sinks.flagged)
     if sinks.learned_sink is not None:
         fig.add_trace(go.Bar(x=layers, y=sinks.learned_sink, name="learned sink (no token)", marker_color="#54a24b",
+                             offsetgroup="learned sink",
                              hovertemplate="layer %{x}<br>learned sink %{y:.1%}<extra></extra>"))
-        fig.update_layout(barmode="group")
     fig.add_trace(go.Scatter(
         x=layers[flagged], y=np.minimum(sinks.sink_mass[flagged] + 0.04, 1.04), mode="markers",
         marker_symbol="triangle-down", marker_size=9, marker_color="black",
@@ -41,16 +59,38 @@ def sink_bars(sinks: LayerSinks, thresholds: Thresholds = Thresholds()) -> go.Fi
     fig.update_layout(
         title=f"Attention on the first {sinks.first_n} tokens, per layer "
               f"(mean over heads and over queries i ≥ {sinks.first_n})",
-        xaxis_title="layer", yaxis_title="sink mass", yaxis_tickformat=".0%",
-        yaxis_range=[0, 1.08], legend_orientation="h", margin_t=60, height=380)
+        xaxis_title="layer", yaxis_title="sink mass", yaxis_tickformat=".0%", barmode="group",
+        yaxis_range=[0, 1.08], legend=LEGEND_ABOVE, margin_t=80,
+        margin_r=150, height=420)
     return fig
 
 
+def margin_label_shifts(ys: list[float], gap: float = 0.05, step: int = 12) -> list[int]:
+    """Pixels to lift each label of lines at heights ``ys`` (fractions of the 0..1 axis) so that
+    labels of lines closer than ``gap`` do not print over each other."""
+    shifts, last = [0] * len(ys), None
+    for i in sorted(range(len(ys)), key=lambda i: ys[i]):
+        if last is not None and ys[i] - ys[last] < gap:
+            shifts[i] = shifts[last] + step
+        last = i
+    return shifts
+
+
 def bin_labels(tokens: tuple[str, ...], width: int) -> list[str]:
-    """One label per map bin: 'i: token' for single tokens, 'i–k' for pooled bins."""
+    """One label per map bin, the token as readable text: "i: 'token'" for single tokens,
+    "i–k: 'first token' …" for pooled bins."""
     if width == 1:
-        return [f"{i}: {t!r}" for i, t in enumerate(tokens)]
-    return [f"{s}–{min(s + width, len(tokens)) - 1}" for s in range(0, len(tokens), width)]
+        return [f"{i}: {quoted(t)}" for i, t in enumerate(tokens)]
+    return [f"{s}–{min(s + width, len(tokens)) - 1}: {quoted(tokens[s])} …" for s in range(0, len(tokens), width)]
+
+
+def thinned_ticks(labels: list[str], also: list[str] = (), most: int = MAX_TICK_LABELS,
+                  chars: int = TICK_CHARS) -> dict:
+    """Axis settings that name every k-th category of ``labels``, k = ceil(len / most), and every
+    one of ``also``, each name cut to ``chars`` characters (the hover keeps the whole label)."""
+    shown = (labels[::-(-len(labels) // most)] if labels else []) + list(also)
+    return dict(tickmode="array", tickvals=shown, tickfont_size=10,
+                ticktext=[label if len(label) <= chars else label[:chars - 1] + "…" for label in shown])
 
 
 def layer_map(stats: AttentionStats, layer: int, head: int | None = None) -> np.ndarray:
@@ -85,11 +125,11 @@ def attention_heatmap(stats: AttentionStats, tokens: tuple[str, ...], layer: int
     last column where the model has one; ``last_queries`` keeps only the last rows (to align
     variants on a shared suffix)."""
     z = map_for_display(layer_map(stats, layer, head), stats.bin_width, hide_first, log)
-    rows = labels = bin_labels(tokens, stats.bin_width)
+    rows = keys = labels = bin_labels(tokens, stats.bin_width)
     sink = learned_sink_column(stats, layer, head)
     if sink is not None:   # a column of its own, right of the keys: each row then sums to 1
         z = np.column_stack([z, np.log10(np.clip(sink, 1e-6, None)) if log else sink])
-        labels = labels + ["learned sink"]
+        labels = keys + ["learned sink"]
     if last_queries:
         z, rows = z[-last_queries:], rows[-last_queries:]
     who = "mean over heads" if head is None else f"head {head}"
@@ -101,9 +141,10 @@ def attention_heatmap(stats: AttentionStats, tokens: tuple[str, ...], layer: int
         colorbar_title="log10 a" if log else "attention",
         hovertemplate="query %{y}<br>key %{x}<br>" + ("log10 a %{z:.2f}" if log else "a %{z:.3f}")
                       + "<extra></extra>"))
-    fig.update_layout(title=f"Layer {stats.layer_ids[layer]}, {who}{pooled}{hidden}", height=560,
-                      xaxis_title="key", yaxis_title="query", yaxis_autorange="reversed",
-                      xaxis_showticklabels=len(labels) <= 40, yaxis_showticklabels=len(labels) <= 40)
+    fig.update_layout(title=f"Layer {stats.layer_ids[layer]}, {who}{pooled}{hidden}", height=640,
+                      xaxis_title="key", yaxis_title="query", yaxis_autorange="reversed")
+    fig.update_xaxes(**thinned_ticks(keys, also=labels[len(keys):]), tickangle=-60)
+    fig.update_yaxes(**thinned_ticks(rows))
     return fig
 
 
@@ -152,15 +193,33 @@ def position_heatmap(stats: AttentionStats, position: int, token: str) -> go.Fig
 
 def norm_ratio_lines(norms: np.ndarray, tokens: tuple[str, ...], what: str, positions: int = 5,
                      layers=None) -> go.Figure:
-    """Norm of each first position / the layer's median norm, per layer (x: ``layers``)."""
+    """Norm of each first position / the layer's median norm, per layer (x: ``layers``), on a log
+    axis ticked at round numbers, the median token's 1x line labelled where it is."""
     ratio = norm_vs_median(norms, positions)                                         # [layers, positions]
     x = np.arange(len(ratio)) if layers is None else list(layers)
-    fig = go.Figure([go.Scatter(x=x, y=ratio[:, p], mode="lines+markers",
-                                name=f"{p}: {tokens[p]!r}") for p in range(ratio.shape[1])])
-    fig.add_hline(y=1.0, line_dash="dot", annotation_text="median token")
+    fig = go.Figure([go.Scatter(x=x, y=ratio[:, p], mode="lines+markers", name=f"{p}: {quoted(tokens[p])}",
+                                hovertemplate="layer %{x}: %{y:.3g}× median<extra></extra>")
+                     for p in range(ratio.shape[1])])
+    ticks = log_ticks(ratio)
+    fig.add_hline(y=1.0, line_dash="dot", line_color="#555")
+    fig.add_annotation(x=1.0, xref="paper", xanchor="right", y=0.0, yref="y", yanchor="bottom",  # log10(1)
+                       text="median token (1×)", showarrow=False, font_size=11)
     fig.update_layout(title=f"{what} norm of the first tokens / median token, per layer",
-                      xaxis_title="layer", yaxis_title="× median", yaxis_type="log", height=380)
+                      xaxis_title="layer", yaxis_title="× median", height=380)
+    fig.update_yaxes(type="log", tickmode="array", tickvals=ticks, ticktext=[f"{t:,g}" for t in ticks])
     return fig
+
+
+def log_ticks(values: np.ndarray) -> list[float]:
+    """Round ticks for a log axis over the finite positive ``values`` and 1: the powers of ten
+    from the one at or below the smallest to the one at or above the largest, with 1-2-5 steps
+    between them where the values span less than two decades."""
+    seen = values[np.isfinite(values) & (values > 0)]
+    lo, hi = min(seen.min(initial=1.0), 1.0), max(seen.max(initial=1.0), 1.0)
+    decades = [float(10.0 ** e) for e in np.arange(np.floor(np.log10(lo)), np.ceil(np.log10(hi)) + 1)]
+    if np.log10(hi / lo) >= 2:
+        return decades
+    return [m * d for d in decades for m in (1, 2, 5) if m * d <= decades[-1]]
 
 
 def entropy_lines(entropy_by_layer: np.ndarray, uniform_entropy: float, layers=None) -> go.Figure:
@@ -197,14 +256,25 @@ def compare_difference(labels: list[str], sinks: list[LayerSinks]) -> go.Figure:
 
 
 def sweep_lines(lengths: list[int], sink_mass: np.ndarray, first_n: int) -> go.Figure:
-    """Sink mass vs context length (log x), one line per layer; sink_mass is [lengths, layers]."""
-    fig = go.Figure([go.Scatter(x=lengths, y=sink_mass[:, layer], mode="lines+markers", name=f"L{layer}",
-                                line_width=1, opacity=0.6) for layer in range(sink_mass.shape[1])])
+    """Sink mass vs context length (log x, ticked at the lengths), one line per layer coloured
+    along a sequential scale (early layers dark, late ones light; the colour bar names them) and
+    the mean over layers in red; sink_mass is [lengths, layers]."""
+    layers = list(range(sink_mass.shape[1]))
+    colors = sample_colorscale(LAYER_SCALE, np.linspace(0, 1, len(layers)))
+    fig = go.Figure([go.Scatter(x=lengths, y=sink_mass[:, k], mode="lines", line=dict(color=colors[k], width=1.5),
+                                name=f"layer {layer}", showlegend=False,
+                                hovertemplate=f"layer {layer}<br>%{{x:,}} tokens: %{{y:.1%}}<extra></extra>")
+                     for k, layer in enumerate(layers)])
+    fig.add_trace(go.Scatter(x=[lengths[0]], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
+                             marker=dict(color=[layers[0]], colorscale=LAYER_SCALE, cmin=layers[0], cmax=layers[-1],
+                                         showscale=True, colorbar=dict(title="layer", thickness=14))))
     fig.add_trace(go.Scatter(x=lengths, y=np.nanmean(sink_mass, axis=1), mode="lines+markers",
-                             name="mean over layers", line=dict(color="black", width=4)))
+                             name="mean over layers", line=dict(color="#d62728", width=4),
+                             hovertemplate="mean over layers<br>%{x:,} tokens: %{y:.1%}<extra></extra>"))
     fig.update_layout(title=f"Sink mass (first {first_n} tokens) as the context grows, per layer",
                       xaxis_title="context length (tokens)", xaxis_type="log", yaxis_title="sink mass",
-                      yaxis_tickformat=".0%", height=480)
+                      yaxis_tickformat=".0%", legend=LEGEND_ABOVE, margin_t=80, height=480)
+    fig.update_xaxes(tickmode="array", tickvals=list(lengths), ticktext=[f"{n:,}" for n in lengths])
     return fig
 
 

@@ -5,6 +5,7 @@ import plotly.graph_objects as go
 
 from sinkviz.numbers.segments import LEARNED_SINK, Openings, SegmentShares
 from sinkviz.output import figures
+from sinkviz.output.figures import LEGEND_ABOVE
 
 KIND_COLORS = {"sequence": "#4c78a8", "template": "#9aa5b1", "system": "#72b7b2", "user": "#4c78a8",
                LEARNED_SINK: "#54a24b"}
@@ -32,7 +33,7 @@ def segment_share_bars(shares: SegmentShares) -> go.Figure:
                                            "under uniform attention<extra></extra>"))
     fig.update_layout(barmode="stack", title="Share of attention per segment, per layer (mean over queries and heads)",
                       xaxis_title="layer", yaxis_title="share of attention", yaxis_tickformat=".0%",
-                      yaxis_range=[0, 1.0001], legend_orientation="h", margin_t=60, height=400)
+                      yaxis_range=[0, 1.0001], legend=LEGEND_ABOVE, margin_t=80, height=420)
     return fig
 
 
@@ -47,7 +48,7 @@ def opening_lines(opens: Openings) -> go.Figure:
     fig.update_layout(title=f"Attention on the first {opens.first_n} tokens of each part "
                             "(mean over the queries that can see them, and heads)",
                       xaxis_title="layer", yaxis_title="opening mass", yaxis_tickformat=".0%",
-                      yaxis_range=[0, 1.04], legend_orientation="h", margin_t=60, height=360)
+                      yaxis_range=[0, 1.04], legend=LEGEND_ABOVE, margin_t=80, height=380)
     return fig
 
 

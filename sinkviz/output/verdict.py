@@ -6,15 +6,20 @@ from sinkviz.numbers.metrics import LayerSinks, Thresholds
 from sinkviz.numbers.stats import AttentionStats
 
 
+def verdict_layer(sinks: LayerSinks, stats: AttentionStats, thresholds: Thresholds = Thresholds()) -> int | None:
+    """Row of the layer the verdict names: the layer beyond the first ``shallow_layers`` with the
+    most sink mass; None where there is none."""
+    deep = np.array(stats.layer_ids) >= thresholds.shallow_layers
+    return int(np.where(deep, sinks.sink_mass, -1.0).argmax()) if deep.any() else None
+
+
 def verdict(sinks: LayerSinks, stats: AttentionStats, tokens: tuple[str, ...],
             special: tuple[bool, ...], thresholds: Thresholds = Thresholds()) -> str:
     """Which layers send how much attention to which token, how many times uniform, severity."""
     ids = np.array(stats.layer_ids)                     # model layers (hybrids: attention layers only)
-    n, deep = sinks.first_n, ids >= thresholds.shallow_layers
-    if not deep.any():
+    n, deep, worst = sinks.first_n, ids >= thresholds.shallow_layers, verdict_layer(sinks, stats, thresholds)
+    if worst is None:
         return "The model has no layers beyond the first two; nothing to judge."
-    mass = np.where(deep, sinks.sink_mass, -1.0)
-    worst = int(mass.argmax())
     received = stats.received[worst].mean(axis=0)                                  # [L]
     top = int(received.argmax())
     counts = {s: sum(1 for l, sev in enumerate(sinks.severity) if deep[l] and sev == s)
