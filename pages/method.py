@@ -2,6 +2,9 @@
 
 import streamlit as st
 
+from pages.common import through_app
+
+through_app()
 st.title("Method")
 st.markdown(r"""
 sinkviz runs **one forward pass** of the model on your prompt. Each layer's output is computed

@@ -1,100 +1,14 @@
 """End to end in headless Chromium: paste, run, switch pages, compare, reopen, shared URL.
 
-Screenshots land in test-artifacts/. Needs Debian's chromium (/usr/bin/chromium); skipped
-with a reason where it is missing, unless SINKVIZ_REQUIRE_E2E=1 (CI), where that fails.
+Screenshots land in test-artifacts/. Needs Debian's chromium (see tests/browser.py).
 """
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.parse
-import urllib.request
-from pathlib import Path
 
-import pytest
+from browser import ARTIFACTS, analyze_in_page, browser, new_page, open_app, server  # noqa: F401  (fixtures)
 
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 LONG_PROMPT = " ".join(["The committee reviewed the quarterly report and noted steady growth."] * 16)
-
-if not Path(CHROMIUM).exists():
-    if os.environ.get("SINKVIZ_REQUIRE_E2E") == "1":
-        raise RuntimeError("SINKVIZ_REQUIRE_E2E=1 but chromium is missing (apt-get install chromium)")
-    pytest.skip("chromium not installed (apt-get install chromium)", allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, default_model_dir):
-    port = free_port()
-    env = {**os.environ, "SINKVIZ_STORE_DIR": str(tmp_path_factory.mktemp("e2e-store"))}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
-                             "--server.port", str(port), "--server.headless", "true"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                if urllib.request.urlopen(url + "/_stcore/health", timeout=1).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.25)
-        else:
-            raise RuntimeError("streamlit did not start")
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM,
-                              args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-        yield b
-        b.close()
-
-
-def new_page(browser):
-    page = browser.new_page(viewport={"width": 1400, "height": 2400})
-    page.set_default_timeout(120_000)
-    return page
-
-
-def open_app(browser, server: str, link: str | None = None):
-    """A new page on the app, once st.navigation's menu is there; then on ``link``'s page."""
-    page = new_page(browser)
-    page.goto(server)
-    page.wait_for_selector("text=Analyze a prompt")   # the menu, not the transient file list
-    if link:
-        page.get_by_role("link", name=link, exact=True).click()
-    return page
-
-
-def analyze_in_page(page, prompt: str) -> float:
-    """Type a prompt, press Analyze, wait for the bars; seconds from click to rendered chart."""
-    box = page.get_by_label("Prompt", exact=True)
-    box.fill(prompt)
-    box.press("Control+Enter")
-    start = time.perf_counter()
-    page.get_by_role("button", name="Analyze").click()
-    page.wait_for_selector("text=done (", timeout=120_000)
-    page.wait_for_selector(".js-plotly-plot")
-    return time.perf_counter() - start
 
 
 def test_analyze_compare_history_and_shared_url(server, browser):

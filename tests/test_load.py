@@ -26,7 +26,7 @@ if not Path(CHROMIUM).exists():
         raise RuntimeError("SINKVIZ_REQUIRE_E2E=1 but chromium is missing")
     pytest.skip("chromium not installed (apt-get install chromium)", allow_module_level=True)
 
-from test_e2e_browser import server  # noqa: E402,F401  (the loopback server fixture)
+from browser import server  # noqa: E402,F401  (the loopback server fixture)
 
 
 def expected(prompt: str) -> tuple[str, int]:

@@ -67,7 +67,11 @@ def run_sweep(text: str, settings: Settings, *, max_tokens: int | None = None,
     for i, prompt in enumerate(prompts, start=1):
         if progress:
             progress(f"{i}/{len(prompts)}")
-        result: Analysis = analyze(prompt, settings, store=store)
-        points.append(SweepPoint(result.stats.n_tokens, result.key,
-                                 result.stats.sink_mass.mean(axis=1), result.cached, result.model))
+        points.append(sweep_point(analyze(prompt, settings, store=store)))
     return points
+
+
+def sweep_point(result: Analysis) -> SweepPoint:
+    """The sweep's reading of one prefix's analysis (also a stored one, reopened by key)."""
+    return SweepPoint(result.stats.n_tokens, result.key, result.stats.sink_mass.mean(axis=1), result.cached,
+                      result.model)

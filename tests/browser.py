@@ -1,0 +1,113 @@
+"""Shared by the headless-Chromium tests: a streamlit server on a free port, the browser, and
+helpers that drive the dashboard. Importing it skips the importing module where Debian's
+chromium (/usr/bin/chromium) is missing, unless SINKVIZ_REQUIRE_E2E=1 (CI), where that fails.
+"""
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("SINKVIZ_REQUIRE_E2E") == "1":
+        raise RuntimeError("SINKVIZ_REQUIRE_E2E=1 but chromium is missing (apt-get install chromium)")
+    pytest.skip("chromium not installed (apt-get install chromium)", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def streamlit_server(store_dir: Path, log: Path | None = None, **env: str):
+    """``streamlit run app.py`` in its own process group on a free port; yields its URL once
+    /_stcore/health answers, stops the group after. ``log``: where its output goes."""
+    port = free_port()
+    out = open(log, "w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
+                             "--server.port", str(port), "--server.headless", "true"],
+                            cwd=ROOT, env={**os.environ, "SINKVIZ_STORE_DIR": str(store_dir), **env},
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                if urllib.request.urlopen(url + "/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.25)
+        else:
+            raise RuntimeError("streamlit did not start")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        if log:
+            out.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, default_model_dir):
+    with streamlit_server(tmp_path_factory.mktemp("e2e-store")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def new_page(browser):
+    """A page in a fresh browser context (its own cookies and storage: a new visitor)."""
+    page = browser.new_page(viewport={"width": 1400, "height": 2400})
+    page.set_default_timeout(120_000)
+    return page
+
+
+def open_app(browser, server: str, link: str | None = None):
+    """A new page on the app, once the menu is there; then on ``link``'s page."""
+    page = new_page(browser)
+    page.goto(server)
+    page.wait_for_selector("text=Analyze a prompt")
+    if link:
+        page.get_by_role("link", name=link, exact=True).click()
+    return page
+
+
+def settle(page) -> None:
+    """Wait until the app's script has finished its run (and any rerun it asked for)."""
+    page.wait_for_timeout(300)
+    page.wait_for_selector(IDLE)
+
+
+def analyze_in_page(page, prompt: str) -> float:
+    """Type a prompt, press Analyze, wait for the bars; seconds from click to rendered chart."""
+    box = page.get_by_label("Prompt", exact=True)
+    box.fill(prompt)
+    box.press("Control+Enter")
+    start = time.perf_counter()
+    page.get_by_role("button", name="Analyze").click()
+    page.wait_for_selector("text=done (", timeout=120_000)
+    page.wait_for_selector(".js-plotly-plot")
+    return time.perf_counter() - start
