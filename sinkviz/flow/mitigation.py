@@ -1,6 +1,6 @@
 """Mitigation lab: what attention scaling and StreamingLLM-style sink tokens do to a model.
 
-- Attention scaling (seed 000): multiply the attention logits of the first K keys by gamma
+- Attention scaling: multiply the attention logits of the first K keys by gamma
   in every layer; compare sink mass, per-position KL divergence of the next-token
   distributions, prompt perplexity and the top-5 next tokens, before and after.
 - Sink tokens for windowed attention (Xiao et al. 2023, StreamingLLM): per-token loss on a long
