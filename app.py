@@ -5,6 +5,7 @@ import threading
 
 import streamlit as st
 
+from pages.common import PAGES, ROUTED, app_pages, remembered_url
 from sinkviz.flow.devices import pick_device
 from sinkviz.flow.embedded import DEFAULT_MODEL, EMBEDDED
 
@@ -30,16 +31,17 @@ def warm_default_model() -> threading.Thread:
 
 if os.environ.get("SINKVIZ_WARM", "1") != "0":
     warm_default_model()
-pages = [st.Page("pages/analyze.py", title="Analyze", icon=":material/search:", default=True),
-         st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
-         st.Page("pages/sweep.py", title="Sweep", icon=":material/show_chart:"),
-         st.Page("pages/audit.py", title="Audit", icon=":material/checklist:"),
-         st.Page("pages/lab.py", title="Lab", icon=":material/science:"),
-         st.Page("pages/history.py", title="History", icon=":material/history:"),
-         st.Page("pages/method.py", title="Method", icon=":material/functions:")]
-page = st.navigation(pages)
-
-page.run()
+pages = app_pages()
+# The sidebar's links are our own (client.showSidebarNavigation = false): each carries the state
+# its page was left in (pages.common.PageUrl), so going back to a page finds it as it was.
+page = st.navigation(pages, position="hidden")
+st.session_state[ROUTED] = True
+menu = st.sidebar.container()
+try:
+    page.run()
+finally:   # drawn after the page (its link then carries this run's state), even if the page failed
+    for (name, _, _), link in zip(PAGES, pages):
+        menu.page_link(link, query_params=remembered_url(name))
 with st.sidebar:  # after the page, so it names the model the page just used
     st.markdown("### sinkviz")
     info = st.session_state.get("last_model_info")

@@ -5,9 +5,10 @@ import json
 import numpy as np
 import streamlit as st
 
-from pages.common import (EXAMPLES, URL_PROMPT_LIMIT, device_dtype_pickers, first_n_from_params, guarded,
-                          kept_figure, model_picker, open_stored, run_analysis, settings_from_params,
-                          settings_to_params, step_progress, store, threshold_inputs)
+from pages.common import (EXAMPLES, URL_PROMPT_LIMIT, PageUrl, device_dtype_pickers, guarded, kept_figure,
+                          model_picker, named_key, not_found, run_analysis, settings_params, step_progress, store,
+                          sink_intro, stored_from_url, threshold_inputs, thresholds_params, through_app, url_settings,
+                          url_thresholds)
 from sinkviz.numbers.calibration import (TYPICAL, calibrate, calibration_key, calibration_prompts, judge_readings,
                                          load_calibration, sentences)
 from sinkviz.output import figures, segment_figures
@@ -15,7 +16,8 @@ from sinkviz.flow.analysis import Analysis, Settings
 from sinkviz.errors import SinkvizError
 from sinkviz.output.export import layers_csv, metadata, npz_bytes
 from sinkviz.output.html_report import analysis_report
-from sinkviz.numbers.metrics import deep_mean, layer_entropy, layer_sinks, norm_vs_median, sink_rate, uniform_entropy
+from sinkviz.numbers.metrics import (Thresholds, deep_mean, layer_entropy, layer_sinks, norm_vs_median, sink_rate,
+                                    uniform_entropy)
 from sinkviz.output.readable import quoted
 from sinkviz.numbers.segments import BLOCK_RULES, openings, segment_shares, segment_table, segments_of
 from sinkviz.output.report import report_dict
@@ -23,11 +25,13 @@ from sinkviz.output.verdict import verdict, verdict_layer
 
 TABS = ["Sink mass per layer", "Segments", "Heatmaps", "Position-0 inspector", "Entropy", "Tokens", "Export"]
 MAP_SIZES = [32, 64, 128, 192, 256]
-# Every widget starts from the URL (a shared link, or the last analysis of this session) through
-# its default value, not through st.session_state: Streamlit drops widget keys that the browser
-# did not report when it sees a page change, and a seeded widget then fell to its minimum.
-params = st.query_params
-url_settings = settings_from_params(params)
+through_app()
+# The page's state lives in the URL (PageUrl): the analysis shown (its key, its prompt when short
+# enough, its settings) and how it is viewed. Every widget starts from there.
+url = PageUrl("analyze", key=None, prompt=None, **settings_params(Settings()), n=3, eps=0.3,
+              **thresholds_params(Thresholds()), tab=TABS[0], layer=None, head=None, log=False, hide=False,
+              pos=0, blocks=None)
+view: dict = {}   # what the result's widgets show, filled while rendering, written to the URL at the end
 
 
 def fill_example() -> None:
@@ -36,30 +40,38 @@ def fill_example() -> None:
         st.session_state.an_prompt = EXAMPLES[choice]
 
 
-if not st.session_state.get("an_ready"):  # this session's first run here, or open_in_analyze
-    st.session_state.update(an_ready=True, an_auto=("prompt" in params or "key" in params))
+link_key = url.get("key")
+shown: Analysis | None = stored_from_url(url)[1][0] if link_key else None   # the link's analysis
+start = shown.settings if shown else url_settings(url)
+if shown:
+    start_prompt = shown.prompt
+elif link_key:
+    start_prompt = url.get("prompt", "")       # never the example under a link's key
+else:
+    start_prompt = url.get("prompt", EXAMPLES["Helpful assistant"])
 
 st.title("Analyze a prompt")
+sink_intro(expanded=shown is None and link_key is None and url.get("prompt") is None)
 with st.container(border=True):
-    model = model_picker("an", url_settings.model)
+    model = model_picker("an", start.model)
     st.selectbox("Example prompts", ["(your own)"] + list(EXAMPLES), key="an_example", on_change=fill_example)
-    prompt = st.text_area("Prompt", params.get("prompt", EXAMPLES["Prompt A (seed 003)"]), key="an_prompt",
-                          height=140)
+    prompt = st.text_area("Prompt", start_prompt, key="an_prompt", height=140)
     c1, c2, c3 = st.columns([1, 2, 1])
-    use_template = c1.toggle("Chat template", url_settings.use_template, key="an_template",
+    use_template = c1.toggle("Chat template", start.use_template, key="an_template",
                              help="Wrap the prompt as a user turn of the model's chat template; "
                                   "its own tokens are analysed too.")
-    first_n = c2.slider("Sink = the first N tokens", 1, 8, first_n_from_params(params), key="an_first_n")
+    first_n = c2.slider("Sink = the first N tokens", 1, 8, url.get("n", lo=1, hi=8), key="an_first_n")
     run = c3.button("Analyze", type="primary", use_container_width=True)
     with st.expander("More settings"):
         system = st.text_input("System turn (chat template only; empty = the template's default)",
-                               url_settings.system or "", key="an_system")
+                               start.system or "", key="an_system")
         map_size = st.select_slider("Full L × L maps up to (tokens; pooled above)", MAP_SIZES,
-                                    url_settings.map_size if url_settings.map_size in MAP_SIZES
+                                    start.map_size if start.map_size in MAP_SIZES
                                     else Settings().map_size, key="an_map")
-        device, dtype = device_dtype_pickers("an", None, None)
-        thresholds = threshold_inputs("an")
-        epsilon = st.number_input("Sink-rate epsilon (Gu et al.)", 0.01, 0.99, 0.3, 0.05, key="an_eps")
+        device, dtype = device_dtype_pickers("an", start.device, start.dtype)
+        thresholds = threshold_inputs("an", url_thresholds(url))
+        epsilon = st.number_input("Sink-rate epsilon (Gu et al.)", 0.01, 0.99, url.get("eps", lo=0.01, hi=0.99),
+                                  0.05, key="an_eps")
 
 try:
     settings = Settings(model=model, use_template=use_template, system=system.strip() or None,
@@ -68,18 +80,23 @@ except SinkvizError as err:
     st.error(str(err))
     settings = Settings()
 
-result: Analysis | None = None
-if run or st.session_state.pop("an_auto", False):
-    stored = open_stored(params["key"]) if (not run and "key" in params) else None
-    result = stored or run_analysis(prompt, settings)
-    if result is not None:
-        st.session_state.an_key = result.key
-        shared = {**settings_to_params(result.settings), "n": str(first_n), "key": result.key}
-        if len(result.prompt) <= URL_PROMPT_LIMIT:
-            shared["prompt"] = result.prompt
-        st.query_params.from_dict(shared)
-elif st.session_state.get("an_key"):
-    result = open_stored(st.session_state.an_key)
+# A link with a prompt and no key is analysed once on arrival; an unknown key is not.
+arrived = url.get("prompt") is not None and link_key is None and st.session_state.get("an_tried") != url.params
+if run or arrived:
+    st.session_state.an_tried = url.params
+    shown = run_analysis(prompt, settings)
+elif link_key and shown is None:
+    not_found(f"analysis with {named_key(link_key)}",
+              "Its prompt and settings are in the boxes above: press Analyze to compute it." if url.get("prompt")
+              else "The link has no prompt (a prompt over 4,000 characters travels by key alone): paste it above "
+                   "and press Analyze.")
+if shown is not None:
+    inputs = {**settings_params(shown.settings), "key": shown.key,
+              "prompt": shown.prompt if len(shown.prompt) <= URL_PROMPT_LIMIT else None}
+elif run or not (link_key or url.get("prompt")):
+    inputs = {**settings_params(settings), "key": None, "prompt": None}
+else:
+    inputs = {}   # a link whose analysis is not shown keeps naming it
 
 
 def render(a: Analysis) -> None:
@@ -108,7 +125,7 @@ def render(a: Analysis) -> None:
                     help=f"Mean over layers ≥ {thresholds.shallow_layers} of the attention that the queries able to "
                          "see your text's opening give to it (Segments tab). Position 0 is the template's.")
     render_baseline(a)
-    st.info("**By seed 000's fixed thresholds.** " + verdict(sinks, stats, tokens, a.tokens.special, thresholds))
+    st.info(f"**By fixed thresholds (warning {thresholds.warning:.0%}, critical {thresholds.critical:.0%}).** " + verdict(sinks, stats, tokens, a.tokens.special, thresholds))
     st.caption(f"{a.model.label} · {a.model.architecture} · {a.model.device} · {a.model.dtype} · "
                f"key {a.key}" + (" · from the result store" if a.cached else ""))
     if a.model.eager_attention:
@@ -120,7 +137,8 @@ def render(a: Analysis) -> None:
             f"{i} ({kind})" for i, kind in enumerate(stats.layer_kinds) if kind != "attention"))
     sections = [lambda: render_bars(a, sinks), lambda: render_segments(a), lambda: render_heatmaps(a, sinks), lambda: render_position0(a),
                 lambda: render_entropy(a), lambda: render_tokens(a), lambda: render_export(a)]
-    for tab, draw in zip(st.tabs(TABS, key="an_tab", on_change="rerun"), sections):
+    for tab, draw in zip(st.tabs(TABS, key="an_tab", on_change="rerun", default=url.get("tab", choices=TABS)),
+                         sections):
         if tab.open:  # only the open tab is computed and sent to the browser
             with tab:
                 draw()
@@ -168,9 +186,12 @@ BLOCK_CHOICES = {"turns only": None, **{f"blocks: {rule}": rule for rule in BLOC
 
 
 def render_segments(a: Analysis) -> None:
-    choice = st.selectbox("Parts of the sequence", list(BLOCK_CHOICES), key="an_blocks",
+    choices = list(BLOCK_CHOICES)
+    choice = st.selectbox("Parts of the sequence", choices, choices.index(url.get("blocks", choices[0], choices=choices)),
+                          key="an_blocks",
                           help="Template, system turn and user turn; or the user's text cut into blocks. "
                                + " ".join(f"{rule}: {text}." for rule, text in BLOCK_RULES.items()))
+    view["blocks"] = choice
     segs = segments_of(a.tokens, BLOCK_CHOICES[choice])
     shares = segment_shares(a.stats, segs)
     st.plotly_chart(kept_figure(segments_figure, a, BLOCK_CHOICES[choice]), key="an_segments")
@@ -203,18 +224,21 @@ def render_tokens(a: Analysis) -> None:
 def render_heatmaps(a: Analysis, sinks) -> None:
     stats = a.stats
     c = st.columns(4)
+    ids = list(stats.layer_ids)
+    linked = url.get("layer", None, choices=ids, kind=int)
+    start = ids.index(linked) if linked is not None else (verdict_layer(sinks, stats, thresholds) or 0)
     opened = (a.key, first_n, thresholds)
     if st.session_state.get("an_layer_for") != opened or "an_layer" not in st.session_state:
-        st.session_state.an_layer_for = opened       # an analysis (or reading) opens on the verdict's layer
-        st.session_state.an_layer = verdict_layer(sinks, stats, thresholds) or 0
-    layer = c[0].selectbox("Layer", range(stats.n_layers), key="an_layer",
-                           format_func=lambda row: f"{stats.layer_ids[row]}")
-    head_label = c[1].selectbox("Head", ["mean over heads"] + [f"head {h}" for h in range(stats.n_heads)],
-                                key="an_head")
-    log = c[2].toggle("Log colour scale", key="an_log")
-    hide = c[3].toggle("Hide position 0", key="an_hide",
+        st.session_state.an_layer_for = opened       # an analysis opens on the link's layer, else the verdict's
+        st.session_state.an_layer = start
+    layer = c[0].selectbox("Layer", range(stats.n_layers), start, key="an_layer", format_func=lambda row: f"{ids[row]}")
+    heads = ["mean over heads"] + [f"head {h}" for h in range(stats.n_heads)]
+    head_label = c[1].selectbox("Head", heads, 1 + url.get("head", -1, lo=-1, hi=stats.n_heads - 1), key="an_head")
+    log = c[2].toggle("Log colour scale", url.get("log"), key="an_log")
+    hide = c[3].toggle("Hide position 0", url.get("hide"), key="an_hide",
                        help="Blank the first column so the rest of the map gets the colour range")
     head = None if head_label.startswith("mean") else int(head_label.split()[1])
+    view.update(layer=ids[layer], head=head, log=log, hide=hide)
     st.plotly_chart(kept_figure(heatmap_figure, a, layer, head, hide, log), key="an_map_big")
     st.plotly_chart(kept_figure(grid_figure, a, hide, log), key="an_grid")
 
@@ -228,8 +252,9 @@ def render_position0(a: Analysis) -> None:
                   "special": a.tokens.special[:first],
                   "received (mean over layers, heads)": stats.received[:, :, :first].mean(axis=(0, 1)),
                   "hidden norm × median": hidden, "value norm × median": value}, hide_index=True)
-    pos = st.radio("Position", range(first), horizontal=True, key="an_pos",
+    pos = st.radio("Position", range(first), url.get("pos", lo=0, hi=first - 1), horizontal=True, key="an_pos",
                    format_func=lambda p: f"{p}: {tokens[p]!r}")
+    view["pos"] = pos
     st.plotly_chart(kept_figure(position_figure, a, pos), key="an_pos_map")
     st.plotly_chart(kept_figure(norms_figure, a, "Hidden-state", first), key="an_hidden")
     st.plotly_chart(kept_figure(norms_figure, a, "Value-vector", first), key="an_value")
@@ -295,8 +320,10 @@ def render_export(a: Analysis) -> None:
                        f"{stem}-{pick.replace(' ', '-')}.html", "text/html")
 
 
-if result is not None:
-    render(result)
+if shown is not None:
+    render(shown)
+    view["tab"] = st.session_state.get("an_tab")
 else:
     st.caption("Pick a model, paste a prompt and press Analyze. Results are kept on disk: "
                "the same request later opens instantly.")
+url.keep(**inputs, n=first_n, eps=epsilon, **thresholds_params(thresholds), **view)

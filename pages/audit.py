@@ -2,8 +2,10 @@
 
 import streamlit as st
 
-from pages.common import guarded, model_picker, open_in_analyze, step_progress, store
+from pages.common import (URL_PROMPT_LIMIT, PageUrl, guarded, model_picker, open_in_analyze, step_progress, store,
+                          through_app, url_model)
 from sinkviz.flow.analysis import Settings
+from sinkviz.flow.embedded import DEFAULT_MODEL
 from sinkviz.flow.audit import MAX_FILE_BYTES, MAX_ROWS, audit_chunks, audited_model, prompts_from_lines, read_prompts
 from sinkviz.flow.audit_table import (BANDS, band, file_columns, filtered_csv, judged, most_unusual_first, one_line,
                                       table_rows)
@@ -14,19 +16,27 @@ from sinkviz.output.html_report import audit_report
 
 PAGE_CHUNK = 8   # prompts per step: rows appear, and a stop takes effect, this often
 
+SEVERITIES = ["critical", "warning", "ok", "error"]
+BAND_CODES = dict(zip(["high", "typical", "low", "unjudged"], BANDS))   # the bands' names in the URL
+through_app()
+url = PageUrl("audit", model=DEFAULT_MODEL, template=True, n=3, calibrate=True, text="", file=None, ran=False,
+              reading="user", bands=",".join(BAND_CODES), severities=",".join(SEVERITIES), row=None)
 st.title("Batch prompt audit")
 st.caption(f"Upload a CSV (column 'prompt', else the first column; quote prompts that hold commas) or JSONL (field 'prompt'), or paste "
            f"one prompt per line. Up to {MAX_ROWS} prompts and {MAX_FILE_BYTES // 2**20} MB. Every prompt "
            "is kept in the store, so a re-run is instant and an interrupted audit resumes. The file's other "
            "columns (id, owner, …) are kept in the table and the CSV.")
 with st.container(border=True):
-    model = model_picker("au")
+    model = model_picker("au", url_model(url))
     upload = st.file_uploader("Prompts file", type=["csv", "jsonl", "json"], key="au_file")
-    pasted = st.text_area("…or paste prompts, one per line", key="au_text", height=120)
+    if url.get("ran") and upload is None and not url.get("text"):
+        what = f"the file {url.get('file')[:100]!r}" if url.get("file") else "pasted prompts over 4,000 characters"
+        st.caption(f"The link's audit was of {what}, which a link cannot carry: give them again and press Run audit.")
+    pasted = st.text_area("…or paste prompts, one per line", url.get("text"), key="au_text", height=120)
     c1, c2, c3 = st.columns(3)
-    use_template = c1.toggle("Chat template", True, key="au_template")
-    first_n = c2.slider("Sink = the first N tokens", 1, 8, 3, key="au_first_n")
-    calibrated = c3.toggle("Judge against this model", True, key="au_calibrate",
+    use_template = c1.toggle("Chat template", url.get("template"), key="au_template")
+    first_n = c2.slider("Sink = the first N tokens", 1, 8, url.get("n", lo=1, hi=8), key="au_first_n")
+    calibrated = c3.toggle("Judge against this model", url.get("calibrate"), key="au_calibrate",
                            help=f"Runs {len(calibration_prompts())} shipped, varied prompts once per model and keeps "
                                 "their distribution; each row then gets its percentile in it.")
     run = st.button("Run audit", type="primary")
@@ -48,8 +58,11 @@ def run_audit(settings: Settings) -> None:
         bar = st.progress(0.0, text="calibrating …")
         cal = calibrate(settings, store(), progress=step_progress(bar, "calibration prompt"))
         bar.empty()
+    inputs = {"model": settings.model, "template": settings.use_template, "n": first_n, "calibrate": calibrated,
+              "file": upload.name if upload is not None else None,
+              "text": pasted if upload is None and len(pasted) <= URL_PROMPT_LIMIT else ""}
     done = {"rows": [], "total": len(prompts), "finished": False, "extras": extras, "settings": settings,
-            "cal": cal, "first_n": first_n}
+            "cal": cal, "first_n": first_n, "inputs": inputs}
     st.session_state.au_run = done
     stop = st.empty()
     stop.button("Stop", key="au_stop", help="Keeps the rows done (they are in the store); Run audit again "
@@ -75,18 +88,37 @@ def live_table(rows) -> list[dict]:
             for r in rows]
 
 
+def same_inputs(run: dict) -> bool:
+    """Whether the URL names the audit ``run`` (its inputs, pasted prompts included)."""
+    return all(url.get(k, kind=type(v) if v is not None else str) == v for k, v in run["inputs"].items())
+
+
+shown = st.session_state.get("au_run")
+# A link to an audit of pasted prompts runs it once on arrival (every prompt then comes from the store).
+arrived = (url.get("ran") and url.get("text") and not (shown and same_inputs(shown))
+           and st.session_state.get("au_tried") != url.params)
+if run or arrived:
+    st.session_state.au_tried = url.params
+    guarded(lambda: run_audit(Settings(model=model, use_template=use_template)), "Audit")
+    shown = st.session_state.get("au_run")
+
+
 def show(run: dict) -> None:
     rows, extras, n = run["rows"], run["extras"], run["first_n"]
     if not run["finished"]:
         st.warning(f"The audit stopped at row {len(rows)} of {run['total']}. The rows done are in the store: "
                    f"Run audit again to compute only the other {run['total'] - len(rows)}.")
     c1, c2 = st.columns([2, 3])
-    reading = c1.radio("Judge by", list(READINGS), key="au_reading", horizontal=False,
-                       format_func=lambda r: READINGS[r].replace("N", str(n)))
+    readings = list(READINGS)
+    reading = c1.radio("Judge by", readings, readings.index(url.get("reading", choices=readings)), key="au_reading",
+                       horizontal=False, format_func=lambda r: READINGS[r].replace("N", str(n)))
     marks = judged(rows, run["cal"], reading, n)
-    bands = c2.multiselect("Show (against this model)", list(BANDS), list(BANDS), key="au_bands")
-    severities = c2.multiselect("Show (seed 000's fixed thresholds)", ["critical", "warning", "ok", "error"],
-                                ["critical", "warning", "ok", "error"], key="au_filter")
+    bands = c2.multiselect("Show (against this model)", list(BANDS), key="au_bands",
+                           default=[BAND_CODES[c] for c in url.get("bands").split(",") if c in BAND_CODES])
+    severities = c2.multiselect("Show (fixed thresholds on sink mass)", SEVERITIES, key="au_filter",
+                                default=[v for v in url.get("severities").split(",") if v in SEVERITIES])
+    view.update(reading=reading, severities=",".join(severities),
+                bands=",".join(c for c, name in BAND_CODES.items() if name in bands))
     keep = most_unusual_first([(r, m) for r, m in zip(rows, marks)
                                if (r.severity or "error") in severities and band(m["percentile"]) in bands])
     table = table_rows(keep, extras, run["settings"].use_template)
@@ -115,15 +147,22 @@ def show(run: dict) -> None:
                                "columns, the settings and the method.")
     openable = sorted((r for r, _ in keep if r.key), key=lambda r: r.row)
     if openable:
+        numbers = [r.row for r in openable]
         pick = st.selectbox("Read or open a row", range(len(openable)), key="au_pick",
+                            index=numbers.index(url.get("row", numbers[0], choices=numbers, kind=int)),
                             format_func=lambda i: f"row {openable[i].row}: {one_line(openable[i].prompt)[:70]}")
+        view["row"] = numbers[pick]
         st.text(openable[pick].prompt)
         if st.button("Open in Analyze"):
             chosen = openable[pick]
-            open_in_analyze(run["settings"], chosen.key, chosen.prompt, n)
+            open_in_analyze(run["settings"], chosen.key, n)
 
 
-if run:
-    guarded(lambda: run_audit(Settings(model=model, use_template=use_template)), "Audit")
-if st.session_state.get("au_run"):
-    show(st.session_state.au_run)
+view: dict = {}
+if shown:
+    show(shown)
+    url.keep(**shown["inputs"], ran=True, **view)
+else:
+    url.keep(model=model, template=use_template, n=first_n, calibrate=calibrated, ran=None,
+             file=upload.name if upload is not None else None,
+             text=pasted if upload is None and len(pasted) <= URL_PROMPT_LIMIT else "")

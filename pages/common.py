@@ -2,6 +2,7 @@
 
 import logging
 import os
+import re
 from dataclasses import replace
 
 import streamlit as st
@@ -11,6 +12,7 @@ from sinkviz.flow.devices import DTYPES, available_devices
 from sinkviz.flow.embedded import DEFAULT_MODEL, EMBEDDED
 from sinkviz.errors import SinkvizError
 from sinkviz.numbers.metrics import Thresholds
+from sinkviz.output.intro import intro_heatmap, load_intro_example
 from sinkviz.flow.models import check_allowed, offered_models
 from sinkviz.flow.progress import Eta, count_line
 from sinkviz.flow.store import ResultStore
@@ -20,8 +22,8 @@ log = logging.getLogger("sinkviz.app")
 OTHER_MODEL = "Other: a Hugging Face id or a local folder"
 URL_PROMPT_LIMIT = 4000  # longer prompts are shared by store key only
 EXAMPLES = {
-    "Prompt A (seed 003)": "You are a helpful assistant. Answer concisely.",
-    "Prompt B (seed 003)": "Assistant: helpful and concise.\nYou are a helpful assistant. Answer concisely.",
+    "Helpful assistant": "You are a helpful assistant. Answer concisely.",
+    "Helpful assistant, a role line first": "Assistant: helpful and concise.\nYou are a helpful assistant. Answer concisely.",
     "Capital of France": "What is the capital of France? Answer in one sentence.",
     "RAG-style context": ("Use the documents below to answer.\n\nDocument 1: The Eiffel Tower was "
                           "completed in 1889 for the World's Fair in Paris.\nDocument 2: The tower is "
@@ -86,11 +88,11 @@ def device_dtype_pickers(key: str, device: str | None, dtype: str | None) -> tup
     return (None if dev == "auto" else dev), (None if dt == "auto" else dt)
 
 
-def threshold_inputs(key: str) -> Thresholds:
+def threshold_inputs(key: str, start: Thresholds = Thresholds()) -> Thresholds:
     c1, c2, c3 = st.columns(3)
-    warning = c1.number_input("Warning at", 0.0, 1.0, 0.35, 0.05, key=f"{key}_warn", format="%.2f")
-    critical = c2.number_input("Critical at", 0.0, 1.0, 0.50, 0.05, key=f"{key}_crit", format="%.2f")
-    ratio = c3.number_input("Flag above × uniform", 1.0, 100.0, 5.0, 0.5, key=f"{key}_ratio")
+    warning = c1.number_input("Warning at", 0.0, 1.0, start.warning, 0.05, key=f"{key}_warn", format="%.2f")
+    critical = c2.number_input("Critical at", 0.0, 1.0, start.critical, 0.05, key=f"{key}_crit", format="%.2f")
+    ratio = c3.number_input("Flag above × uniform", 1.0, 100.0, start.ratio_flag, 0.5, key=f"{key}_ratio")
     try:
         return Thresholds(warning=warning, critical=critical, ratio_flag=ratio)
     except SinkvizError as err:
@@ -173,14 +175,11 @@ def kept_figure(build, source, *params):
     return _kept((build.__code__.co_filename, build.__qualname__), source.key, params, build, source)
 
 
-def open_in_analyze(settings: Settings, key: str, prompt: str, first_n: int | None = None) -> None:
+def open_in_analyze(settings: Settings, key: str, first_n: int | None = None) -> None:
     """Switch to Analyze on a stored analysis, through the same URL a shared link uses."""
-    st.session_state.pop("an_ready", None)
-    st.session_state.pop("an_key", None)
-    params = {**settings_to_params(settings), "key": key, "prompt": prompt[:URL_PROMPT_LIMIT]}
-    if first_n is not None:
-        params["n"] = str(first_n)
-    st.switch_page("pages/analyze.py", query_params=params)
+    params = {**settings_params(settings), "key": key, "n": first_n}
+    st.switch_page("pages/analyze.py",
+                   query_params={k: param_text(v) for k, v in params.items() if v is not None})
 
 
 def open_stored(key: str) -> Analysis | None:
@@ -192,33 +191,178 @@ def open_stored(key: str) -> Analysis | None:
     return replace(found, cached=True)
 
 
-def first_n_from_params(params, default: int = 3) -> int:
-    """The URL's n (1..8), or the default when absent or not a number."""
-    value = params.get("n", "")
-    return min(8, max(1, int(value))) if value.isascii() and value.isdigit() else default
+PAGES = (("analyze", "Analyze", ":material/search:"), ("compare", "Compare", ":material/compare_arrows:"),
+         ("sweep", "Sweep", ":material/show_chart:"), ("audit", "Audit", ":material/checklist:"),
+         ("lab", "Lab", ":material/science:"), ("history", "History", ":material/history:"),
+         ("method", "Method", ":material/functions:"))
+ROUTED = "routed_by_app"   # set by app.py once it has run a page of this session
 
 
-def settings_from_params(params) -> Settings:
-    """Settings named in the URL's query parameters (unknown or bad values fall back; served to
-    others, a model that is not offered falls back to the default, with a message)."""
-    base = Settings()
-    model = params.get("model", base.model)
+def app_pages() -> list:
+    """The dashboard's pages (``pages/<name>.py``), Analyze the default."""
+    return [st.Page(f"pages/{name}.py", title=title, icon=icon, default=name == "analyze")
+            for name, title, icon in PAGES]
+
+
+def through_app() -> None:
+    """Call first on every page. Because a pages/ folder exists, Streamlit runs the very first
+    request after the server starts straight from that folder (its own page list in the sidebar,
+    "app" and "common" included, and app.py skipped); then run it again through app.py."""
+    if not st.session_state.get(ROUTED) and not st.session_state.get("rerouted"):
+        st.session_state.rerouted = True     # once: never a loop, whatever Streamlit does
+        st.navigation(app_pages(), position="hidden")   # ends the folder mode for the server
+        st.rerun()
+
+
+MISSING = object()
+INT = re.compile(r"-?[0-9]{1,9}")
+FLOAT = re.compile(r"-?[0-9]{1,9}(\.[0-9]{1,12})?")
+
+
+def parse_param(raw: str, kind: type):
+    """A URL value as ``kind`` (bool: '0' is False, anything else True), or None if it is not
+    one. Only ASCII digits count ('٣' and '²' are not numbers here)."""
+    if kind is bool:
+        return raw != "0"
+    if kind is int:
+        return int(raw) if INT.fullmatch(raw) else None
+    if kind is float:
+        return float(raw) if FLOAT.fullmatch(raw) else None
+    return raw
+
+
+def param_text(value) -> str:
+    """How a value is written in the URL: bools as 1/0, floats without float noise."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return f"{value:.10g}"
+    return str(value)
+
+
+class PageUrl:
+    """One page's state in the address bar, so a copied URL opens the same page anywhere.
+
+    Widgets take their default value from ``get`` (never through st.session_state: Streamlit
+    drops widget keys the browser did not report when it sees a page change). ``keep`` writes the
+    page's state back at the end of a run, leaving out values equal to the defaults; names it is
+    not given keep the value the URL had (a widget not drawn this run, such as the layer of a
+    closed tab). The last state of each page is remembered in the session, and the sidebar's link
+    to a page carries it, so going back to a page finds it as it was left."""
+
+    def __init__(self, page: str, **defaults):
+        self.page, self.defaults = page, defaults
+        self.params = st.query_params.to_dict()
+
+    def get(self, name: str, default=MISSING, *, choices=None, lo=None, hi=None, kind: type | None = None):
+        """The URL's value of ``name``; the default when absent, malformed, out of [lo, hi] or not
+        in ``choices``. Its type is ``kind``, else the default's (str when the default is None)."""
+        default = self.defaults.get(name) if default is MISSING else default
+        raw = self.params.get(name)
+        if raw is None:
+            return default
+        value = parse_param(raw, kind or (str if default is None else type(default)))
+        if (value is None or (choices is not None and value not in choices)
+                or (lo is not None and value < lo) or (hi is not None and value > hi)):
+            return default
+        return value
+
+    def keep(self, **values) -> None:
+        """Write the page's state to the URL: ``values`` over what the URL had; None, or a value
+        equal to its default, removes a name. Names that are no defaults of this page are dropped."""
+        params = {k: v for k, v in self.params.items() if k in self.defaults}
+        for name, value in values.items():
+            if value is None or (name in self.defaults and value == self.defaults[name]
+                                 and type(value) is type(self.defaults[name])):
+                params.pop(name, None)
+            else:
+                params[name] = param_text(value)
+        if params != st.query_params.to_dict():
+            st.query_params.from_dict(params)
+        self.params = params
+        st.session_state[f"url_{self.page}"] = params
+
+
+def remembered_url(page: str) -> dict:
+    """The URL state ``page`` had when this session last left it (for the sidebar's link)."""
+    return st.session_state.get(f"url_{page}", {})
+
+
+def url_model(url: PageUrl) -> str:
+    """The URL's model; served to others, one that is not offered falls back to the default,
+    with a message that reads the same whether or not such a path exists on the server."""
+    model = url.get("model") or DEFAULT_MODEL
     if served_to_others() and model not in offered_models():
         st.warning(f"This server loads only the models it offers ({', '.join(offered_models())}); "
-                   f"the link's model was not loaded, {base.model} is used instead.")
-        model = base.model
+                   f"the link's model was not loaded, {DEFAULT_MODEL} is used instead.")
+        model = DEFAULT_MODEL
+    return model
+
+
+def url_settings(url: PageUrl) -> Settings:
+    """Settings named in the URL (bad values fall back to the defaults)."""
+    base = Settings()
     try:
-        return replace(base, model=model,
-                       use_template=params.get("template", "1") != "0",
-                       system=params.get("system") or None,
-                       map_size=int(params.get("map", base.map_size)))
-    except (ValueError, SinkvizError):
+        return replace(base, model=url_model(url), use_template=url.get("template", True),
+                       system=url.get("system") or None, map_size=url.get("map", base.map_size, lo=8, hi=512),
+                       device=url.get("device"), dtype=url.get("dtype"))
+    except SinkvizError:
+        return replace(base, model=url_model(url))
+
+
+def settings_params(settings: Settings) -> dict:
+    """What of ``settings`` goes into a URL (see url_settings)."""
+    return {"model": settings.model, "template": settings.use_template, "system": settings.system,
+            "map": settings.map_size, "device": settings.device, "dtype": settings.dtype}
+
+
+def url_thresholds(url: PageUrl) -> Thresholds:
+    base = Thresholds()
+    try:
+        return Thresholds(warning=url.get("warn", base.warning, lo=0.0, hi=1.0),
+                          critical=url.get("crit", base.critical, lo=0.0, hi=1.0),
+                          ratio_flag=url.get("ratio", base.ratio_flag, lo=1.0, hi=100.0))
+    except SinkvizError:
         return base
 
 
-def settings_to_params(settings: Settings) -> dict:
-    params = {"model": settings.model, "template": "1" if settings.use_template else "0",
-              "map": str(settings.map_size)}
-    if settings.system:
-        params["system"] = settings.system
-    return params
+def thresholds_params(thresholds: Thresholds) -> dict:
+    return {"warn": thresholds.warning, "crit": thresholds.critical, "ratio": thresholds.ratio_flag}
+
+
+KEY = re.compile(r"[0-9a-f]{32}")
+
+
+def stored_from_url(url: PageUrl, name: str = "key") -> tuple[list[str], list[Analysis | None]]:
+    """The analyses a URL names by store key (``name``: comma-separated keys), each None where
+    the store has none (or the text is not a key)."""
+    keys = [k for k in (url.get(name) or "").split(",") if k]
+    return keys, [open_stored(k) if KEY.fullmatch(k) else None for k in keys]
+
+
+def named_key(key: str) -> str:
+    """A key from a link, as a message may quote it."""
+    return f"the key {key}" if KEY.fullmatch(key) else "the link's key"
+
+
+def not_found(what: str, then: str = "Press the button above to compute it again.") -> None:
+    """Plainly: the link names a stored result (``what``) this server does not have."""
+    st.error(f"Not found: this server's result store has no {what}. The link was made on another server, "
+             f"or the store was cleared since. {then}")
+
+
+def sink_intro(expanded: bool) -> None:
+    """'What is an attention sink?': three sentences and the engine's numbers on one sentence."""
+    example = load_intro_example()
+    with st.expander("What is an attention sink?", expanded=expanded, icon=":material/help:"):
+        text, picture = st.columns([2, 3])
+        text.markdown(
+            "Attention lets every token of a prompt look back at the tokens before it. In most layers of "
+            "most language models, a large share of that attention lands on the very first tokens, whatever "
+            "they say: an **attention sink**, where a head parks attention it has no other use for. "
+            f"On the right, in layer {example.layer} of {example.model}, the later tokens of one sentence give "
+            f"on average **{example.first_token_share:.0%}** of their attention to its first word, "
+            f"{example.tokens[0]!r} (the bright left column). sinkviz measures this for your prompt, layer "
+            "by layer and head by head.")
+        text.page_link("pages/method.py", label="How each number is defined: Method", icon=":material/functions:")
+        picture.plotly_chart(intro_heatmap(example), key="intro_map")

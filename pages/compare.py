@@ -2,9 +2,11 @@
 
 import streamlit as st
 
-from pages.common import EXAMPLES, guarded, model_picker, run_analysis, store
+from pages.common import (EXAMPLES, URL_PROMPT_LIMIT, PageUrl, guarded, model_picker, not_found, run_analysis,
+                          store, stored_from_url, through_app, url_model)
 from sinkviz.output import segment_figures
 from sinkviz.flow.analysis import Settings
+from sinkviz.flow.embedded import DEFAULT_MODEL
 from sinkviz.errors import SinkvizError
 from sinkviz.numbers.metrics import Thresholds
 from sinkviz.numbers.calibration import judge_value, load_calibration, ordinal
@@ -12,33 +14,60 @@ from sinkviz.numbers.readings import READINGS, compare_readings, reading_title
 from sinkviz.output.html_report import compare_report
 
 SHALLOW = Thresholds().shallow_layers
+LABELS = "abcd"      # the variants' names in the URL
+DEFAULTS = [EXAMPLES["Helpful assistant"], EXAMPLES["Helpful assistant, a role line first"],
+            EXAMPLES["Placeholder at position 0"], "Answer concisely. You are a helpful assistant."]
+through_app()
+url = PageUrl("compare", model=DEFAULT_MODEL, count=2, template=True, n=3, reading="user", layer=None, keys=None,
+              **dict(zip(LABELS, DEFAULTS)))
+
+
+def inputs_of(results) -> tuple:
+    return results[0].settings.model, results[0].settings.use_template, tuple(r.prompt for r in results)
+
+
+keys, linked = stored_from_url(url, "keys")      # the comparison the URL names, each variant from the store
+found = len(keys) in (2, 3, 4) and all(linked)
+texts = [url.get(label) for label in LABELS]  # "" for one too long for a link
+if found:
+    start_model, start_template, texts[:len(keys)] = inputs_of(linked)
+else:
+    start_model, start_template = url_model(url), url.get("template")
 st.title("Compare opening variants")
 st.caption("The same prompt with a different first line can move the sink. Each variant is analysed "
            "with the same model and settings; results come from the store when they exist.")
 with st.container(border=True):
-    model = model_picker("cmp")
+    model = model_picker("cmp", start_model)
     c1, c2, c3 = st.columns(3)
-    count = c1.number_input("Variants", 2, 4, 2, key="cmp_count")
-    use_template = c2.toggle("Chat template", True, key="cmp_template",
+    count = c1.number_input("Variants", 2, 4, len(keys) if found else url.get("count", lo=2, hi=4),
+                            key="cmp_count")
+    use_template = c2.toggle("Chat template", start_template, key="cmp_template",
                              help="With a template, its own tokens (and a default system turn) come first, so "
                                   "position 0 is the template's in every variant; the default reading measures "
                                   "your text's opening instead.")
-    first_n = c3.slider("Sink = the first N tokens", 1, 8, 3, key="cmp_first_n")
-    reading = st.radio("Reading", list(READINGS), format_func=READINGS.get, horizontal=True, key="cmp_reading")
-    defaults = [EXAMPLES["Prompt A (seed 003)"], EXAMPLES["Prompt B (seed 003)"],
-                EXAMPLES["Placeholder at position 0"], "Answer concisely. You are a helpful assistant."]
+    first_n = c3.slider("Sink = the first N tokens", 1, 8, url.get("n", lo=1, hi=8), key="cmp_first_n")
+    readings = list(READINGS)
+    reading = st.radio("Reading", readings, readings.index(url.get("reading", choices=readings)),
+                       format_func=READINGS.get, horizontal=True, key="cmp_reading")
     cols = st.columns(int(count))
-    prompts = [col.text_area(f"Variant {chr(65 + i)}", defaults[i], key=f"cmp_prompt_{i}", height=120)
+    prompts = [col.text_area(f"Variant {chr(65 + i)}", texts[i], key=f"cmp_prompt_{i}", height=120)
                for i, col in enumerate(cols)]
     run = st.button("Compare", type="primary")
 
 inputs = (model, use_template, tuple(prompts))
+results = None
 if run:
     settings = Settings(model=model, use_template=use_template)
-    st.session_state.pop("cmp_results", None)       # never leave old results under new inputs
-    results = [run_analysis(p, settings, f"Variant {chr(65 + i)}") for i, p in enumerate(prompts)]
-    if all(r is not None for r in results):
-        st.session_state.cmp_results, st.session_state.cmp_inputs = results, inputs
+    computed = [run_analysis(p, settings, f"Variant {chr(65 + i)}") for i, p in enumerate(prompts)]
+    results = computed if all(r is not None for r in computed) else None
+elif found and inputs_of(linked) == inputs:
+    results = linked
+elif found:   # never leave old results under new inputs
+    st.info("The inputs changed since the last comparison; press Compare to see the new one.")
+elif keys:
+    missing = [chr(65 + i) for i, r in enumerate(linked) if r is None]
+    not_found(f"analysis of variant{'s' if len(missing) > 1 else ''} {', '.join(missing)} under the link's keys",
+              "The variants the link carries are in the boxes above (a long one is not): press Compare.")
 
 
 def headline(results, readings) -> None:
@@ -71,8 +100,10 @@ def show(results) -> None:
     st.plotly_chart(segment_figures.compare_lines(labels, values, what), key="cmp_lines")
     st.plotly_chart(segment_figures.compare_difference(labels, values, what), key="cmp_diff")
     n_layers = results[0].stats.n_layers
-    layer = st.selectbox("Layer for the heatmaps", range(n_layers), index=min(3, n_layers - 1), key="cmp_layer",
-                         format_func=lambda row: f"{results[0].stats.layer_ids[row]}")
+    ids = list(results[0].stats.layer_ids)
+    layer = st.selectbox("Layer for the heatmaps", range(n_layers), key="cmp_layer", format_func=lambda row: f"{ids[row]}",
+                         index=ids.index(url.get("layer", ids[min(3, n_layers - 1)], choices=ids, kind=int)))
+    view["layer"] = ids[layer]
     rows = segment_figures.aligned_rows(results)
     if rows:
         st.caption(f"Rows: the {rows} query tokens all variants end with, aligned; columns: every key.")
@@ -86,12 +117,13 @@ def show(results) -> None:
                             "verdict, every chart and the method.")
 
 
-results = st.session_state.get("cmp_results")
-if results and st.session_state.get("cmp_inputs") != inputs:
-    st.session_state.pop("cmp_results", None)
-    st.info("The inputs changed since the last comparison; press Compare to see the new one.")
-elif results:
+view: dict = {}
+if results:
     try:
         show(results)
     except SinkvizError as err:
         st.error(str(err))
+url.keep(model=model, count=int(count), template=use_template, n=first_n, reading=reading, **view,
+         keys=",".join(r.key for r in results) if results else None,
+         **{label: (text if len(text) <= URL_PROMPT_LIMIT else "") if i < count else None
+            for i, (label, text) in enumerate(zip(LABELS, prompts + [None] * 4))})

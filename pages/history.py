@@ -4,9 +4,10 @@ from datetime import datetime
 
 import streamlit as st
 
-from pages.common import open_in_analyze, store
+from pages.common import open_in_analyze, store, through_app
 from sinkviz.flow.analysis import Settings, history
 
+through_app()
 st.title("History")
 metas = history(store())
 if store().quarantined:
@@ -32,7 +33,7 @@ def show(metas: list[dict]) -> None:
                           index=selected[0] if selected else 0, key="hist_pick")
     if st.button("Open in Analyze", type="primary"):
         meta = metas[choice]
-        open_in_analyze(Settings(**meta["settings"]), meta["key"], meta["prompt"])
+        open_in_analyze(Settings(**meta["settings"]), meta["key"])
 
 
 if metas:

@@ -2,6 +2,9 @@
 
 import streamlit as st
 
+from pages.common import through_app
+
+through_app()
 st.title("Method")
 st.markdown(r"""
 sinkviz runs **one forward pass** of the model on your prompt. Each layer's output is computed
@@ -15,18 +18,18 @@ $a_{l,h,i,j}$ (each row sums to 1; causal models see only $j \le i$), $L$ tokens
 ### Sink mass (first $N$ tokens)
 $$m_N[l,h] = \frac{1}{L-N}\sum_{i \ge N}\ \sum_{j<N} a_{l,h,i,j}$$
 The share of attention that queries *after* the first $N$ tokens give to the first $N$.
-The layer value is the mean over heads. $N$ = 3 by default (seed 000: "N = 3 is standard"),
-5 for the seed's monitoring metric; choose 1–8.
+The layer value is the mean over heads. $N$ = 3 by default (a common choice), 5 a common
+monitoring setting; choose 1–8.
 
 ### Uniform baseline and ratio
 If every query spread its attention evenly over the keys it sees:
 $b_N = \frac{1}{L-N}\sum_{i \ge N} \frac{N}{i+1}$ (bidirectional models: $N/L$).
-**Ratio to uniform** $= m_N / b_N$; layers beyond the first two above **5×** are flagged (seed 000).
+**Ratio to uniform** $= m_N / b_N$; layers beyond the first two above **5×** are flagged.
 The ratio can never exceed $1/b_N$: at 30 tokens with $N=3$ that is 4.2×, so the flag only
 becomes meaningful on longer prompts.
 
 ### Severity
-Seed 000's thresholds on sink mass in layers beyond the first two: **warning ≥ 35 %**,
+Fixed thresholds on sink mass in layers beyond the first two: **warning ≥ 35 %**,
 **critical ≥ 50 %**. Both are settings; the bars show them as dashed lines.
 
 ### Sink rate (Gu et al., ICLR 2025)
@@ -66,8 +69,8 @@ learn where each turn's content sits. A token belongs to the part holding most o
 Block rules (the Segments tab names the one in use): *blank lines* end a block; *`---` lines* (three
 or more `-`, `=` or `*`) end a block; *headings* (a line starting with `#`) start one; *auto* takes
 `---` lines if your text has any, else blank lines; *halves* and *thirds* cut your text's tokens
-into equal runs (seed 000: how much attention reaches the later half of the context; seed 003:
-content in the middle). A blank line or marker line that ends a block belongs to it.
+into equal runs (how much attention reaches the later half of the context, or content in the
+middle). A blank line or marker line that ends a block belongs to it.
 
 The **share** of a part $S$:
 $$\mathrm{share}[l,h,S] = \frac{1}{L}\sum_{i}\ \sum_{j \in S,\, j \le i} a_{l,h,i,j}
@@ -101,7 +104,7 @@ sequence's own opening ($u = 0$) it is slightly above $m_N$.
    The calibration prompts are short (31–110 tokens on SmolLM2 with its template); attention on the
    first tokens changes with length (Sweep page), so for a prompt outside the calibration's lengths
    the headline says to read its percentiles with care.
-2. **Seed 000's fixed thresholds** (warning 35 %, critical 50 % of $m_N$ in layers beyond the
+2. **Fixed thresholds** (warning 35 %, critical 50 % of $m_N$ in layers beyond the
    first two) stay as the second reading, as before.
 
 "Mean over layers" is the same everywhere: the mean over layers $\ge 2$, the layers the fixed
@@ -127,10 +130,11 @@ relative to the median token. Sink tokens typically carry "massive activations" 
 - **Bars** high and red in most layers beyond the first two: the model parks attention on
   the first tokens. That is normal for trained LLMs (a "no-op" for heads with nothing to do),
   not a bug; it matters when the sink token is content you care about, or when it moves.
-- **Compare** shows whether a different opening line moves the sink (seed 003's Prompt A and B),
+- **Compare** shows whether a different opening line moves the sink (e.g. a role line before
+  the instruction),
   ranked by the chosen reading, with each variant's difference from A in points and as a ratio.
 - **Segments**: a part whose attention share is far above its uniform share is being read (or
-  used as a sink); far below, it is being skipped (seed 000's "later half of the context", seed
-  003's "critical content in the middle").
+  used as a sink); far below, it is being skipped (the later half of a long context, or
+  critical content in the middle).
 - Attention weights show where probability mass goes, not the causal story of the output.
 """)

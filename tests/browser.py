@@ -40,15 +40,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def streamlit_server(store_dir: Path):
-    """``streamlit run app.py`` on a free loopback port with its own result store, in its own
-    process group; yields its URL once /_stcore/health answers, stops the group after."""
+def streamlit_server(store_dir: Path, log: Path | None = None, **env: str):
+    """``streamlit run app.py`` on a free loopback port with its own result store (and ``env``), in
+    its own process group; yields its URL once /_stcore/health answers, stops the group after.
+    ``log``: where its output goes."""
     port = free_port()
-    env = {**os.environ, "SINKVIZ_STORE_DIR": str(store_dir)}
+    out = open(log, "w") if log else subprocess.DEVNULL
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
                              "--server.port", str(port), "--server.headless", "true"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            cwd=ROOT, env={**os.environ, "SINKVIZ_STORE_DIR": str(store_dir), **env},
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):
@@ -63,6 +64,8 @@ def streamlit_server(store_dir: Path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+        if log:
+            out.close()
 
 
 def new_page(browser, height: int = 2400):
@@ -79,6 +82,12 @@ def open_app(browser, server: str, link: str | None = None, height: int = 2400):
     if link:
         page.get_by_role("link", name=link, exact=True).click()
     return page
+
+
+def settle(page) -> None:
+    """Wait until the app's script has finished its run (and any rerun it asked for)."""
+    page.wait_for_timeout(300)
+    page.wait_for_selector(IDLE)
 
 
 def analyze_in_page(page, prompt: str, timeout: int = 120_000) -> float:

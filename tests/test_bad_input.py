@@ -90,7 +90,10 @@ def test_settings_refuse_what_would_be_ignored():
     assert str(info.value) == "max tokens must be at least 2, not 0"
 
 
-@pytest.mark.parametrize("value,expected", [("²", 3), ("٣", 3), ("5", 5), ("99", 8), ("", 3), ("-2", 3)])
-def test_url_n(value, expected):
-    from pages.common import first_n_from_params
-    assert first_n_from_params({"n": value}) == expected
+@pytest.mark.parametrize("raw,kind,expected", [("²", int, None), ("٣", int, None), ("5", int, 5), ("-2", int, -2),
+                                               ("", int, None), ("0.35", float, 0.35), ("1e3", float, None),
+                                               ("nan", float, None), ("inf", float, None), ("0", bool, False),
+                                               ("1", bool, True), ("x", str, "x")])
+def test_url_values(raw, kind, expected):
+    from pages.common import parse_param
+    assert parse_param(raw, kind) == expected

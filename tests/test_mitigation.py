@@ -98,3 +98,20 @@ def test_encoder_is_refused_with_a_reason():
         with pytest.raises(UnsupportedArchitecture) as err:
             run()
         assert str(err.value) == message
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "gpt2", "mistral-window"])
+def test_no_deprecated_transformers_argument(tiny_models, name):
+    """A capture and the window decode pass transformers only current arguments: no FutureWarning
+    such as "`past_key_values` is deprecated and will be removed in version 5.40.0"."""
+    import warnings
+
+    from sinkviz.flow.analysis import analyze
+    loaded = load_model(tiny_models[name], device="cpu")
+    ids = torch.randint(4, 120, (12,))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        analyze(random_words(12), Settings(model=tiny_models[name], use_template=False, device="cpu"))
+        losses = cached_window_losses(loaded.model, ids, 8, 2)
+    assert [str(w.message) for w in seen if issubclass(w.category, (FutureWarning, DeprecationWarning))] == []
+    np.testing.assert_allclose(losses[:7], full_losses(loaded.model, ids)[:7], atol=1e-4)  # the cache was used

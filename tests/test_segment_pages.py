@@ -90,7 +90,7 @@ def test_analyze_judges_against_the_model_after_calibrating(few_calibration_prom
     want = " ".join(sentences(cal, analyze(SUPPORT, Settings()), 3))
     assert at.success[0].value == "**Against this model.** " + want
     assert "percentile of 6 calibration prompts" in want and "Layer " in want
-    assert at.info[0].value.startswith("**By seed 000's fixed thresholds.** Severity:")
+    assert at.info[0].value.startswith("**By fixed thresholds (warning 35%, critical 50%).** Severity:")
 
 
 AUDIT_CSV = ("id,owner,prompt\n"

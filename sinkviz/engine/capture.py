@@ -41,7 +41,7 @@ _first_key_scale: ContextVar["tuple[int, float] | None"] = ContextVar("sinkviz_k
 @contextlib.contextmanager
 def scaled_first_keys(k: int, gamma: float):
     """Within this block, every layer multiplies the attention logits of keys j < k by gamma
-    (seed 000's mitigation). gamma = 1 is the identity and leaves SDPA in charge."""
+    (a proposed mitigation). gamma = 1 is the identity and leaves SDPA in charge."""
     token = _first_key_scale.set(None if gamma == 1.0 else (k, gamma))
     try:
         yield

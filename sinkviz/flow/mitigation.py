@@ -1,6 +1,6 @@
 """Mitigation lab: what attention scaling and StreamingLLM-style sink tokens do to a model.
 
-- Attention scaling (seed 000): multiply the attention logits of the first K keys by gamma
+- Attention scaling: multiply the attention logits of the first K keys by gamma
   in every layer; compare sink mass, per-position KL divergence of the next-token
   distributions, prompt perplexity and the top-5 next tokens, before and after.
 - Sink tokens for windowed attention (Xiao et al. 2023, StreamingLLM): per-token loss on a long
@@ -9,6 +9,7 @@
 """
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,6 +143,12 @@ def full_losses(model, ids: torch.Tensor) -> np.ndarray:
     return (-torch.log_softmax(logits, -1).gather(1, ids[1:, None])[:, 0]).cpu().numpy()
 
 
+def cache_argument(model) -> str:
+    """The forward argument that takes the KV cache: ``cache`` since transformers renamed it (5.x;
+    ``past_key_values`` is deprecated, to be removed in 5.40), ``past_key_values`` before that."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def cached_window_losses(model, ids: torch.Tensor, window: int, sinks: int,
                          progress=None, lock=None) -> np.ndarray:
     """[T-1] NLL of ids[1:], decoding token by token with a KV cache that holds at most ``window``
@@ -150,13 +157,16 @@ def cached_window_losses(model, ids: torch.Tensor, window: int, sinks: int,
     step at a time, so other sessions' requests run between steps."""
     from transformers import DynamicCache
     cache = DynamicCache(config=model.config)
+    cache_arg = cache_argument(model)
     losses = np.empty(ids.shape[0] - 1)
     lock = lock or contextlib.nullcontext()
     with torch.no_grad():
         for t in range(ids.shape[0] - 1):
             with lock:
                 out = model(input_ids=ids[None, t:t + 1], position_ids=torch.tensor([[t]], device=ids.device),
-                            past_key_values=cache, use_cache=True)
+                            use_cache=True, **{cache_arg: cache})
+            if t == 0 and cache.get_seq_length() != 1:   # a name the model ignored: no cache, wrong losses
+                raise RuntimeError(f"{type(model).__name__} did not fill the KV cache passed as {cache_arg!r}")
             losses[t] = float(-torch.log_softmax(out.logits[0, -1].double(), -1)[ids[t + 1]])
             if progress and t % 32 == 0:
                 progress(t / (ids.shape[0] - 1))

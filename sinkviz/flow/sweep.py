@@ -76,10 +76,14 @@ def run_sweep(text: str, settings: Settings, *, max_tokens: int | None = None,
     for i, (_, prompt) in enumerate(todo):
         if ticks:
             ticks.at(i)
-        result: Analysis = analyze(prompt, settings, store=store, on_layer=ticks and partial(ticks.at, i))
-        points.append(SweepPoint(result.stats.n_tokens, result.key,
-                                 result.stats.sink_mass.mean(axis=1), result.cached, result.model))
+        points.append(sweep_point(analyze(prompt, settings, store=store, on_layer=ticks and partial(ticks.at, i))))
     return points
+
+
+def sweep_point(result: Analysis) -> SweepPoint:
+    """The sweep's reading of one prefix's analysis (also a stored one, reopened by key)."""
+    return SweepPoint(result.stats.n_tokens, result.key, result.stats.sink_mass.mean(axis=1), result.cached,
+                      result.model)
 
 
 class _SweepTicks:
