@@ -231,7 +231,7 @@ def render_heatmaps(a: Analysis, sinks) -> None:
     if st.session_state.get("an_layer_for") != opened or "an_layer" not in st.session_state:
         st.session_state.an_layer_for = opened       # an analysis opens on the link's layer, else the verdict's
         st.session_state.an_layer = start
-    layer = c[0].selectbox("Layer", range(stats.n_layers), start, key="an_layer", format_func=lambda row: f"{ids[row]}")
+    layer = c[0].selectbox("Layer", range(stats.n_layers), key="an_layer", format_func=lambda row: f"{ids[row]}")
     heads = ["mean over heads"] + [f"head {h}" for h in range(stats.n_heads)]
     head_label = c[1].selectbox("Head", heads, 1 + url.get("head", -1, lo=-1, hi=stats.n_heads - 1), key="an_head")
     log = c[2].toggle("Log colour scale", url.get("log"), key="an_log")
