@@ -137,8 +137,9 @@ def render(a: Analysis) -> None:
             f"{i} ({kind})" for i, kind in enumerate(stats.layer_kinds) if kind != "attention"))
     sections = [lambda: render_bars(a, sinks), lambda: render_segments(a), lambda: render_heatmaps(a, sinks), lambda: render_position0(a),
                 lambda: render_entropy(a), lambda: render_tokens(a), lambda: render_export(a)]
-    for tab, draw in zip(st.tabs(TABS, key="an_tab", on_change="rerun", default=url.get("tab", choices=TABS)),
-                         sections):
+    if "an_tab" not in st.session_state:   # (not through default=: tabs whose default changes are new tabs)
+        st.session_state.an_tab = url.get("tab", choices=TABS)
+    for tab, draw in zip(st.tabs(TABS, key="an_tab", on_change="rerun"), sections):
         if tab.open:  # only the open tab is computed and sent to the browser
             with tab:
                 draw()

@@ -98,5 +98,5 @@ def analyze_in_page(page, prompt: str, timeout: int = 120_000) -> float:
     start = time.perf_counter()
     page.get_by_role("button", name="Analyze").click()
     page.wait_for_selector("text=done (", timeout=timeout)
-    page.wait_for_selector(".js-plotly-plot")
+    page.wait_for_selector(".js-plotly-plot:visible")
     return time.perf_counter() - start

@@ -42,7 +42,7 @@ def test_analyze_compare_history_and_shared_url(server, browser):
     start = time.perf_counter()
     page.get_by_role("button", name="Open in Analyze").click()
     page.wait_for_selector("text=from the result store")
-    page.wait_for_selector(".js-plotly-plot")
+    page.wait_for_selector(".js-plotly-plot:visible")
     from_history = time.perf_counter() - start
     assert "Assistant: helpful and concise." in page.get_by_label("Prompt", exact=True).input_value()
     page.screenshot(path=ARTIFACTS / "reopened-from-history.png", full_page=True)
@@ -51,7 +51,7 @@ def test_analyze_compare_history_and_shared_url(server, browser):
     start = time.perf_counter()
     other.goto(shared)
     other.wait_for_selector("text=from the result store")
-    other.wait_for_selector(".js-plotly-plot")
+    other.wait_for_selector(".js-plotly-plot:visible")
     reopen = time.perf_counter() - start
     other.screenshot(path=ARTIFACTS / "shared-url.png", full_page=True)
     assert urllib.parse.parse_qs(urllib.parse.urlparse(shared).query)["prompt"][0] == LONG_PROMPT
