@@ -98,5 +98,6 @@ def analyze_in_page(page, prompt: str, timeout: int = 120_000) -> float:
     start = time.perf_counter()
     page.get_by_role("button", name="Analyze").click()
     page.wait_for_selector("text=done (", timeout=timeout)
-    page.wait_for_selector(".js-plotly-plot:visible")
+    page.wait_for_selector("text=Attention on the first", timeout=timeout)   # the bars, not the intro's chart
+    page.wait_for_selector(IDLE, timeout=timeout)                            # and the run (URL included) done
     return time.perf_counter() - start
