@@ -107,7 +107,8 @@ def report_figures(text: str) -> list[dict]:
 def test_each_page_downloads_its_report(server, browser, tmp_path):
     page = open_app(browser, server)
     analyze_in_page(page, PROMPT)
-    shown = bar_values(page.evaluate(PLOTTED)[0]["traces"])[1]     # the page's own sink-mass bars
+    bars = [c for c in page.evaluate(PLOTTED) if "Attention on the first 3 tokens" in str(c["title"])]
+    shown = bar_values(bars[0]["traces"])[1]                       # the page's own sink-mass bars (not the intro's map)
     page.get_by_role("tab", name="Export").click()
     text = downloaded_report(page, "One-file report (HTML)", "analyze-report-button.png", tmp_path)
     assert html.escape(PROMPT) in text and "<script>alert" not in text
