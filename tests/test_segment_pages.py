@@ -160,7 +160,8 @@ PROMPT_JA_OPENING = "請求書について質問があります。\n\nThe VAT nu
 def test_heatmap_marks_where_each_turn_starts():
     at = analyze_page(SUPPORT, tab="Heatmaps")
     result = analyze(SUPPORT, Settings())
-    big = by_title(at, "Layer ")                                        # the verdict's layer
+    layer = at.selectbox(key="an_layer").value                          # the verdict's layer
+    big = by_title(at, f"Layer {layer}, ")                              # not the intro's "Layer N: ..."
     starts = sorted(a for s in segments_of(result.tokens) for a, _ in s.spans if a > 0)
     assert sorted(s["x0"] + 0.5 for s in big["layout"]["shapes"]) == starts
     names = {s.name for s in segments_of(result.tokens)}
