@@ -104,7 +104,7 @@ def test_japanese_and_emoji_tokens_read_as_text(server, browser, engine):
 
 
 def fill_variants(page, prompts):
-    count = page.get_by_label("Variants")
+    count = page.get_by_role("spinbutton", name="Variants")
     count.fill(str(len(prompts)))
     count.press("Enter")
     idle(page)
@@ -157,7 +157,7 @@ def test_compare_shows_the_users_openings_and_never_stale_results(server, browse
     idle(page)
     german = compare_readings([engine(p) for p in (SUPPORT, GERMAN, HASHES)], 3, "user")[1]
     assert ranked(page)["B"][0] == f"{german.mean:.1%}" and ranked(page)["B"][2].startswith(f"measures: {german.opening}")
-    count = page.get_by_label("Variants")                        # fewer variants: the three vanish too
+    count = page.get_by_role("spinbutton", name="Variants")                        # fewer variants: the three vanish too
     count.fill("2")
     count.press("Enter")
     page.wait_for_selector("text=The inputs changed since the last comparison")
