@@ -26,8 +26,12 @@ def test_percentile_definition_and_monotone():
 def test_calibration_is_kept_stable_and_monotone(settings, store):
     steps = []
     cal = calibrate(settings, store, progress=steps.append)
-    n = len(calibration_prompts())
-    assert cal.n_prompts == n == 40 and steps == [f"{i}/{n}" for i in range(1, n + 1)]
+    total = len(calibration_prompts())
+    assert total == 51 and steps == [f"{i}/{total}" for i in range(1, total + 1)]
+    fits = [p for p in calibration_prompts() if len(p.split()) + 1 <= 512]     # the tiny model's context
+    n = len(fits)
+    assert cal.n_prompts == n < total                        # the longest prompts are left out, not cut
+    assert list(cal.n_tokens) == [len(p.split()) + 1 for p in fits]   # word-level tokenizer, plus <s>
     assert cal.sink_mass.shape == (n, 3, 8) and cal.user_opening.shape == (n, 3, 8) and cal.shares.shape == (n, 3, 4)
     assert cal.n_tokens.shape == (n,) and cal.n_tokens.min() >= 2
     again = load_calibration(settings, store)
@@ -70,4 +74,21 @@ def test_cli_judges_against_the_model(settings, store, capsys, monkeypatch):
     for reading in ("user", "sequence"):
         j = judge(cal, per_layer_reading(result, 3, reading), reading)
         assert (report[reading]["percentile"], report[reading]["label"]) == (j.percentile, j.label)
-    assert report["n_prompts"] == 40 and len(report["sentences"]) >= 1
+    assert report["n_prompts"] == cal.n_prompts and len(report["sentences"]) >= 1
+
+
+def test_the_shipped_set_reaches_long_prompts_and_its_key_follows_it(settings, monkeypatch):
+    """Users audit 50-2,000-token prompts, and the sink mass falls with length: the set holds long
+    prompts; a changed set (or version) gives another calibration key, so no old calibration is reused."""
+    from transformers import AutoTokenizer
+
+    from sinkviz.flow.embedded import DEFAULT_MODEL, ensure_converted
+    tokenizer = AutoTokenizer.from_pretrained(ensure_converted(DEFAULT_MODEL))
+    lengths = sorted(len(tokenizer(p)["input_ids"]) for p in calibration_prompts())
+    assert lengths[0] < 10 and lengths[-1] > 1500 and sum(n > 200 for n in lengths) == 11
+    key = calibration.calibration_key(settings)
+    monkeypatch.setattr(calibration, "calibration_prompts", lambda: calibration_prompts()[:40])
+    assert calibration.calibration_key(settings) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(calibration, "VERSION", calibration.VERSION - 1)
+    assert calibration.calibration_key(settings) != key

@@ -1,10 +1,12 @@
 """Severity against the model's own baseline: a shipped set of varied prompts, run once per model
 and settings, gives each reading's distribution; a prompt is reported by its percentile in it.
 
-The set (``data/calibration_prompts.jsonl``, 40 prompts written for sinkviz and dedicated to the
-public domain, two quoting the US Declaration of Independence) mixes questions, instructions,
+The set (``data/calibration_prompts.jsonl``, 51 prompts written for sinkviz and dedicated to the
+public domain, some quoting the US Declaration of Independence) mixes questions, instructions,
 system-style prompts, blank-line / '---' / '###' blocks, code, German, Spanish, Japanese, Chinese,
-emoji, chat and a short policy excerpt.
+emoji, chat and a short policy excerpt (40 prompts of 31-110 tokens with the template), and 11 long
+ones of 214-1,750 tokens (a support-assistant system prompt, a policy, code, German, a story,
+excerpts of the Declaration), because the sink mass falls with length (bench/calibration_length.py).
 
 Readings (per prompt p and layer l; see readings.py and segments.py):
 - 'sequence': m_N, the sink mass of the sequence's first N tokens         [P, layers, 8]
@@ -24,6 +26,7 @@ from importlib import resources
 
 import numpy as np
 
+from sinkviz.errors import BadPrompt
 from sinkviz.flow import models
 from sinkviz.flow.analysis import Progress, Settings, analyze
 from sinkviz.numbers.metrics import Thresholds, deep_mean
@@ -32,7 +35,7 @@ from sinkviz.engine.reduce import MAX_FIRST_N
 from sinkviz.numbers.segments import openings, segments_of
 from sinkviz.flow.store import ResultStore
 
-VERSION = 2            # 2: the prompts' lengths kept
+VERSION = 3            # 2: the prompts' lengths kept; 3: long prompts added
 MAP_SIZE = 32          # maps are not calibrated; small ones keep the calibration store small
 TYPICAL = (5.0, 95.0)  # percentiles outside this band are 'unusual'
 
@@ -106,7 +109,8 @@ def _user_opening(stats, segs, first_n: int) -> np.ndarray:
 def calibrate(settings: Settings, store: ResultStore | None = None,
               progress: Progress | None = None) -> Calibration:
     """The calibration of ``settings``' model: from the calibration store if made before, else
-    every calibration prompt analysed once (``progress`` gets 'i/total' before each) and kept."""
+    every calibration prompt analysed once (``progress`` gets 'i/total' before each) and kept.
+    Prompts longer than the model takes are left out (``n_prompts`` counts those used)."""
     store = store or ResultStore()
     found = load_calibration(settings, store)
     if found is not None:
@@ -116,11 +120,14 @@ def calibrate(settings: Settings, store: ResultStore | None = None,
     for i, prompt in enumerate(prompts, start=1):
         if progress:
             progress(f"{i}/{len(prompts)}")
-        result = analyze(prompt, calibration_settings(settings), store=cal_store)
+        try:
+            result = analyze(prompt, calibration_settings(settings), store=cal_store)
+        except BadPrompt:     # longer than the model's context (or $SINKVIZ_MAX_TOKENS): left out
+            continue
         values.append(prompt_values(result))
         lengths.append(result.stats.n_tokens)
     sink, opening, shares = (np.stack(v) for v in zip(*values))
-    cal = Calibration(calibration_key(settings), len(prompts), sink, opening, shares, np.array(lengths))
+    cal = Calibration(calibration_key(settings), len(values), sink, opening, shares, np.array(lengths))
     cal_store.put(cal.key, {"schema": VERSION, "key": cal.key, "n_prompts": cal.n_prompts},
                   {"sink_mass": sink, "user_opening": opening, "shares": shares, "n_tokens": cal.n_tokens})
     return cal
