@@ -92,3 +92,21 @@ def test_the_shipped_set_reaches_long_prompts_and_its_key_follows_it(settings, m
     monkeypatch.undo()
     monkeypatch.setattr(calibration, "VERSION", calibration.VERSION - 1)
     assert calibration.calibration_key(settings) != key
+
+
+def test_a_prompt_without_calibration_prompts_of_its_length_is_qualified(settings, store):
+    """The headline warns where fewer than MIN_COMPARABLE calibration prompts have between half and
+    twice the prompt's tokens (percentiles of long prompts sit low by length alone), and only there."""
+    from conftest import random_words
+    from sinkviz.numbers.calibration import MIN_COMPARABLE, comparable_lengths, sentences
+    cal = calibrate(settings, store)
+    for words, warned in ((12, False), (400, True)):
+        result = analyze(random_words(words), settings, store=store)
+        n = result.stats.n_tokens
+        near = int(np.sum((cal.n_tokens >= n / 2) & (cal.n_tokens <= 2 * n)))
+        assert comparable_lengths(cal, n) == near and (near < MIN_COMPARABLE) == warned
+        caveat = [s for s in sentences(cal, result, 3) if s.startswith("Read these percentiles with care")]
+        assert caveat == ([f"Read these percentiles with care: this prompt has {n:,} tokens and only {near} of the "
+                           f"{cal.n_prompts} calibration prompts ({cal.n_tokens.min()}–{cal.n_tokens.max():,} tokens) "
+                           "have between half and twice as many; the sink mass falls as prompts grow (Sweep page), "
+                           "so a long prompt tends to rank low."] if warned else [])

@@ -221,11 +221,22 @@ def sentences(cal: Calibration, result, first_n: int, thresholds: Thresholds = T
     out.append(f"Layer {worst}: {sinks.sink_mass[worst]:.0%} on the sequence's first {first_n} tokens, "
                f"{ordinal(j.layer_percentiles[worst])} percentile of this model's layer {worst}; over layers "
                f"≥ {thresholds.shallow_layers}, {j.value:.0%}, {ordinal(j.percentile)} percentile, {j.label}.")
-    low, high, n = int(cal.n_tokens.min()), int(cal.n_tokens.max()), result.stats.n_tokens
-    if not low <= n <= high:
-        out.append(f"Read these percentiles with care: this prompt has {n:,} tokens, the calibration prompts "
-                   f"{low}–{high}, and attention on the first tokens changes with length (Sweep page).")
+    n = result.stats.n_tokens
+    near = comparable_lengths(cal, n)
+    if near < MIN_COMPARABLE:
+        out.append(f"Read these percentiles with care: this prompt has {n:,} tokens and only {near} of the "
+                   f"{cal.n_prompts} calibration prompts ({int(cal.n_tokens.min())}–{int(cal.n_tokens.max()):,} "
+                   "tokens) have between half and twice as many; the sink mass falls as prompts grow (Sweep page), "
+                   "so a long prompt tends to rank low.")
     return out
+
+
+MIN_COMPARABLE = 10   # calibration prompts within a factor of 2 in length for a percentile to go unqualified
+
+
+def comparable_lengths(cal: Calibration, n_tokens: int) -> int:
+    """How many calibration prompts have between n/2 and 2n tokens."""
+    return int(np.sum((cal.n_tokens >= n_tokens / 2) & (cal.n_tokens <= 2 * n_tokens)))
 
 
 def judge_readings(cal: Calibration, result, first_n: int, thresholds: Thresholds = Thresholds()) -> dict:
