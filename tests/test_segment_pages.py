@@ -186,3 +186,18 @@ def test_typical_band_is_visible_on_the_plot_background():
     assert backgrounds[0].upper() == "#E5ECF6"
     for background in backgrounds:      # at least 40 of 441 in RGB distance: plainly visible
         assert np.linalg.norm(rgb(band.fillcolor) - rgb(background)) > 40, (band.fillcolor, background)
+
+
+def test_audit_not_judged_shows_no_blank_percentile_column():
+    """Audited with 'Judge against this model' off, the table has no percentile columns (before, an
+    empty 'percentile' column read as missing numbers) and the caption says it was not judged."""
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.switch_page("pages/audit.py").run()
+    at.toggle(key="au_calibrate").set_value(False)
+    at.text_area(key="au_text").set_value("What is the capital of France?\nList three colours.")
+    at.button[0].click().run()
+    assert not at.exception and not at.error, (at.exception, at.error)
+    table = at.dataframe[0].value
+    assert "percentile" not in table.columns and "against this model" not in table.columns
+    assert [t.split(" · ")[0] for t in table["your first tokens"]] == ["'What'", "'List'"]   # the user's text
+    assert any("not judged against the model" in c.value for c in at.caption)

@@ -10,7 +10,7 @@ KIND_COLORS = {"sequence": "#4c78a8", "template": "#9aa5b1", "system": "#72b7b2"
                LEARNED_SINK: "#54a24b"}
 BLOCK_COLORS = ("#4c78a8", "#f58518", "#e45756", "#b279a2", "#eeca3b", "#ff9da6", "#9d755d", "#bab0ac")
 OPENING_COLORS = {"sequence": "#9aa5b1", "system turn": "#72b7b2", "user text": "#d62728"}
-TYPICAL_BAND = "#bfe3b4"   # light green: visible on Plotly's #E5ECF6 plot and on white
+TYPICAL_BAND = "#d4ecc9"   # light green: visible on Plotly's #E5ECF6 plot and on white
 
 
 def segment_colors(shares: SegmentShares) -> list[str]:
