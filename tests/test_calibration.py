@@ -110,3 +110,16 @@ def test_a_prompt_without_calibration_prompts_of_its_length_is_qualified(setting
                            f"{cal.n_prompts} calibration prompts ({cal.n_tokens.min()}–{cal.n_tokens.max():,} tokens) "
                            "have between half and twice as many; the sink mass falls as prompts grow (Sweep page), "
                            "so a long prompt tends to rank low."] if warned else [])
+
+
+def test_no_calibration_prompt_fits_a_tiny_token_limit(settings, store, monkeypatch):
+    from sinkviz.errors import BadPrompt
+    monkeypatch.setattr(calibration, "calibration_prompts", lambda: ["w1 w2 w3 w4", "w5 w6 w7"])
+    limited = Settings(model=settings.model, map_size=16, max_tokens=3)
+    with pytest.raises(BadPrompt, match="^none of the calibration prompts fits this model's token limit$"):
+        calibrate(limited, store)
+    assert load_calibration(limited, store) is None
+    assert calibration.calibration_key(limited) != calibration.calibration_key(settings)   # limits in the key
+    before = calibration.calibration_key(settings)
+    monkeypatch.setenv("SINKVIZ_MAX_TOKENS", "100")                  # the operator's limit too
+    assert calibration.calibration_key(settings) != before

@@ -28,7 +28,7 @@ import numpy as np
 
 from sinkviz.errors import BadPrompt
 from sinkviz.flow import models
-from sinkviz.flow.analysis import Progress, Settings, analyze
+from sinkviz.flow.analysis import Progress, Settings, analyze, env_max_tokens
 from sinkviz.numbers.metrics import Thresholds, deep_mean
 from sinkviz.numbers.readings import KINDS, kind_shares, per_layer_reading
 from sinkviz.engine.reduce import MAX_FIRST_N
@@ -68,8 +68,10 @@ def calibration_settings(settings: Settings) -> Settings:
 
 
 def calibration_key(settings: Settings) -> str:
-    """sha256 of the model's identity, the template choice, the system turn and the prompt set."""
+    """sha256 of the model's identity, the template choice, the system turn, the token limits (they
+    decide which prompts are left out) and the prompt set."""
     payload = {"version": VERSION, "model": models.identity(settings.model, settings.device, settings.dtype),
+               "limits": [settings.max_tokens, env_max_tokens()],
                "template": settings.use_template, "system": settings.system or None,
                "prompts": hashlib.sha256("\0".join(calibration_prompts()).encode()).hexdigest()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
@@ -126,6 +128,8 @@ def calibrate(settings: Settings, store: ResultStore | None = None,
             continue
         values.append(prompt_values(result))
         lengths.append(result.stats.n_tokens)
+    if not values:
+        raise BadPrompt("none of the calibration prompts fits this model's token limit")
     sink, opening, shares = (np.stack(v) for v in zip(*values))
     cal = Calibration(calibration_key(settings), len(values), sink, opening, shares, np.array(lengths))
     cal_store.put(cal.key, {"schema": VERSION, "key": cal.key, "n_prompts": cal.n_prompts},
