@@ -122,9 +122,11 @@ def show(run: dict) -> None:
     keep = most_unusual_first([(r, m) for r, m in zip(rows, marks)
                                if (r.severity or "error") in severities and band(m["percentile"]) in bands])
     table = table_rows(keep, extras, run["settings"].use_template)
+    if run["cal"] is None:          # not judged: no columns of blanks that read as missing numbers
+        table = [{k: v for k, v in row.items() if k not in ("percentile", "against this model")} for row in table]
     pct = st.column_config.NumberColumn(format="percent")
     st.dataframe(table, hide_index=True, key="au_table", row_height=60,
-                 column_config={"prompt": st.column_config.TextColumn(width="large", pinned=True,
+                 column_config={"prompt": st.column_config.TextColumn(width="medium", pinned=True,
                                                                       help="The full text: pick the row below"),
                                 "reading": pct, "sink mass (worst layer)": pct, "share: template": pct,
                                 "share: system": pct, "share: your text": pct,

@@ -92,11 +92,11 @@ $i \ge u+N$ only, needs attention rows that the capture does not keep for long p
 sequence's own opening ($u = 0$) it is slightly above $m_N$.
 
 ### Two readings of severity
-1. **Against this model** (the headline): a shipped set of 40 varied prompts (questions,
+1. **Against this model** (the headline): a shipped set of 51 varied prompts (questions,
    instructions, blank-line / `---` / `###` blocks, code, German, Spanish, Japanese, Chinese, emoji,
-   a policy excerpt; public domain) is run once per model and template setting, and kept. A prompt's
+   a policy excerpt, and 11 long texts of 214–1,750 tokens; public domain) is run once per model and template setting, and kept. A prompt's
    reading (the mean over layers $\ge 2$ of your text's opening mass, or of $m_N$) is placed among
-   the 40 prompts' values: percentile $= 100 \times (\#\{v < x\} + \tfrac12\#\{v = x\}) / 40$.
+   the 51 prompts' values: percentile $= 100 \times (\#\{v < x\} + \tfrac12\#\{v = x\}) / 51$.
    Between the 5th and 95th percentile it is *typical for this model*; outside, *unusual*. Each
    layer also gets its percentile among the same layer's values ("layer 24: 88 %, 25th
    percentile of this model's layer 24"). Trained models put most attention on the first tokens in

@@ -26,8 +26,12 @@ def test_percentile_definition_and_monotone():
 def test_calibration_is_kept_stable_and_monotone(settings, store):
     steps = []
     cal = calibrate(settings, store, progress=steps.append)
-    n = len(calibration_prompts())
-    assert cal.n_prompts == n == 40 and steps == [f"{i}/{n}" for i in range(1, n + 1)]
+    total = len(calibration_prompts())
+    assert total == 51 and steps == [f"{i}/{total}" for i in range(1, total + 1)]
+    fits = [p for p in calibration_prompts() if len(p.split()) + 1 <= 512]     # the tiny model's context
+    n = len(fits)
+    assert cal.n_prompts == n < total                        # the longest prompts are left out, not cut
+    assert list(cal.n_tokens) == [len(p.split()) + 1 for p in fits]   # word-level tokenizer, plus <s>
     assert cal.sink_mass.shape == (n, 3, 8) and cal.user_opening.shape == (n, 3, 8) and cal.shares.shape == (n, 3, 4)
     assert cal.n_tokens.shape == (n,) and cal.n_tokens.min() >= 2
     again = load_calibration(settings, store)
@@ -70,4 +74,52 @@ def test_cli_judges_against_the_model(settings, store, capsys, monkeypatch):
     for reading in ("user", "sequence"):
         j = judge(cal, per_layer_reading(result, 3, reading), reading)
         assert (report[reading]["percentile"], report[reading]["label"]) == (j.percentile, j.label)
-    assert report["n_prompts"] == 40 and len(report["sentences"]) >= 1
+    assert report["n_prompts"] == cal.n_prompts and len(report["sentences"]) >= 1
+
+
+def test_the_shipped_set_reaches_long_prompts_and_its_key_follows_it(settings, monkeypatch):
+    """Users audit 50-2,000-token prompts, and the sink mass falls with length: the set holds long
+    prompts; a changed set (or version) gives another calibration key, so no old calibration is reused."""
+    from transformers import AutoTokenizer
+
+    from sinkviz.flow.embedded import DEFAULT_MODEL, ensure_converted
+    tokenizer = AutoTokenizer.from_pretrained(ensure_converted(DEFAULT_MODEL))
+    lengths = sorted(len(tokenizer(p)["input_ids"]) for p in calibration_prompts())
+    assert lengths[0] < 10 and lengths[-1] > 1500 and sum(n > 200 for n in lengths) == 11
+    key = calibration.calibration_key(settings)
+    monkeypatch.setattr(calibration, "calibration_prompts", lambda: calibration_prompts()[:40])
+    assert calibration.calibration_key(settings) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(calibration, "VERSION", calibration.VERSION - 1)
+    assert calibration.calibration_key(settings) != key
+
+
+def test_a_prompt_without_calibration_prompts_of_its_length_is_qualified(settings, store):
+    """The headline warns where fewer than MIN_COMPARABLE calibration prompts have between half and
+    twice the prompt's tokens (percentiles of long prompts sit low by length alone), and only there."""
+    from conftest import random_words
+    from sinkviz.numbers.calibration import MIN_COMPARABLE, comparable_lengths, sentences
+    cal = calibrate(settings, store)
+    for words, warned in ((12, False), (400, True)):
+        result = analyze(random_words(words), settings, store=store)
+        n = result.stats.n_tokens
+        near = int(np.sum((cal.n_tokens >= n / 2) & (cal.n_tokens <= 2 * n)))
+        assert comparable_lengths(cal, n) == near and (near < MIN_COMPARABLE) == warned
+        caveat = [s for s in sentences(cal, result, 3) if s.startswith("Read these percentiles with care")]
+        assert caveat == ([f"Read these percentiles with care: this prompt has {n:,} tokens and only {near} of the "
+                           f"{cal.n_prompts} calibration prompts ({cal.n_tokens.min()}–{cal.n_tokens.max():,} tokens) "
+                           "have between half and twice as many; the sink mass falls as prompts grow (Sweep page), "
+                           "so a long prompt tends to rank low."] if warned else [])
+
+
+def test_no_calibration_prompt_fits_a_tiny_token_limit(settings, store, monkeypatch):
+    from sinkviz.errors import BadPrompt
+    monkeypatch.setattr(calibration, "calibration_prompts", lambda: ["w1 w2 w3 w4", "w5 w6 w7"])
+    limited = Settings(model=settings.model, map_size=16, max_tokens=3)
+    with pytest.raises(BadPrompt, match="^none of the calibration prompts fits this model's token limit$"):
+        calibrate(limited, store)
+    assert load_calibration(limited, store) is None
+    assert calibration.calibration_key(limited) != calibration.calibration_key(settings)   # limits in the key
+    before = calibration.calibration_key(settings)
+    monkeypatch.setenv("SINKVIZ_MAX_TOKENS", "100")                  # the operator's limit too
+    assert calibration.calibration_key(settings) != before

@@ -166,3 +166,39 @@ def test_heatmap_marks_where_each_turn_starts():
     assert sorted(s["x0"] + 0.5 for s in big["layout"]["shapes"]) == starts
     names = {s.name for s in segments_of(result.tokens)}
     assert {a["text"] for a in big["layout"]["annotations"]} == names
+
+
+def test_typical_band_is_visible_on_the_plot_background():
+    """The shaded 'typical for this model' band differs clearly from the plot's background (Plotly's
+    template #E5ECF6, or white under streamlit's theme): before, #e8eef5 on #E5ECF6 was invisible."""
+    import plotly.io as pio
+
+    from sinkviz.numbers.calibration import TYPICAL, Judgement
+    from sinkviz.output.segment_figures import percentile_lines
+    j = Judgement("sequence", 0.5, 50.0, "typical for this model", np.full(4, 0.5), np.array([10, 50, 90, 99.0]), 40)
+    fig = percentile_lines({"sequence": j}, TYPICAL)
+    band = fig.layout.shapes[0]
+    assert (band.y0, band.y1) == TYPICAL and fig.layout.annotations[0].text == "typical for this model"
+
+    def rgb(color: str) -> np.ndarray:
+        return np.array([int(color.lstrip("#")[i:i + 2], 16) for i in (0, 2, 4)], float)
+
+    backgrounds = [pio.templates["plotly"].layout.plot_bgcolor, "#FFFFFF"]
+    assert backgrounds[0].upper() == "#E5ECF6"
+    for background in backgrounds:      # at least 40 of 441 in RGB distance: plainly visible
+        assert np.linalg.norm(rgb(band.fillcolor) - rgb(background)) > 40, (band.fillcolor, background)
+
+
+def test_audit_not_judged_shows_no_blank_percentile_column():
+    """Audited with 'Judge against this model' off, the table has no percentile columns (before, an
+    empty 'percentile' column read as missing numbers) and the caption says it was not judged."""
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.switch_page("pages/audit.py").run()
+    at.toggle(key="au_calibrate").set_value(False)
+    at.text_area(key="au_text").set_value("What is the capital of France?\nList three colours.")
+    at.button[0].click().run()
+    assert not at.exception and not at.error, (at.exception, at.error)
+    table = at.dataframe[0].value
+    assert "percentile" not in table.columns and "against this model" not in table.columns
+    assert [t.split(" · ")[0] for t in table["your first tokens"]] == ["'What'", "'List'"]   # the user's text
+    assert any("not judged against the model" in c.value for c in at.caption)

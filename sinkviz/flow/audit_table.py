@@ -115,13 +115,14 @@ def one_line(text: str) -> str:
 
 def table_rows(pairs: list[tuple[AuditRow, dict]], extras: list[dict[str, str]], use_template: bool) -> list[dict]:
     """The audit table as the page shows it, one dict per (row, judged mark): the prompt on one line,
-    the file's columns, then the readings, the worst layer and the shares (fractions, as computed)."""
+    the file's columns, the first tokens, the percentile and its label (next to them, so they are in
+    view without scrolling), the reading, the worst layer and the shares (fractions, as computed)."""
     names = extra_names(extras)
     first = "your first tokens" if use_template else "first tokens"
     return [{"prompt": one_line(r.prompt),
              **{k: (extras[r.row - 1] if r.row - 1 < len(extras) else {}).get(k, "") for k in names},
-             first: r.first_tokens, "reading": m["reading"], "percentile": m["percentile"],
-             "against this model": m["against_model"], "worst layer": r.worst_layer,
+             first: r.first_tokens, "percentile": m["percentile"], "against this model": m["against_model"],
+             "reading": m["reading"], "worst layer": r.worst_layer,
              "sink mass (worst layer)": r.worst_sink_mass, "× uniform": r.ratio_to_uniform,
              "severity (fixed)": r.severity or "error", "share: template": r.share_template,
              "share: system": r.share_system, "share: your text": r.share_user,

@@ -1,10 +1,12 @@
 """Severity against the model's own baseline: a shipped set of varied prompts, run once per model
 and settings, gives each reading's distribution; a prompt is reported by its percentile in it.
 
-The set (``data/calibration_prompts.jsonl``, 40 prompts written for sinkviz and dedicated to the
-public domain, two quoting the US Declaration of Independence) mixes questions, instructions,
+The set (``data/calibration_prompts.jsonl``, 51 prompts written for sinkviz and dedicated to the
+public domain, some quoting the US Declaration of Independence) mixes questions, instructions,
 system-style prompts, blank-line / '---' / '###' blocks, code, German, Spanish, Japanese, Chinese,
-emoji, chat and a short policy excerpt.
+emoji, chat and a short policy excerpt (40 prompts of 31-110 tokens with the template), and 11 long
+ones of 214-1,750 tokens (a support-assistant system prompt, a policy, code, German, a story,
+excerpts of the Declaration), because the sink mass falls with length (bench/calibration_length.py).
 
 Readings (per prompt p and layer l; see readings.py and segments.py):
 - 'sequence': m_N, the sink mass of the sequence's first N tokens         [P, layers, 8]
@@ -24,15 +26,16 @@ from importlib import resources
 
 import numpy as np
 
+from sinkviz.errors import BadPrompt
 from sinkviz.flow import models
-from sinkviz.flow.analysis import Progress, Settings, analyze
+from sinkviz.flow.analysis import Progress, Settings, analyze_many, env_max_tokens
 from sinkviz.numbers.metrics import Thresholds, deep_mean
 from sinkviz.numbers.readings import KINDS, kind_shares, per_layer_reading
 from sinkviz.engine.reduce import MAX_FIRST_N
 from sinkviz.numbers.segments import openings, segments_of
 from sinkviz.flow.store import ResultStore
 
-VERSION = 2            # 2: the prompts' lengths kept
+VERSION = 3            # 2: the prompts' lengths kept; 3: long prompts added
 MAP_SIZE = 32          # maps are not calibrated; small ones keep the calibration store small
 TYPICAL = (5.0, 95.0)  # percentiles outside this band are 'unusual'
 
@@ -65,8 +68,10 @@ def calibration_settings(settings: Settings) -> Settings:
 
 
 def calibration_key(settings: Settings) -> str:
-    """sha256 of the model's identity, the template choice, the system turn and the prompt set."""
+    """sha256 of the model's identity, the template choice, the system turn, the token limits (they
+    decide which prompts are left out) and the prompt set."""
     payload = {"version": VERSION, "model": models.identity(settings.model, settings.device, settings.dtype),
+               "limits": [settings.max_tokens, env_max_tokens()],
                "template": settings.use_template, "system": settings.system or None,
                "prompts": hashlib.sha256("\0".join(calibration_prompts()).encode()).hexdigest()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
@@ -106,21 +111,33 @@ def _user_opening(stats, segs, first_n: int) -> np.ndarray:
 def calibrate(settings: Settings, store: ResultStore | None = None,
               progress: Progress | None = None) -> Calibration:
     """The calibration of ``settings``' model: from the calibration store if made before, else
-    every calibration prompt analysed once (``progress`` gets 'i/total' before each) and kept."""
+    every calibration prompt analysed once, in length-sorted batches, and kept (``progress`` gets
+    'i/total' as the i-th starts: after i - 1 are ready).
+    Prompts longer than the model takes are left out (``n_prompts`` counts those used)."""
     store = store or ResultStore()
     found = load_calibration(settings, store)
     if found is not None:
         return found
     cal_store, prompts = calibration_store(store), calibration_prompts()
-    values, lengths = [], []
-    for i, prompt in enumerate(prompts, start=1):
-        if progress:
-            progress(f"{i}/{len(prompts)}")
-        result = analyze(prompt, calibration_settings(settings), store=cal_store)
-        values.append(prompt_values(result))
-        lengths.append(result.stats.n_tokens)
+    found_by_index: dict[int, tuple] = {}
+    if progress:
+        progress(f"1/{len(prompts)}")
+    # length-sorted batches, as an audit runs them
+    for done, (index, result) in enumerate(analyze_many(prompts, calibration_settings(settings),
+                                                         store=cal_store), start=1):
+        if progress and done < len(prompts):
+            progress(f"{done + 1}/{len(prompts)}")
+        if isinstance(result, BadPrompt):   # longer than the model's context (or $SINKVIZ_MAX_TOKENS): left out
+            continue
+        if isinstance(result, Exception):
+            raise result
+        found_by_index[index] = (prompt_values(result), result.stats.n_tokens)
+    values = [found_by_index[i][0] for i in sorted(found_by_index)]
+    lengths = [found_by_index[i][1] for i in sorted(found_by_index)]
+    if not values:
+        raise BadPrompt("none of the calibration prompts fits this model's token limit")
     sink, opening, shares = (np.stack(v) for v in zip(*values))
-    cal = Calibration(calibration_key(settings), len(prompts), sink, opening, shares, np.array(lengths))
+    cal = Calibration(calibration_key(settings), len(values), sink, opening, shares, np.array(lengths))
     cal_store.put(cal.key, {"schema": VERSION, "key": cal.key, "n_prompts": cal.n_prompts},
                   {"sink_mass": sink, "user_opening": opening, "shares": shares, "n_tokens": cal.n_tokens})
     return cal
@@ -214,11 +231,22 @@ def sentences(cal: Calibration, result, first_n: int, thresholds: Thresholds = T
     out.append(f"Layer {worst}: {sinks.sink_mass[worst]:.0%} on the sequence's first {first_n} tokens, "
                f"{ordinal(j.layer_percentiles[worst])} percentile of this model's layer {worst}; over layers "
                f"≥ {thresholds.shallow_layers}, {j.value:.0%}, {ordinal(j.percentile)} percentile, {j.label}.")
-    low, high, n = int(cal.n_tokens.min()), int(cal.n_tokens.max()), result.stats.n_tokens
-    if not low <= n <= high:
-        out.append(f"Read these percentiles with care: this prompt has {n:,} tokens, the calibration prompts "
-                   f"{low}–{high}, and attention on the first tokens changes with length (Sweep page).")
+    n = result.stats.n_tokens
+    near = comparable_lengths(cal, n)
+    if near < MIN_COMPARABLE:
+        out.append(f"Read these percentiles with care: this prompt has {n:,} tokens and only {near} of the "
+                   f"{cal.n_prompts} calibration prompts ({int(cal.n_tokens.min())}–{int(cal.n_tokens.max()):,} "
+                   "tokens) have between half and twice as many; the sink mass falls as prompts grow (Sweep page), "
+                   "so a long prompt tends to rank low.")
     return out
+
+
+MIN_COMPARABLE = 10   # calibration prompts within a factor of 2 in length for a percentile to go unqualified
+
+
+def comparable_lengths(cal: Calibration, n_tokens: int) -> int:
+    """How many calibration prompts have between n/2 and 2n tokens."""
+    return int(np.sum((cal.n_tokens >= n_tokens / 2) & (cal.n_tokens <= 2 * n_tokens)))
 
 
 def judge_readings(cal: Calibration, result, first_n: int, thresholds: Thresholds = Thresholds()) -> dict:

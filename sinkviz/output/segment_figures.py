@@ -11,6 +11,7 @@ KIND_COLORS = {"sequence": "#4c78a8", "template": "#9aa5b1", "system": "#72b7b2"
                LEARNED_SINK: "#54a24b"}
 BLOCK_COLORS = ("#4c78a8", "#f58518", "#e45756", "#b279a2", "#eeca3b", "#ff9da6", "#9d755d", "#bab0ac")
 OPENING_COLORS = {"sequence": "#9aa5b1", "system turn": "#72b7b2", "user text": "#d62728"}
+TYPICAL_BAND = "#d4ecc9"   # light green: visible on Plotly's #E5ECF6 plot and on white
 
 
 def segment_colors(shares: SegmentShares) -> list[str]:
@@ -106,7 +107,7 @@ def percentile_lines(judgements: dict, typical: tuple[float, float]) -> go.Figur
     """judgements: reading name -> calibration.Judgement; each layer's percentile among the same
     layer's calibration values, with the typical band shaded."""
     fig = go.Figure()
-    fig.add_hrect(y0=typical[0], y1=typical[1], fillcolor="#e8eef5", line_width=0, layer="below",
+    fig.add_hrect(y0=typical[0], y1=typical[1], fillcolor=TYPICAL_BAND, line_width=0, layer="below",
                   annotation_text="typical for this model", annotation_position="top left")
     for k, (name, j) in enumerate(judgements.items()):
         layers = np.arange(len(j.layer_percentiles))
