@@ -3,8 +3,10 @@ helpers that drive the dashboard. Importing it skips the importing module where 
 chromium (/usr/bin/chromium) is missing, unless SINKVIZ_REQUIRE_E2E=1 (CI), where that fails.
 """
 
+import collections
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -62,10 +64,22 @@ def streamlit_server(store_dir: Path, log: Path | None = None, **env: str):
             out.close()
 
 
+WARNING = re.compile(r"warn|error|exception|traceback", re.IGNORECASE)
+
+
+def warnings_in(log: Path) -> collections.Counter:
+    """Warning-like lines of a server log, timestamps dropped, with their counts."""
+    lines = [re.sub(r"^\d{4}-\d\d-\d\d [\d:.]+ ", "", line) for line in log.read_text().splitlines()]
+    return collections.Counter(line for line in lines if WARNING.search(line))
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, default_model_dir):
-    with streamlit_server(tmp_path_factory.mktemp("e2e-store")) as url:
+    """A dashboard for the module's tests; afterwards its log may hold no warning twice."""
+    folder = tmp_path_factory.mktemp("e2e")
+    with streamlit_server(folder / "store", log=folder / "server.log") as url:
         yield url
+    assert {line: n for line, n in warnings_in(folder / "server.log").items() if n > 1} == {}
 
 
 @pytest.fixture(scope="module")
