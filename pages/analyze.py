@@ -5,12 +5,21 @@ import json
 import numpy as np
 import streamlit as st
 
+<<<<<<< HEAD
 from pages.common import (EXAMPLES, URL_PROMPT_LIMIT, PageUrl, device_dtype_pickers, guarded, kept_figure,
                           model_picker, named_key, not_found, run_analysis, settings_params, step_progress, store,
                           sink_intro, stored_from_url, threshold_inputs, thresholds_params, through_app, url_settings,
                           url_thresholds)
 from sinkviz.numbers.calibration import (TYPICAL, calibrate, calibration_key, calibration_prompts, judge_readings,
                                          load_calibration, sentences)
+=======
+from pages.common import (EXAMPLES, URL_PROMPT_LIMIT, PageUrl, analysis_by_key, device_dtype_pickers, guarded,
+                          model_picker, named_key, not_found, run_analysis, settings_params, sink_intro, step_progress,
+                          store, threshold_inputs, thresholds_params, through_app, url_settings, url_thresholds)
+from sinkviz.numbers.calibration import (TYPICAL, calibrate, calibration_key, calibration_prompts, judge, load_calibration,
+                                 sentences)
+from sinkviz.numbers.readings import per_layer_reading
+>>>>>>> links
 from sinkviz.output import figures, segment_figures
 from sinkviz.flow.analysis import Analysis, Settings
 from sinkviz.errors import SinkvizError
@@ -30,7 +39,7 @@ through_app()
 # enough, its settings) and how it is viewed. Every widget starts from there.
 url = PageUrl("analyze", key=None, prompt=None, **settings_params(Settings()), n=3, eps=0.3,
               **thresholds_params(Thresholds()), tab=TABS[0], layer=None, head=None, log=False, hide=False,
-              pos=0, blocks=None)
+              pos=0, blocks="turns only")
 view: dict = {}   # what the result's widgets show, filled while rendering, written to the URL at the end
 
 
@@ -41,7 +50,7 @@ def fill_example() -> None:
 
 
 link_key = url.get("key")
-shown: Analysis | None = stored_from_url(url)[1][0] if link_key else None   # the link's analysis
+shown: Analysis | None = analysis_by_key(link_key) if link_key else None   # the link's analysis
 start = shown.settings if shown else url_settings(url)
 if shown:
     start_prompt = shown.prompt
@@ -125,7 +134,8 @@ def render(a: Analysis) -> None:
                     help=f"Mean over layers ≥ {thresholds.shallow_layers} of the attention that the queries able to "
                          "see your text's opening give to it (Segments tab). Position 0 is the template's.")
     render_baseline(a)
-    st.info(f"**By fixed thresholds (warning {thresholds.warning:.0%}, critical {thresholds.critical:.0%}).** " + verdict(sinks, stats, tokens, a.tokens.special, thresholds))
+    st.info(f"**By fixed thresholds (warning {thresholds.warning:.0%}, critical {thresholds.critical:.0%}).** "
+            + verdict(sinks, stats, tokens, a.tokens.special, thresholds))
     st.caption(f"{a.model.label} · {a.model.architecture} · {a.model.device} · {a.model.dtype} · "
                f"key {a.key}" + (" · from the result store" if a.cached else ""))
     if a.model.eager_attention:
@@ -188,7 +198,7 @@ BLOCK_CHOICES = {"turns only": None, **{f"blocks: {rule}": rule for rule in BLOC
 
 def render_segments(a: Analysis) -> None:
     choices = list(BLOCK_CHOICES)
-    choice = st.selectbox("Parts of the sequence", choices, choices.index(url.get("blocks", choices[0], choices=choices)),
+    choice = st.selectbox("Parts of the sequence", choices, choices.index(url.get("blocks", choices=choices)),
                           key="an_blocks",
                           help="Template, system turn and user turn; or the user's text cut into blocks. "
                                + " ".join(f"{rule}: {text}." for rule, text in BLOCK_RULES.items()))

@@ -269,7 +269,7 @@ class PageUrl:
 
     def keep(self, **values) -> None:
         """Write the page's state to the URL: ``values`` over what the URL had; None, or a value
-        equal to its default, removes a name. Names that are no defaults of this page are dropped."""
+        equal to its default, removes a name. What the URL had beyond this page's names is dropped."""
         params = {k: v for k, v in self.params.items() if k in self.defaults}
         for name, value in values.items():
             if value is None or (name in self.defaults and value == self.defaults[name]
@@ -333,11 +333,15 @@ def thresholds_params(thresholds: Thresholds) -> dict:
 KEY = re.compile(r"[0-9a-f]{32}")
 
 
-def stored_from_url(url: PageUrl, name: str = "key") -> tuple[list[str], list[Analysis | None]]:
-    """The analyses a URL names by store key (``name``: comma-separated keys), each None where
-    the store has none (or the text is not a key)."""
+def analysis_by_key(key: str) -> Analysis | None:
+    """The stored analysis a link names, or None (also for a text that is not a key)."""
+    return open_stored(key) if KEY.fullmatch(key) else None
+
+
+def stored_from_url(url: PageUrl, name: str) -> tuple[list[str], list[Analysis | None]]:
+    """The keys a URL's ``name`` lists (comma-separated) and their stored analyses (or None)."""
     keys = [k for k in (url.get(name) or "").split(",") if k]
-    return keys, [open_stored(k) if KEY.fullmatch(k) else None for k in keys]
+    return keys, [analysis_by_key(k) for k in keys]
 
 
 def named_key(key: str) -> str:
@@ -352,7 +356,7 @@ def not_found(what: str, then: str = "Press the button above to compute it again
 
 
 def sink_intro(expanded: bool) -> None:
-    """'What is an attention sink?': three sentences and the engine's numbers on one sentence."""
+    """'What is an attention sink?': four sentences and the engine's numbers on one sentence."""
     example = load_intro_example()
     with st.expander("What is an attention sink?", expanded=expanded, icon=":material/help:"):
         text, picture = st.columns([2, 3])

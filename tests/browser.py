@@ -5,8 +5,10 @@ skips a test module where chromium is missing, unless SINKVIZ_REQUIRE_E2E=1 (CI)
 The ``browser`` and ``server`` fixtures (conftest.py) are built from the helpers here.
 """
 
+import collections
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -68,7 +70,17 @@ def streamlit_server(store_dir: Path, log: Path | None = None, **env: str):
             out.close()
 
 
+WARNING = re.compile(r"warn|error|exception|traceback", re.IGNORECASE)
+
+
+def warnings_in(log: Path) -> collections.Counter:
+    """Warning-like lines of a server log, timestamps dropped, with their counts."""
+    lines = [re.sub(r"^\d{4}-\d\d-\d\d [\d:.]+ ", "", line) for line in log.read_text().splitlines()]
+    return collections.Counter(line for line in lines if WARNING.search(line))
+
+
 def new_page(browser, height: int = 2400):
+    """A page in a fresh browser context (its own cookies and storage: a new visitor)."""
     page = browser.new_page(viewport={"width": 1400, "height": height})
     page.set_default_timeout(120_000)
     return page

@@ -167,7 +167,10 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, default_model_dir):
-    """The dashboard on a loopback port with a private store (tests/browser.py); its URL."""
-    from browser import streamlit_server
-    with streamlit_server(tmp_path_factory.mktemp("e2e-store")) as url:
+    """The dashboard on a loopback port with a private store (tests/browser.py); its URL. After
+    the module's tests its log may hold no warning twice (a warning per rerun floods a log)."""
+    from browser import streamlit_server, warnings_in
+    folder = tmp_path_factory.mktemp("e2e")
+    with streamlit_server(folder / "store", log=folder / "server.log") as url:
         yield url
+    assert {line: n for line, n in warnings_in(folder / "server.log").items() if n > 1} == {}
