@@ -5,21 +5,12 @@ import json
 import numpy as np
 import streamlit as st
 
-<<<<<<< HEAD
-from pages.common import (EXAMPLES, URL_PROMPT_LIMIT, PageUrl, device_dtype_pickers, guarded, kept_figure,
-                          model_picker, named_key, not_found, run_analysis, settings_params, step_progress, store,
-                          sink_intro, stored_from_url, threshold_inputs, thresholds_params, through_app, url_settings,
+from pages.common import (EXAMPLES, URL_PROMPT_LIMIT, PageUrl, analysis_by_key, device_dtype_pickers, guarded,
+                          kept_figure, model_picker, named_key, not_found, run_analysis, settings_params, sink_intro,
+                          step_progress, store, threshold_inputs, thresholds_params, through_app, url_settings,
                           url_thresholds)
 from sinkviz.numbers.calibration import (TYPICAL, calibrate, calibration_key, calibration_prompts, judge_readings,
                                          load_calibration, sentences)
-=======
-from pages.common import (EXAMPLES, URL_PROMPT_LIMIT, PageUrl, analysis_by_key, device_dtype_pickers, guarded,
-                          model_picker, named_key, not_found, run_analysis, settings_params, sink_intro, step_progress,
-                          store, threshold_inputs, thresholds_params, through_app, url_settings, url_thresholds)
-from sinkviz.numbers.calibration import (TYPICAL, calibrate, calibration_key, calibration_prompts, judge, load_calibration,
-                                 sentences)
-from sinkviz.numbers.readings import per_layer_reading
->>>>>>> links
 from sinkviz.output import figures, segment_figures
 from sinkviz.flow.analysis import Analysis, Settings
 from sinkviz.errors import SinkvizError
