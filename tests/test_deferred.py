@@ -92,3 +92,22 @@ def test_deferred_steps_aside_where_it_cannot_be_exact(case, deferred_runs, sink
         first = cap.capture_batch(model, seqs, 128)[0]
     assert deferred_runs == []
     assert_same(first, per_layer(model, seqs[0]), seed, case, atol=2e-4)
+
+
+def test_a_corrupt_deferred_statistic_is_caught_on_the_gpu_and_named_on_the_host(monkeypatch):
+    """finish_many's received attention halved for prompt 1 of 3: the GPU screen flags that prompt
+    alone, the host check names the law, and the batch's capture raises (nothing is returned)."""
+    from sinkviz.engine import fused, invariants
+    real, flags = fused.finish_many, []
+
+    def halved(*args):
+        out = real(*args)
+        out["received"][:, 1] *= 0.5
+        return out
+    screen = invariants.screen_batch
+    monkeypatch.setattr(fused, "finish_many", halved)
+    monkeypatch.setattr(invariants, "screen_batch", lambda *a: flags.append(screen(*a).tolist()) or screen(*a))
+    seqs, _ = sequences([300, 120, 64])
+    with pytest.raises(invariants.ImpossibleStatistic, match="received attention summed over keys"):
+        cap.capture_batch(llama(torch.bfloat16), seqs, 128)
+    assert flags == [[False, True, False]]

@@ -391,8 +391,8 @@ def _captured_forward(model, input_ids, map_size, kwargs, lengths: list[int] | N
             recorder = deferred.DeferredRecorder(batch, map_size, input_ids.shape[1])
             out, trace = _run(model, input_ids, kwargs, layers, recorder, recorder, recorder.keep_hidden, on_layer)
             rows, kinds = check_layers(model, layers, trace, recorder.n_recorded)
-            stats = [_to_stats(arrays, tuple(recorder.windows), True, [], map_size, rows, kinds)
-                     for arrays in recorder.result()]
+            stats = [_to_stats(arrays, tuple(recorder.windows), True, [], map_size, rows, kinds, check=flagged)
+                     for arrays, flagged in recorder.result()]
             return (stats if lengths else stats[0]), out
         except deferred.Undeferrable:
             pass   # the per-layer path below computes what this one cannot
@@ -433,9 +433,10 @@ def hidden_norm_to(recorders: list[_Recorder], lengths: list[int]):
 
 
 def _to_stats(host: dict, windows: tuple, causal: bool, learned_sink_layers: list[int], map_size: int,
-              rows: tuple, kinds: tuple) -> AttentionStats:
-    """Host arrays [layers, ...] as AttentionStats, checked against what every attention obeys.
-    Rows are the attention layers (all layers but in hybrids); ``rows`` names their layers."""
+              rows: tuple, kinds: tuple, check: bool = True) -> AttentionStats:
+    """Host arrays [layers, ...] as AttentionStats, checked against what every attention obeys
+    (``check=False``: the GPU screened them already, invariants.screen_batch). Rows are the
+    attention layers (all layers but in hybrids); ``rows`` names their layers."""
     arrays = {name: a[:len(rows)] for name, a in host.items()}
     sinks = {}
     if learned_sink_layers:                 # layers without a learned sink give it nothing
@@ -450,5 +451,6 @@ def _to_stats(host: dict, windows: tuple, causal: bool, learned_sink_layers: lis
         bin_width=bin_width(arrays["received"].shape[-1], map_size),
         causal=causal, windows=windows, **sinks,
         layers=rows if hybrid else (), layer_kinds=kinds if hybrid else ())
-    invariants.check(stats)
+    if check:
+        invariants.check(stats)
     return stats

@@ -16,7 +16,7 @@ import os
 import numpy as np
 import torch
 
-from sinkviz.engine import fused
+from sinkviz.engine import fused, invariants
 from sinkviz.engine.masks import is_causal, padded_batch_mask_ok, row_norms
 from sinkviz.engine.reduce import bin_width
 
@@ -95,26 +95,32 @@ class DeferredRecorder:
         hidden = output[0] if isinstance(output, (tuple, list)) else output   # [B, L, d]
         self.hidden_norms.append(row_norms(hidden))
 
-    def result(self) -> list[dict[str, np.ndarray]]:
+    def result(self) -> list[tuple[dict[str, np.ndarray], bool]]:
         """Each prompt's statistics as host arrays [layers, ...], cut to its own tokens and bins
-        (one copy to the host per statistic); lets go of the kept queries and keys."""
+        (one copy to the host per statistic), with True where the GPU's screen of the invariants
+        flags it (``invariants.screen_batch``: then the host checks it in full); lets go of the
+        kept queries and keys."""
         if not self.queries:
             raise Undeferrable("no attention layer ran")
         device = self.queries[0].device
         stats = fused.statistics_many(self.queries, self.keys, self.lses, self.lengths, self.scaling, self.map_size)
         self.queries, self.keys, self.lses = [], [], []
         stats |= {"value_norm": torch.stack(self.value_norms), "hidden_norm": torch.stack(self.hidden_norms)}
+        widths = [bin_width(n, self.map_size) for n in self.lengths]
+        stats["flagged"] = invariants.screen_batch(stats, *(torch.tensor(v, device=device) for v in (self.lengths, widths)))
         cuda = device.type == "cuda"   # page-locked host memory: 15x pageable's speed
         host = {name: torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=cuda).copy_(tensor, non_blocking=cuda)
                 for name, tensor in stats.items()}                              # [layers, B, ...]
         if cuda:
             torch.cuda.current_stream(device).synchronize()
         host = {name: tensor.numpy() for name, tensor in host.items()}
+        flagged = host.pop("flagged")                                           # [B]
         out = []
-        for b, n in enumerate(self.lengths):
-            bins = -(-n // bin_width(n, self.map_size))
+        for b, (n, width) in enumerate(zip(self.lengths, widths)):
+            bins = -(-n // width)
             cut = {"received": (slice(None), slice(None, n)), "maps": (slice(None), slice(None, bins), slice(None, bins)),
                    "value_norm": (slice(None, n),), "hidden_norm": (slice(None, n),)}
-            out.append({name: np.array(array[(slice(None), b, *cut.get(name, ()))], order="C")   # a copy
-                        for name, array in host.items()})
+            # a copy where prompt b is a strided part of the batch; the buffer itself for a batch of one
+            out.append(({name: np.ascontiguousarray(array[(slice(None), b, *cut.get(name, ()))])
+                         for name, array in host.items()}, bool(flagged[b])))
         return out

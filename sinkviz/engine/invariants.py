@@ -17,6 +17,7 @@ is never stored or shown. Tolerances allow float32 summation (float64: 1e-9).
 import math
 
 import numpy as np
+import torch
 
 from sinkviz.errors import SinkvizError
 
@@ -83,3 +84,40 @@ def _fail(name: str, where: np.ndarray, what: str) -> None:
     head = f", head {where[1]}" if len(where) > 1 and name not in ("hidden norm", "value norm") else ""
     raise ImpossibleStatistic(f"the capture produced an impossible number, so nothing was stored or shown: "
                               f"layer {where[0]}{head}, {name} {what}. Please report it with the model and prompt.")
+
+
+def screen_batch(stats: dict[str, torch.Tensor], lengths: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
+    """The laws above on the GPU, for a right-padded causal batch before it is copied: stats as
+    ``fused.statistics_many`` gives them ([layers, B, ...]) plus value_norm and hidden_norm
+    [layers, B, L]; lengths and widths [B] int tensors. Returns [B] bool, True where prompt b
+    may break a law. It screens with half the float32 tolerance, so a prompt it passes also
+    passes ``check`` (min, max and ranges see the same values; sums differ only in rounding);
+    a prompt it flags gets the full ``check`` on the host, which names what broke."""
+    tol = 0.5e-4
+    n = lengths.to(torch.int64)                                                     # [B]
+    tokens = torch.arange(stats["received"].shape[-1], device=n.device)
+    token_ok = tokens < n[:, None]                                                  # [B, L]
+    bins = torch.arange(stats["maps"].shape[-1], device=n.device) < (-(-n // widths))[:, None]   # [B, bins]
+    defined = torch.arange(1, stats["sink_mass"].shape[-1] + 1, device=n.device) < n[:, None]   # [B, 8]
+
+    def outside(values, where, low, high):         # values [layers, B, ...]; where, high: broadcast to [B, ...]
+        bad = ~torch.isfinite(values) | (values < low - tol) | (values > high + tol)
+        return (bad & where).transpose(0, 1).flatten(1).any(1)                      # [B]
+
+    sink = stats["sink_mass"]                                                       # [layers, B, heads, 8]
+    seen_by = (n[:, None] - tokens).clamp(min=0).double()                           # [B, L], 0 past the prompt
+    received = stats["received"].where(token_ok[:, None], 0.0)                      # [layers, B, heads, L]
+    total = (received.double() * seen_by[:, None]).sum(-1)                          # [layers, B, heads]
+    in_map = bins[:, None, :, None] & bins[:, None, None, :]                        # [B, 1, bins, bins]
+    maps = stats["maps"].where(in_map, 0.0)                                         # [layers, B, heads, bins, bins]
+    everywhere = torch.ones((), dtype=torch.bool, device=n.device)
+    flags = [outside(sink, defined[:, None], 0.0, 1.0),
+             (torch.isfinite(sink) & ~defined[:, None]).transpose(0, 1).flatten(1).any(1),
+             outside(received, token_ok[:, None], 0.0, 1.0),
+             ~(abs(total - n[:, None]) <= tol * n[:, None]).transpose(0, 1).flatten(1).all(1),
+             outside(maps, in_map, 0.0, 1.0),
+             outside(maps.sum(-1), bins[:, None], 1.0, 1.0),
+             outside(stats["entropy"].double(), everywhere, 0.0, torch.log(n.double())[:, None]),   # [B, 1]: ln L
+             outside(stats["hidden_norm"], token_ok, 0.0, math.inf),
+             outside(stats["value_norm"], token_ok, 0.0, math.inf)]
+    return torch.stack(flags).any(0)
