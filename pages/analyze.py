@@ -110,10 +110,11 @@ def render(a: Analysis) -> None:
     strongest = int(np.where(deep, sinks.sink_mass, -1).argmax())
     opens = openings(stats, segments_of(a.tokens), first_n)
     user = "user text" in opens.names and a.tokens.templated
-    m = st.columns(5 if user else 4)
+    m = st.columns([0.7, 1.5, 0.9, 0.9, 1.6] if user else [0.8, 1.6, 1, 1])   # room for tokens as text
     m[0].metric("Tokens", stats.n_tokens, help="including template tokens" if a.tokens.templated else None)
-    m[1].metric("Position 0", repr(tokens[0]), "special token" if a.tokens.special[0] else "text token",
-                delta_color="off", delta_arrow="off")
+    special = a.tokens.special[0]
+    m[1].metric("Position 0", tokens[0] if special else quoted(tokens[0]), "special token" if special else "text token",
+                delta_color="off", delta_arrow="off", help=f"The first token of the sequence: {tokens[0]!r}")
     m[2].metric(f"Sink rate (ε = {epsilon:g})", f"{sink_rate(stats, epsilon):.1f} %",
                 help="Gu et al.: share of (layer, head) pairs whose attention to position 0 exceeds ε")
     m[3].metric(f"Strongest layer (≥ {thresholds.shallow_layers})", f"L{stats.layer_ids[strongest]}",

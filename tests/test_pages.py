@@ -59,7 +59,7 @@ def test_analyze_heatmaps_and_position0_equal_engine():
     at.run()
     pos0 = by_title(at, "Attention received by position 0")
     np.testing.assert_allclose(array(pos0["data"][0]["z"]), stats.received[:, :, 0], rtol=1e-6)
-    assert at.metric[1].value == "'<|im_start|>'"
+    assert at.metric[1].value == "<|im_start|>" and at.metric[1].delta == "special token"  # no quotes: room
 
 
 def test_hide_position0_and_log_scale():
@@ -122,7 +122,7 @@ def test_embedded_encoder_from_the_picker():
     at.button[0].click().run()
     assert not at.exception and not at.error
     result = analyze(PROMPT_A, Settings(model="all-minilm-l6-v2"))
-    assert (at.metric[0].value, at.metric[1].value) == (str(result.stats.n_tokens), "'[CLS]'")
+    assert (at.metric[0].value, at.metric[1].value) == (str(result.stats.n_tokens), "[CLS]")
     uniform = by_title(at, "Attention entropy per layer (nats, mean over heads and queries)")["layout"]["shapes"]
     assert uniform[0]["y0"] == pytest.approx(uniform_entropy(result.stats.n_tokens, causal=False))
 

@@ -93,7 +93,7 @@ def test_japanese_and_emoji_tokens_read_as_text(server, browser, engine):
         assert FFFD not in "".join(want.tokens.shown) and "↵" in want.tokens.shown   # the template's newlines
         page.screenshot(path=ARTIFACTS / f"readings-analyze-{name}-tokens.png", full_page=True)
     page = open_app(browser, server)
-    page.get_by_text("Chat template").click()               # off: the inspector's first five are the user's
+    page.get_by_text("Chat template", exact=True).click()   # off: the inspector's first five are the user's
     analyze_in_page(page, JAPANESE)
     raw = engine(JAPANESE, template=False)
     page.get_by_role("tab", name="Position-0 inspector").click()

@@ -121,11 +121,29 @@ def percentile_lines(judgements: dict, typical: tuple[float, float]) -> go.Figur
     return fig
 
 
+LABEL_ROW_PX = 13     # height of a row of part names above a heatmap
+PLOT_WIDTH_PX = 700   # the plot area of the large heatmap, roughly, for spacing the names
+
+
 def mark_segments(fig: go.Figure, segments, bin_width: int) -> go.Figure:
     """Dashed lines on a heatmap (keys along x) where each part's spans start, named at the top;
-    positions in bins of ``bin_width`` tokens (category index - 0.5 is the left edge of a cell)."""
+    positions in bins of ``bin_width`` tokens (category index - 0.5 is the left edge of a cell).
+    Names that would overlap go to the next row up (at most three rows)."""
     if len(segments) < 2:
         return fig
+    starts = sorted((start / bin_width - 0.5, seg.name) for seg in segments for start, _ in seg.spans if start > 0)
+    n_bins = max(len(fig.data[0].x if fig.data and fig.data[0].x is not None else ()), 1)
+    px_per_bin = PLOT_WIDTH_PX / n_bins
+    row_ends = [-1e9] * 3                                      # where each row's last name ends, in bins
+    for x, name in starts:
+        row = next((r for r, end in enumerate(row_ends) if end <= x), int(np.argmin(row_ends)))
+        row_ends[row] = x + (len(name) * 6 + 8) / px_per_bin   # ~6 px a character at 10 px
+        fig.add_shape(type="line", x0=x, x1=x, y0=0, y1=1, yref="paper", line_dash="dash",
+                      line_color="white", line_width=1)
+        fig.add_annotation(x=x, y=1.0, yref="paper", text=name, showarrow=False, xanchor="left",
+                           yanchor="bottom", font_size=10, yshift=row * LABEL_ROW_PX)
+    fig.update_layout(margin_t=max(fig.layout.margin.t or 100, 60 + 3 * LABEL_ROW_PX))
+    return fig
     for seg in segments:
         for start, _ in seg.spans:
             if start == 0:
