@@ -113,3 +113,16 @@ def test_sweep_draws_layers_on_a_sequential_scale_in_percent():
     np.testing.assert_allclose(mean.y, mass.mean(axis=1))
     assert fig.layout.yaxis.tickformat == ".0%" and "%{y:.1%}" in layers[0].hovertemplate
     assert list(fig.layout.xaxis.tickvals) == lengths and list(fig.layout.xaxis.ticktext) == ["256", "512", "1,024", "1,701"]
+
+
+def test_part_names_that_would_overlap_take_separate_rows():
+    """Three parts starting 1-2 cells apart on a 300-cell heatmap: three rows; one far away: row 0."""
+    import plotly.graph_objects as go
+    from collections import namedtuple
+    from sinkviz.output.segment_figures import LABEL_ROW_PX, mark_segments
+    Seg = namedtuple("Seg", "name spans")
+    segments = [Seg("template", [(0, 1), (4, 5), (250, 260)]), Seg("system turn", [(1, 4)]), Seg("user turn", [(5, 250)])]
+    fig = mark_segments(go.Figure(go.Heatmap(z=np.zeros((300, 300)), x=list(range(300)))), segments, 1)
+    rows = {(a.text, a.x + 0.5): (a.yshift or 0) // LABEL_ROW_PX for a in fig.layout.annotations}
+    assert rows == {("system turn", 1): 0, ("template", 4): 1, ("user turn", 5): 2, ("template", 250): 0}
+    assert sorted(s.x0 + 0.5 for s in fig.layout.shapes) == [1, 4, 5, 250]
