@@ -115,7 +115,7 @@ def render(a: Analysis) -> None:
     special = a.tokens.special[0]
     m[1].metric("Position 0", tokens[0] if special else quoted(tokens[0]), "special token" if special else "text token",
                 delta_color="off", delta_arrow="off", help=f"The first token of the sequence: {tokens[0]!r}")
-    m[2].metric(f"Sink rate (ε = {epsilon:g})", f"{sink_rate(stats, epsilon):.1f} %",
+    m[2].metric(f"Sink rate (ε = {epsilon:g})", f"{sink_rate(stats, epsilon):.1f}%",
                 help="Gu et al.: share of (layer, head) pairs whose attention to position 0 exceeds ε")
     m[3].metric(f"Strongest layer (≥ {thresholds.shallow_layers})", f"L{stats.layer_ids[strongest]}",
                 f"{sinks.sink_mass[strongest]:.0%} on first {first_n}", delta_color="off", delta_arrow="off")

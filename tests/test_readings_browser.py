@@ -61,8 +61,8 @@ def table_csv(page, frame) -> list[dict[str, str]]:
     without the File System Access API, which would open a save dialog)."""
     page.evaluate("delete window.showSaveFilePicker; window.showSaveFilePicker = undefined")
     frame.hover()
-    with page.expect_download() as download:
-        frame.get_by_role("button", name="Download as CSV").click()
+    with page.expect_download() as download:   # a DOM click: the toolbar fades in, so it is never "stable"
+        frame.get_by_role("button", name="Download as CSV").dispatch_event("click")
     text = open(download.value.path(), encoding="utf-8-sig").read()
     return list(csv.DictReader(io.StringIO(text)))
 

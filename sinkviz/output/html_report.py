@@ -257,7 +257,7 @@ def verdict_section(a: Analysis, sinks, report: dict, cal, first_n: int, thresho
                f"{esc(verdict(sinks, a.stats, a.tokens.shown, a.tokens.special, thresholds))}</div>")
     worst = strongest(sinks, a.stats, thresholds)
     numbers = {"Position 0": f"{quoted(a.tokens.shown[0])} ({'special' if a.tokens.special[0] else 'text'} token)",
-               f"Sink rate (ε = {report['epsilon']:g})": f"{report['sink_rate']:.1f} %",
+               f"Sink rate (ε = {report['epsilon']:g})": f"{report['sink_rate']:.1f}%",
                f"Strongest layer (≥ {thresholds.shallow_layers})":
                    f"layer {a.stats.layer_ids[worst]}: {sinks.sink_mass[worst]:.1%} on the first {first_n}"}
     opens = openings(a.stats, segments_of(a.tokens), first_n)
