@@ -14,7 +14,7 @@ from sinkviz.flow.sweep import shipped_text
 TABS = ["Attention scaling", "Sink tokens for windowed attention"]
 through_app()
 url = PageUrl("lab", model=DEFAULT_MODEL, prompt=EXAMPLES["Helpful assistant"], k=10, gamma=0.85, scaled=False,
-              window=128, sinks=4, tokens=384, windowed=False)
+              window=128, sinks=4, tokens=384, windowed=False, cut=0)
 linked = (url.get("prompt"), url_model(url), url.get("k", lo=1, hi=64), url.get("gamma", lo=0.05, hi=4.0))
 st.title("Mitigation lab")
 model = model_picker("lab", linked[1])
@@ -25,6 +25,10 @@ scale_tab, window_tab = st.tabs(TABS, default=TABS[url.get("windowed") and not u
 with scale_tab:
     st.caption("Multiply the attention logits of the first K keys by γ in every layer, then "
                "compare the sink mass and what the model predicts.")
+    cut = url.get("cut", lo=0, hi=10**9)     # the sender's prompt was too long for the link
+    if cut and "lab_prompt" not in st.session_state:
+        st.info(f"The shared experiment's prompt had {cut:,} characters, more than a link "
+                f"holds ({URL_PROMPT_LIMIT:,}): paste it below and press Run scaling to see its result.")
     prompt = st.text_area("Prompt", linked[0], key="lab_prompt")
     c1, c2 = st.columns(2)
     k = c1.number_input("K (first keys scaled)", 1, 64, linked[2], key="lab_k")
@@ -86,5 +90,5 @@ with window_tab:
 scaled = st.session_state.lab_scale_inputs if r is not None else (prompt, model, k, gamma)
 short = len(scaled[0]) <= URL_PROMPT_LIMIT
 windowed = st.session_state.lab_window_inputs if w is not None else (window, sinks_n, limit)
-url.keep(prompt=scaled[0] if short else "", model=scaled[1], k=scaled[2], gamma=scaled[3],
+url.keep(prompt=scaled[0] if short else "", cut=0 if short else len(scaled[0]), model=scaled[1], k=scaled[2], gamma=scaled[3],
          scaled=r is not None and short, **dict(zip(("window", "sinks", "tokens"), windowed)), windowed=w is not None)

@@ -75,3 +75,19 @@ def test_a_key_the_store_lacks_is_not_found_and_nothing_runs(key):
     assert at.text_area(key="an_prompt").value == "" and at.slider(key="an_first_n").value == 4
     assert [f["layout"]["title"]["text"] for f in figures(at)] == ["Layer 24: where each token's attention goes"]
     assert dict(at.query_params) == {"key": key, "n": "4"}          # the link stays as it came
+
+
+def test_a_lab_prompt_too_long_for_a_link_is_announced_not_replaced():
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("pages/lab.py").run()
+    at.text_area(key="lab_prompt").set_value("word " * 1000).run()             # 5,000 characters
+    sent = dict(at.query_params)
+    assert (sent["prompt"], sent["cut"]) == ("", "5000")
+    receiver = AppTest.from_file(APP, default_timeout=120)
+    receiver.query_params.update(sent)
+    receiver.switch_page("pages/lab.py").run()
+    assert not receiver.exception
+    assert [i.value for i in receiver.info] == [
+        "The shared experiment's prompt had 5,000 characters, more than a link holds (4,000): paste it below "
+        "and press Run scaling to see its result."]
+    assert receiver.text_area(key="lab_prompt").value == ""
