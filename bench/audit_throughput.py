@@ -3,8 +3,9 @@
     python3 bench/audit_throughput.py --shape llama3-8b --prompts 2000 [--ray 1 2]   # a GPU
     .venv/bin/python bench/audit_throughput.py --shape default --prompts 200        # the CPU
 
-A synthetic library: word prompts whose lengths are drawn uniformly from 50-2,000 tokens
-(seeded). ``--shape llama3-8b`` (or another of bench/gpu_long_context.py's shapes) saves a
+A synthetic library: prompts whose lengths are drawn uniformly from 50-2,000 tokens (seeded):
+words of a word-level tokenizer for the random-weight shapes, windows of the shipped text for
+the default model. ``--shape llama3-8b`` (or another of bench/gpu_long_context.py's shapes) saves a
 random-weight bf16 model of that shape with a word-level tokenizer to --folder once; ``default``
 is the embedded model. In one run, each on a fresh store: the plain SDPA forward of the prompts
 in the audit's own batch plan (no statistics), the capture alone (capture_batch on that plan),
@@ -59,10 +60,22 @@ def saved_model(shape: str, folder: Path) -> str:
     return str(folder)
 
 
-def library(n: int, longest: int = 2000, seed: int = 0) -> list[str]:
-    """n prompts of 50..longest words (uniform), seeded."""
+def library(n: int, longest: int = 2000, seed: int = 0, tokenizer=None) -> list[str]:
+    """n prompts of 50..longest tokens (uniform), seeded: words w0..w1999 for the word-level
+    tokenizer, else windows of the shipped public-domain text cut to that many of ``tokenizer``'s
+    tokens (decoded, so a prompt re-tokenizes to about that length)."""
     rng = random.Random(seed)
-    return [" ".join(f"w{rng.randrange(WORDS)}" for _ in range(rng.randint(50, longest))) for _ in range(n)]
+    if tokenizer is None:
+        return [" ".join(f"w{rng.randrange(WORDS)}" for _ in range(rng.randint(50, longest))) for _ in range(n)]
+    from sinkviz.flow.sweep import shipped_text
+    text = tokenizer(shipped_text())["input_ids"]
+    text = text * -(-(longest + 1) // len(text))
+    out = []
+    for _ in range(n):
+        size = rng.randint(50, longest)
+        start = rng.randrange(len(text) - size)
+        out.append(tokenizer.decode(text[start:start + size]))
+    return out
 
 
 def timed(fn) -> float:
@@ -81,14 +94,14 @@ def main() -> None:
     parser.add_argument("--ray", type=int, nargs="*", default=[], metavar="WORKERS")
     parser.add_argument("--skip-batch1", action="store_true")
     parser.add_argument("--skip-local", action="store_true", help="only the plain forward and the Ray runs")
-    parser.add_argument("--longest", type=int, default=2000, help="longest prompt in words (a smoke test: 100)")
+    parser.add_argument("--longest", type=int, default=2000, help="longest prompt in tokens (a smoke test: 100)")
     args = parser.parse_args()
     spec = "smollm2-135m-instruct" if args.shape == "default" else saved_model(args.shape, Path(args.folder))
     # one GPU for this process (a several-GPU host would spread the model with device_map="auto");
     # a Ray worker's cuda:0 is the GPU Ray gave it
     settings = Settings(model=spec, use_template=False, device="cuda:0" if torch.cuda.is_available() else None)
     loaded = get_model(spec, settings.device)
-    prompts = library(args.prompts, args.longest)
+    prompts = library(args.prompts, args.longest, tokenizer=loaded.tokenizer if args.shape == "default" else None)
     ids = [loaded.tokenizer(p)["input_ids"] for p in prompts]
     tokens = sum(len(i) for i in ids)
     device = loaded.model.device

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from browser import CHROMIUM, CHROMIUM_ARGS, settle, streamlit_server, warnings_in  # noqa: E402
+from browser import CHROMIUM, CHROMIUM_ARGS, settle, streamlit_server, type_into, warnings_in  # noqa: E402
 
 PROMPTS = ["You are a helpful assistant. Answer concisely.", "Summarise the quarterly report in three bullet points.",
            "Translate 'good morning' into French, German and Japanese.", "Write a haiku about attention sinks."]
@@ -25,13 +25,6 @@ PAGES = [("Compare", "Compare opening variants", "Compare", "Difference from A")
          ("Sweep", "Context-length sweep", None, None), ("Audit", "Batch prompt audit", None, None),
          ("Lab", "Mitigation lab", "Run scaling", "KL(before"), ("History", "analyses in", None, None),
          ("Method", "Sink mass", None, None), ("Analyze", "Analyze a prompt", None, None)]
-
-
-def fill(page, label: str, value: str) -> None:
-    box = page.get_by_label(label, exact=True)
-    box.fill(value)
-    box.press("Control+Enter" if box.evaluate("e => e.tagName") == "TEXTAREA" else "Enter")
-    settle(page)
 
 
 def go(page, link: str, ready: str) -> None:
@@ -49,7 +42,7 @@ def press(page, button: str, done: str, timeout: int = 180_000) -> None:
 def one_round(page, url: str, i: int) -> None:
     page.goto(url)
     page.wait_for_selector("text=Analyze a prompt")
-    fill(page, "Prompt", f"{PROMPTS[i % len(PROMPTS)]} ({i})")
+    type_into(page, "Prompt", f"{PROMPTS[i % len(PROMPTS)]} ({i})")
     press(page, "Analyze", "done (")
     for tab in ["Segments", "Heatmaps", "Position-0 inspector", "Entropy", "Tokens", "Export", "Sink mass per layer"]:
         page.get_by_role("tab", name=tab).click()
@@ -60,16 +53,16 @@ def one_round(page, url: str, i: int) -> None:
             press(page, button, done)
     if i % 3 == 0:
         go(page, "Audit", "Batch prompt audit")
-        fill(page, "…or paste prompts, one per line", "\n".join(PROMPTS))
+        type_into(page, "…or paste prompts, one per line", "\n".join(PROMPTS))
         page.get_by_text("Judge against this model").click()
         press(page, "Run audit", f"done: {len(PROMPTS)} prompts", 300_000)
         go(page, "Sweep", "Context-length sweep")
-        fill(page, "Longest prefix (tokens; 0 = the whole text)", "300")
+        type_into(page, "Longest prefix (tokens; 0 = the whole text)", "300")
         press(page, "Run sweep", "done:", 300_000)
         go(page, "Lab", "Mitigation lab")
         page.get_by_role("tab", name="Sink tokens for windowed attention").click()
-        fill(page, "W (cache entries)", "16")
-        fill(page, "Tokens of the shipped text", "64")
+        type_into(page, "W (cache entries)", "16")
+        type_into(page, "Tokens of the shipped text", "64")
         press(page, "Run windowed perplexity", "Per-token loss by position", 300_000)
 
 

@@ -86,11 +86,17 @@ def new_page(browser, height: int = 2400):
     return page
 
 
+def open_page(browser, url: str, heading: str, height: int = 2400):
+    """A new visitor's page on ``url``, once ``heading`` is shown."""
+    page = new_page(browser, height)
+    page.goto(url)
+    page.wait_for_selector(f"text={heading}")
+    return page
+
+
 def open_app(browser, server: str, link: str | None = None, height: int = 2400):
     """A new page on the app, once st.navigation's menu is there; then on ``link``'s page."""
-    page = new_page(browser, height)
-    page.goto(server)
-    page.wait_for_selector("text=Analyze a prompt")   # the menu, not the transient file list
+    page = open_page(browser, server, "Analyze a prompt", height)   # the menu, not the transient file list
     if link:
         page.get_by_role("link", name=link, exact=True).click()
     return page
@@ -100,6 +106,14 @@ def settle(page) -> None:
     """Wait until the app's script has finished its run (and any rerun it asked for)."""
     page.wait_for_timeout(300)
     page.wait_for_selector(IDLE)
+
+
+def type_into(page, label: str, value: str) -> None:
+    """Fill the widget labelled ``label`` and commit it (Ctrl+Enter in a text area, else Enter)."""
+    box = page.get_by_label(label, exact=True)
+    box.fill(value)
+    box.press("Control+Enter" if box.evaluate("e => e.tagName") == "TEXTAREA" else "Enter")
+    settle(page)
 
 
 def analyze_in_page(page, prompt: str, timeout: int = 120_000) -> float:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import expect
 
-from browser import ARTIFACTS, new_page, require_chromium, settle, streamlit_server
+from browser import ARTIFACTS, new_page, open_page, require_chromium, settle, streamlit_server, type_into
 from plotly_json import decode
 from sinkviz.flow.analysis import Settings, result_key
 from sinkviz.flow.models import identity
@@ -69,13 +69,6 @@ def choose(page, label: str, option: str, typed: str | None = None) -> None:
     settle(page)
 
 
-def type_into(page, label: str, value: str) -> None:
-    box = page.get_by_label(label, exact=True)
-    box.fill(value)
-    box.press("Control+Enter" if box.evaluate("e => e.tagName") == "TEXTAREA" else "Enter")
-    settle(page)
-
-
 def slide(page, label: str, steps: int) -> None:
     """Move the slider called ``label`` by ``steps`` with the keyboard."""
     slider(page, label).focus()
@@ -116,9 +109,7 @@ def same_page(first, second, inputs: list[str], boxes=(), captions: bool = True)
 
 
 def test_analyze_link_shows_the_same_analysis_view_and_severity(server, browser):
-    page = new_page(browser)
-    page.goto(server)
-    page.wait_for_selector("text=Analyze a prompt")
+    page = open_page(browser, server, "Analyze a prompt")
     page.get_by_text("More settings").click()
     type_into(page, "Warning at", "0.20")
     type_into(page, "Critical at", "0.40")
@@ -153,9 +144,7 @@ def test_key_only_link_restores_a_long_prompt(server, browser):
     long_prompt = "\n\n".join(f"Section {i}. The committee reviewed the quarterly report, noted steady growth "
                               "in every region and asked for a shorter summary next time." for i in range(40))
     assert len(long_prompt) > 4000
-    page = new_page(browser)
-    page.goto(server)
-    page.wait_for_selector("text=Analyze a prompt")
+    page = open_page(browser, server, "Analyze a prompt")
     type_into(page, "Prompt", long_prompt)
     page.get_by_role("button", name="Analyze").click()
     page.wait_for_selector("text=done (")
@@ -190,9 +179,7 @@ def test_unknown_key_says_not_found_and_analyses_nothing(server, browser):
 
 
 def test_compare_link(server, browser):
-    page = new_page(browser)
-    page.goto(f"{server}/compare")
-    page.wait_for_selector("text=Compare opening variants")
+    page = open_page(browser, f"{server}/compare", "Compare opening variants")
     settle(page)
     type_into(page, "Variants", "3")
     type_into(page, "Variant C", "Summary first: you are a helpful assistant.")
@@ -211,9 +198,7 @@ def test_compare_link(server, browser):
 
 
 def test_sweep_link(server, browser):
-    page = new_page(browser)
-    page.goto(f"{server}/sweep")
-    page.wait_for_selector("text=Context-length sweep")
+    page = open_page(browser, f"{server}/sweep", "Context-length sweep")
     settle(page)
     type_into(page, "Longest prefix (tokens; 0 = the whole text)", "600")
     slide(page, "Sink = the first N tokens", 2)
@@ -227,9 +212,7 @@ def test_sweep_link(server, browser):
 
 
 def test_audit_link(server, browser):
-    page = new_page(browser)
-    page.goto(f"{server}/audit")
-    page.wait_for_selector("text=Batch prompt audit")
+    page = open_page(browser, f"{server}/audit", "Batch prompt audit")
     settle(page)
     type_into(page, "…or paste prompts, one per line", "You are a helpful assistant.\n:\nHi there\nSummarise the report.")
     page.get_by_text("Judge against this model").click()
@@ -253,9 +236,7 @@ def test_audit_link(server, browser):
 
 
 def test_lab_link(server, browser):
-    page = new_page(browser)
-    page.goto(f"{server}/lab")
-    page.wait_for_selector("text=Mitigation lab")
+    page = open_page(browser, f"{server}/lab", "Mitigation lab")
     settle(page)
     type_into(page, "K (first keys scaled)", "4")
     type_into(page, "γ (logit factor)", "0.50")
@@ -271,9 +252,7 @@ def test_lab_link(server, browser):
 
 
 def test_sidebar_returns_to_each_page_as_it_was_left(server, browser):
-    page = new_page(browser)
-    page.goto(server)
-    page.wait_for_selector("text=Analyze a prompt")
+    page = open_page(browser, server, "Analyze a prompt")
     type_into(page, "Prompt", PROMPT)
     page.get_by_role("button", name="Analyze").click()
     page.wait_for_selector("text=done (")

@@ -156,7 +156,7 @@ def _blockwise_attention(module, query, key, value, attention_mask, kwargs, soft
     for start, stop, probs, sink in probability_blocks(
             q, k, attention_mask, kwargs.get("scaling") or dim ** -0.5, causal=causal, window=window,
             bias=kwargs.get("position_bias"), softmax=softmax):
-        out[:, start:stop] = torch.matmul(probs, v)
+        out[:, start:stop] = torch.matmul(probs, v[:, :probs.shape[-1]])
         if reducer is not None:
             reducer.add(probs, start + n_k - n_q, sink)
     if recorder is not None:
@@ -283,18 +283,22 @@ class _Batch:
 
 
 def probability_blocks(q, k, attention_mask, scaling, *, causal, window, bias=None, softmax: Softmax | None = None):
-    """Yield (start, stop, probs [heads, b, Lk], sink [heads, b] or None) of attention rows, block
+    """Yield (start, stop, probs [heads, b, seen], sink [heads, b] or None) of attention rows, block
     by block: scores, the position bias, ``softmax``'s cap and first-key scale, the mask, then the
     softmax over the keys and, where there is one, the learned sink (whose probability is
-    ``sink``; the keys' then sum to 1 - sink). q, k: [heads, L, D]."""
+    ``sink``; the keys' then sum to 1 - sink). q, k: [heads, L, D]. Causal blocks stop at the
+    last key their last query sees (``seen`` <= Lk: the rest would be exact zeros), which halves
+    the work of a causal layer; bidirectional ones see all Lk keys."""
     n_q, n_k = q.shape[1], k.shape[1]
     softmax = softmax or Softmax()
     rows = block_rows(q.shape[0], n_k, q.device)
+    q_scaled = q * scaling                                                            # [heads, Lq, D]
     for start in range(0, n_q, rows):
         stop = min(n_q, start + rows)
-        scores = torch.matmul(q[:, start:stop], k.transpose(-1, -2)) * scaling      # [heads, b, Lk]
+        seen = min(n_k, stop + n_k - n_q) if causal else n_k   # keys past the block's last query: never seen
+        scores = torch.matmul(q_scaled[:, start:stop], k[:, :seen].transpose(-1, -2))  # [heads, b, seen]
         if bias is not None:
-            scores = scores + bias[0, :, start:stop].to(scores.dtype)
+            scores = scores + bias[0, :, start:stop, :seen].to(scores.dtype)
         if softmax.softcap is not None:
             scores = torch.tanh(scores / softmax.softcap) * softmax.softcap
         if softmax.first_key_scale is not None:
@@ -312,17 +316,20 @@ def _apply_mask(scores, attention_mask, start, stop, offset, *, causal, window):
     """Mask one block of scores [heads, b, Lk]: the model's mask, or (when it passed None)
     causal and sliding-window rules aligned bottom-right (query i sits at position i + offset)."""
     if attention_mask is not None:
-        block = attention_mask[0, :, start:stop]                              # [1 or heads, b, Lk]
+        block = attention_mask[0, :, start:stop, :scores.shape[-1]]           # [1 or heads, b, seen]
         if block.dtype == torch.bool:
             return scores.masked_fill(~block, -math.inf)
         return scores + block.to(scores.dtype)
     if not causal:
         return scores
     q_pos = torch.arange(start, stop, device=scores.device)[:, None] + offset
+    if window is None:     # every query sees the keys up to the first query's own: mask only after it
+        first = max(start + offset + 1, 0)
+        k_pos = torch.arange(first, scores.shape[-1], device=scores.device)[None, :]
+        scores[..., first:].masked_fill_(k_pos > q_pos, -math.inf)
+        return scores
     k_pos = torch.arange(scores.shape[-1], device=scores.device)[None, :]
-    allowed = k_pos <= q_pos
-    if window is not None:
-        allowed &= (q_pos - k_pos) < window
+    allowed = (k_pos <= q_pos) & ((q_pos - k_pos) < window)
     return scores.masked_fill(~allowed, -math.inf)
 
 

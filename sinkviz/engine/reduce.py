@@ -43,7 +43,8 @@ class LayerReducer:
         self.learned_sink_map_sum = zeros(heads, self.n_bins) if learned_sink else None  # [heads, q bins]
 
     def add(self, probs: torch.Tensor, q_start: int, sink: torch.Tensor | None = None) -> None:
-        """probs: [heads, block, keys], rows sum to 1 - sink (sink [heads, block]: the learned-sink
+        """probs: [heads, block, keys] for the first ``keys`` <= n_keys keys (the later ones get
+        nothing from this block), rows sum to 1 - sink (sink [heads, block]: the learned-sink
         column, where the model has one); query positions q_start .. q_start+block-1."""
         heads, block, keys = probs.shape
         q_pos = torch.arange(q_start, q_start + block, device=probs.device)  # [block]
@@ -58,11 +59,14 @@ class LayerReducer:
         # entropy of each row, in nats (0 log 0 = 0)
         self.entropy_sum += -torch.special.xlogy(probs, probs).sum((-1, -2))
         # received attention: column sums
-        self.column_sum += probs.sum(1)
-        # pooled map: sum over key bins, then add rows into their query bin
-        padded = torch.nn.functional.pad(probs, (0, self.n_bins * self.width - keys))
-        by_key_bin = padded.view(heads, block, self.n_bins, self.width).sum(-1)  # [heads, block, bins]
-        self.map_sum.index_add_(1, q_pos // self.width, by_key_bin)
+        self.column_sum[:, :keys] += probs.sum(1)
+        # pooled map: sum over key bins (whole ones as a view, then the partial last), then add
+        # rows into their query bin
+        whole = keys // self.width
+        by_key_bin = probs[..., :whole * self.width].unflatten(-1, (whole, self.width)).sum(-1)  # [heads, block, whole]
+        if keys > whole * self.width:
+            by_key_bin = torch.cat([by_key_bin, probs[..., whole * self.width:].sum(-1, keepdim=True)], -1)
+        self.map_sum[:, :, :by_key_bin.shape[-1]].index_add_(1, q_pos // self.width, by_key_bin)
         if sink is not None:  # the learned sink is a column of the softmax: in the entropy too
             self.entropy_sum += -torch.special.xlogy(sink, sink).sum(-1)
             self.learned_sink_sum += sink.sum(-1)
