@@ -94,9 +94,11 @@ sequence's own opening ($u = 0$) it is slightly above $m_N$.
 ### Two readings of severity
 1. **Against this model** (the headline): a shipped set of 51 varied prompts (questions,
    instructions, blank-line / `---` / `###` blocks, code, German, Spanish, Japanese, Chinese, emoji,
-   a policy excerpt, and 11 long texts of 214–1,750 tokens; public domain) is run once per model and template setting, and kept. A prompt's
+   a policy excerpt, and 11 long texts of 214–1,750 tokens; public domain) is run once per model
+   and template setting, and kept; prompts longer than the model takes are left out. A prompt's
    reading (the mean over layers $\ge 2$ of your text's opening mass, or of $m_N$) is placed among
-   the 51 prompts' values: percentile $= 100 \times (\#\{v < x\} + \tfrac12\#\{v = x\}) / 51$.
+   the $P$ calibration prompts' values (all 51 on the default model): percentile
+   $= 100 \times (\#\{v < x\} + \tfrac12\#\{v = x\}) / P$.
    Between the 5th and 95th percentile it is *typical for this model*; outside, *unusual*. Each
    layer also gets its percentile among the same layer's values ("layer 24: 88 %, 25th
    percentile of this model's layer 24"). Trained models put most attention on the first tokens in

@@ -85,8 +85,9 @@ m_N if every query spread its attention evenly over the keys it sees. Ratio to u
 cannot exceed 1/b_N, so the flag means little on short prompts.</dd>
 <dt>Severity (fixed thresholds)</dt><dd>In layers beyond the first two: warning when m_N reaches the warning
 threshold, critical at the critical one (the settings above).</dd>
-<dt>Against this model</dt><dd>A reading's mean over layers ≥ 2, placed among the same value of 51 shipped,
-varied prompts on the same model: percentile = 100 × (#{v &lt; x} + ½ #{v = x}) / 51; between the 5th and the
+<dt>Against this model</dt><dd>A reading's mean over layers ≥ 2, placed among the same value of the P shipped,
+varied prompts (51, less those longer than the model takes) on the same model: percentile = 100 × (#{v &lt; x} +
+½ #{v = x}) / P; between the 5th and the
 95th percentile it is typical for this model.</dd>
 <dt>Opening mass</dt><dd>The attention on a part's first N tokens, averaged over every query that can see
 them (from the part's first token on), and over heads.</dd>
