@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import expect
 
-from browser import ARTIFACTS, new_page, open_page, require_chromium, settle, streamlit_server, type_into
+from browser import ARTIFACTS, analyze_in_page, new_page, open_page, require_chromium, settle, streamlit_server, type_into
 from plotly_json import decode
 from sinkviz.flow.analysis import Settings, result_key
 from sinkviz.flow.models import identity
@@ -115,10 +115,7 @@ def test_analyze_link_shows_the_same_analysis_view_and_severity(server, browser)
     type_into(page, "Critical at", "0.40")
     type_into(page, "Sink-rate epsilon (Gu et al.)", "0.50")
     slide(page, "Sink = the first N tokens", 2)
-    type_into(page, "Prompt", PROMPT)
-    page.get_by_role("button", name="Analyze").click()
-    page.wait_for_selector("text=done (")
-    settle(page)
+    analyze_in_page(page, PROMPT)
     page.get_by_role("tab", name="Heatmaps").click()
     settle(page)
     choose(page, "Layer", "24")
@@ -145,10 +142,7 @@ def test_key_only_link_restores_a_long_prompt(server, browser):
                               "in every region and asked for a shorter summary next time." for i in range(40))
     assert len(long_prompt) > 4000
     page = open_page(browser, server, "Analyze a prompt")
-    type_into(page, "Prompt", long_prompt)
-    page.get_by_role("button", name="Analyze").click()
-    page.wait_for_selector("text=done (")
-    settle(page)
+    analyze_in_page(page, long_prompt)
     assert set(query(page)) == {"key"}                  # too long for the URL: the key alone
     other = visitor(browser, page.url, "text=from the result store")
     expect(other.get_by_label("Prompt", exact=True)).to_have_value(long_prompt)
@@ -166,10 +160,7 @@ def test_unknown_key_says_not_found_and_analyses_nothing(server, browser):
     assert page.locator("text=done (").count() == 0
     expect(slider(page, "Sink = the first N tokens")).to_have_value("4")
     page.screenshot(path=ARTIFACTS / "link-unknown-key.png", full_page=True)
-    type_into(page, "Prompt", PROMPT)                  # the offer: press Analyze
-    page.get_by_role("button", name="Analyze").click()
-    page.wait_for_selector("text=done (")
-    settle(page)
+    analyze_in_page(page, PROMPT)                  # the offer: press Analyze
     assert query(page)["key"] == result_key(identity("smollm2-135m-instruct"), Settings(), PROMPT)
     assert texts(page, "stAlert")[0].startswith("By fixed")
 
@@ -253,10 +244,7 @@ def test_lab_link(server, browser):
 
 def test_sidebar_returns_to_each_page_as_it_was_left(server, browser):
     page = open_page(browser, server, "Analyze a prompt")
-    type_into(page, "Prompt", PROMPT)
-    page.get_by_role("button", name="Analyze").click()
-    page.wait_for_selector("text=done (")
-    settle(page)
+    analyze_in_page(page, PROMPT)
     page.get_by_role("tab", name="Position-0 inspector").click()
     settle(page)
     left = page.url
