@@ -11,7 +11,8 @@ is the embedded model. In one run, each on a fresh store: the plain SDPA forward
 in the audit's own batch plan (no statistics), the capture alone (capture_batch on that plan),
 the audit end to end (tokenizing, capture, store; what `python -m sinkviz audit` does), the
 batch-1 audit (one prompt per forward, as before batching), and with --ray N the Ray audit with
-N workers (the rows compared with the first Ray run's: same keys, numbers within 2e-4).
+N workers (every cell of every row compared with the first Ray run's: keys and text equal,
+the largest difference of a number printed).
 Prints prompts/s, tokens/s and the share of the plain forward's token throughput.
 """
 
@@ -153,10 +154,22 @@ def main() -> None:
             runs[f"Ray audit, {workers} worker(s)"] = timed(lambda: rows.extend(ray_audit_rows(
                 prompts, settings, workers=workers, store=ResultStore(Path(tmp) / f"ray{workers}"))))
             first = first or rows
-            same_keys = [r.key for r in rows] == [r.key for r in first]
-            worst = max(abs(a.worst_sink_mass - b.worst_sink_mass) for a, b in zip(rows, first))
-            print(f"  Ray {workers}: rows {len(rows)}, keys equal to the first Ray run's: {same_keys}, "
-                  f"max |worst sink mass difference| {worst:.1e}", flush=True)
+            same, worst = rows_agree(rows, first)
+            print(f"  Ray {workers}: rows {len(rows)}, keys and text cells equal to the first Ray run's: {same}, "
+                  f"max |difference| of a number cell {worst:.1e}", flush=True)
+
+
+def rows_agree(rows: list, first: list) -> tuple[bool, float]:
+    """(every row's key, text and whole-number cells equal, largest |difference| of a float cell)."""
+    from dataclasses import astuple
+    same, worst = len(rows) == len(first), 0.0
+    for a, b in zip(rows, first):
+        for x, y in zip(astuple(a), astuple(b)):
+            if isinstance(x, float):
+                worst = max(worst, 0.0 if x == y or (x != x and y != y) else abs(x - y))
+            else:
+                same &= x == y
+    return same, worst
 
 
 class Runs(dict):

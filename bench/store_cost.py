@@ -4,9 +4,10 @@
 
 Statistics of the right shapes with causal (lower-triangular) maps, filled with random numbers
 (the bytes do not depend on the values: the store does not compress), written to a fresh
-store the way an analysis is (``analysis._store``: maps packed to their lower triangle) and
-the way it was before (full maps), then read back. Prints bytes and milliseconds per analysis,
-and what an audit of --prompts prompts of lengths spread evenly over --lengths costs on disk.
+store as an audit keeps its rows (the head-mean map per layer, ``analyze_many(head_maps=False)``) and as
+Analyze keeps an analysis (every head's map), both packed to the maps' lower triangle, then read
+back. Prints bytes and milliseconds per analysis, and what an audit of --prompts prompts of
+lengths spread evenly over --lengths costs on disk.
 Asserts nothing; needs no GPU.
 """
 
@@ -15,6 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -40,13 +42,15 @@ def stats_of(layers: int, heads: int, n: int, rng) -> AttentionStats:
         bin_width=bin_width(n, MAP_SIZE), causal=True, windows=(None,) * layers)
 
 
-def cost(store: ResultStore, stats: AttentionStats, pack: bool, repeats: int = 5) -> tuple[int, float, float]:
-    """(bytes on disk, ms to write, ms to read) of one analysis."""
+def cost(store: ResultStore, stats: AttentionStats, audit_row: bool, repeats: int = 5) -> tuple[int, float, float]:
+    """(bytes on disk, ms to write, ms to read) of one analysis: as Analyze stores it (every
+    head's map), or as an audit stores its row (the head mean taken, then stored)."""
     writes, reads, size = [], [], 0
     for r in range(repeats):
         key = f"{r:032x}"
         start = time.perf_counter()
-        store.put(key, {"schema": 0}, stats.to_arrays(pack_maps=pack))
+        kept = replace(stats, maps=stats.head_mean_maps()) if audit_row else stats
+        store.put(key, {"schema": 0}, kept.to_arrays(pack_maps=True))
         writes.append(time.perf_counter() - start)
         start = time.perf_counter()
         AttentionStats.from_arrays(store.get(key)[1])
@@ -62,7 +66,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=2000)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    print("| model shape | tokens | stored MB (before) | write ms (before) | read ms (before) |")
+    print("| model shape | tokens | stored MB: audit row (analysis) | write ms: audit row (analysis) "
+          "| read ms: audit row (analysis) |")
     print("| --- | --- | --- | --- | --- |")
     for shape, (layers, heads) in SHAPES.items():
         total = {True: 0, False: 0}
@@ -70,11 +75,11 @@ def main() -> None:
             stats = stats_of(layers, heads, n, rng)
             with tempfile.TemporaryDirectory() as folder:
                 store = ResultStore(folder)
-                packed, full = cost(store, stats, True), cost(store, stats, False)
-            total[True] += packed[0]
-            total[False] += full[0]
-            print(f"| {shape} | {n:,} | {packed[0] / 1e6:.1f} ({full[0] / 1e6:.1f}) | {packed[1]:.0f} ({full[1]:.0f}) "
-                  f"| {packed[2]:.0f} ({full[2]:.0f}) |")
+                row, whole = cost(store, stats, True), cost(store, stats, False)
+            total[True] += row[0]
+            total[False] += whole[0]
+            print(f"| {shape} | {n:,} | {row[0] / 1e6:.1f} ({whole[0] / 1e6:.1f}) | {row[1]:.0f} ({whole[1]:.0f}) "
+                  f"| {row[2]:.0f} ({whole[2]:.0f}) |")
         per = {k: v / len(args.lengths) for k, v in total.items()}
         print(f"| {shape} | audit of {args.prompts:,} prompts | {per[True] * args.prompts / 1e9:.1f} GB "
               f"({per[False] * args.prompts / 1e9:.1f} GB) | | |")

@@ -235,15 +235,31 @@ def render_heatmaps(a: Analysis, sinks) -> None:
         st.session_state.an_layer_for = opened       # an analysis opens on the link's layer, else the verdict's
         st.session_state.an_layer = start
     layer = c[0].selectbox("Layer", range(stats.n_layers), key="an_layer", format_func=lambda row: f"{ids[row]}")
-    heads = ["mean over heads"] + [f"head {h}" for h in range(stats.n_heads)]
-    head_label = c[1].selectbox("Head", heads, 1 + url.get("head", -1, lo=-1, hi=stats.n_heads - 1), key="an_head")
+    heads = ["mean over heads"] + [f"head {h}" for h in range(stats.n_heads)] * stats.head_maps
+    head_label = c[1].selectbox("Head", heads, 1 + url.get("head", -1, lo=-1, hi=len(heads) - 2), key="an_head" if stats.head_maps else "an_head_mean",
+                                disabled=not stats.head_maps, help=None if stats.head_maps else AUDIT_KEPT_MEAN)
     log = c[2].toggle("Log colour scale", url.get("log"), key="an_log")
     hide = c[3].toggle("Hide position 0", url.get("hide"), key="an_hide",
                        help="Blank the first column so the rest of the map gets the colour range")
     head = None if head_label.startswith("mean") else int(head_label.split()[1])
     view.update(layer=ids[layer], head=head, log=log, hide=hide)
+    if not stats.head_maps:
+        offer_head_maps(a)
     st.plotly_chart(kept_figure(heatmap_figure, a, layer, head, hide, log), key="an_map_big")
     st.plotly_chart(kept_figure(grid_figure, a, hide, log), key="an_grid")
+
+
+AUDIT_KEPT_MEAN = ("This analysis is an audit's row: an audit keeps each layer's map as the mean over heads only "
+                   "(single heads are most of an analysis's bytes).")
+
+
+def offer_head_maps(a: Analysis) -> None:
+    """A note that single heads were not kept, and a button that captures this prompt again with them."""
+    c = st.columns([3, 1])
+    c[0].info(f"{AUDIT_KEPT_MEAN} Capture the prompt again to see each head.")
+    if c[1].button("Capture every head", key="an_head_maps", use_container_width=True):
+        if run_analysis(a.prompt, a.settings) is not None:   # replaces the stored row under the same key
+            st.rerun()
 
 
 def render_position0(a: Analysis) -> None:

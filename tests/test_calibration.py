@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from sinkviz.numbers import calibration
-from sinkviz.flow.analysis import Settings, analyze
+from sinkviz.flow.analysis import Settings, analyze, analyze_many
 from sinkviz.numbers.calibration import calibrate, calibration_prompts, judge, load_calibration, percentile
 from sinkviz.numbers.metrics import deep_mean
 from sinkviz.numbers.readings import kind_shares, per_layer_reading
@@ -50,8 +50,9 @@ def test_a_calibration_prompt_lands_at_its_rank(settings, store, reading):
     cal = calibrate(settings, store)
     means = np.array([deep_mean(v) for v in cal.values(reading)])                # [P]
     for k in (0, 12, 35):
-        result = analyze(calibration_prompts()[k], calibration.calibration_settings(settings),
-                         store=calibration.calibration_store(store))
+        (_, result), = analyze_many([calibration_prompts()[k]], calibration.calibration_settings(settings),
+                                    store=calibration.calibration_store(store), head_maps=False)   # the stored row
+        assert result.cached
         values = (per_layer_reading(result, 3, reading) if reading != "share_user"
                   else kind_shares(result.stats, result.tokens)["user"])
         j = judge(cal, values, reading)

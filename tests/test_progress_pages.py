@@ -16,7 +16,7 @@ from conftest import analyze_page, app_store  # noqa: E402
 from plotly_json import by_title  # noqa: E402
 from sinkviz.engine import capture  # noqa: E402
 from sinkviz.flow import progress  # noqa: E402
-from sinkviz.flow.analysis import Settings, analyze  # noqa: E402
+from sinkviz.flow.analysis import Settings, analyze, analyze_many  # noqa: E402
 from sinkviz.numbers.metrics import layer_sinks  # noqa: E402
 from sinkviz.output import figures as figure_builders  # noqa: E402
 
@@ -113,6 +113,14 @@ PROMPTS = [f"Audit prompt {i}: you are a {word} assistant." for i, word in
                       "quiet", "patient", "polite", "clear", "honest", "plain", "gentle", "strict", "calm, warm", "wise"])]
 
 
+def audit_row_of(prompt: str):
+    """The stored analysis of an audited prompt, as the audit kept it (analyze() would capture it
+    again for its single heads)."""
+    (_, found), = analyze_many([prompt], Settings(), head_maps=False)
+    assert found.cached
+    return found
+
+
 def test_audit_stop_keeps_the_rows_done_and_a_rerun_computes_only_the_rest(monkeypatch, ticking_clock, shown_lines):
     """The page stops in the 2nd chunk's forward pass (as a Stop click stops the script at its next
     st call); the 8 rows of the first chunk are stored and shown, and Run audit again captures only
@@ -145,11 +153,11 @@ def test_audit_stop_keeps_the_rows_done_and_a_rerun_computes_only_the_rest(monke
     stored = {m["prompt"] for m in ResultStore().metas()}
     assert set(PROMPTS[:8]) <= stored and not stored & set(PROMPTS[8:])
     for _, row in shown.iterrows():
-        mass = layer_sinks(analyze(PROMPTS[row["row"] - 1], Settings()).stats, 3).sink_mass
+        mass = layer_sinks(audit_row_of(PROMPTS[row["row"] - 1]).stats, 3).sink_mass
         assert row["sink mass (worst layer)"] == pytest.approx(mass[2:].max())
     stopping, captured[:] = False, []
     at.button[0].click().run()
     assert not at.exception and not at.warning
-    assert sorted(tuple(s) for s in captured) == sorted(tuple(analyze(p, Settings()).tokens.token_ids)
+    assert sorted(tuple(s) for s in captured) == sorted(tuple(audit_row_of(p).tokens.token_ids)
                                                        for p in PROMPTS[8:])   # the missing 12, each once
     assert sorted(at.dataframe[0].value["row"]) == list(range(1, 21))

@@ -121,7 +121,9 @@ def analyze(prompt: str, settings: Settings = Settings(), *, store: ResultStore 
             progress: Progress | None = None, on_layer: capture.OnLayer | None = None) -> Analysis:
     """Capture (or fetch from the store) the attention statistics of ``prompt``; ``progress``
     gets each step's name and, during the forward pass, 'forward pass · layer 17/30 · ~12 s left';
-    ``on_layer(done, total)`` gets the forward pass's layers as numbers."""
+    ``on_layer(done, total)`` gets the forward pass's layers as numbers. The result always has
+    every head's map: a stored analysis that kept the head mean only (an audit's row) is captured
+    again and replaced."""
     check_prompt(prompt)
     store = store or ResultStore()
     steps = _Steps(progress)
@@ -130,7 +132,7 @@ def analyze(prompt: str, settings: Settings = Settings(), *, store: ResultStore 
                          settings, prompt)
     with _key_lock(key):
         stored = load_stored(store, key)
-        if stored is not None:
+        if stored is not None and stored.stats.head_maps:
             return replace(_stored_within_limit(stored, settings), timings=tuple(steps.timings))
         with steps("loading model"):
             loaded = models.get_model(settings.model, settings.device, settings.dtype)
@@ -172,13 +174,17 @@ def _stored_within_limit(stored: Analysis, settings: Settings) -> Analysis:
 
 
 def analyze_many(prompts: list[str], settings: Settings = Settings(), *, store: ResultStore | None = None,
-                 batch_tokens: int | None = None) -> Iterator[tuple[int, "Analysis | SinkvizError"]]:
+                 batch_tokens: int | None = None, head_maps: bool = True
+                 ) -> Iterator[tuple[int, "Analysis | SinkvizError"]]:
     """analyze() of every prompt, yielding (index, Analysis or the SinkvizError that stopped it)
     as each is ready: store hits first, then the rest in length-sorted batches of at most
     ``batch_tokens`` padded tokens (default: BATCH_TOKENS for the device, within what the memory
     guard allows). Each batch's analyses are yielded as it completes and stored by a writer
     thread while the next batch runs (all stored before this returns or is closed). Same keys,
-    numbers and errors as analyze(); a prompt given twice is computed once."""
+    numbers and errors as analyze(); a prompt given twice is computed once. Without
+    ``head_maps`` (audits, calibration) the store keeps the head-mean maps only (1/heads of the
+    bytes; Analyze recaptures a prompt whose single heads are asked for), and so do the
+    analyses yielded, so that a later store hit gives the same."""
     store = store or ResultStore()
     identity = models.identity(settings.model, settings.device, settings.dtype)
     todo: dict[str, tuple[str, list[int]]] = {}                      # key -> (prompt, indices)
@@ -212,6 +218,8 @@ def analyze_many(prompts: list[str], settings: Settings = Settings(), *, store: 
             writing = []
             for (key, prompt, indices, tokens), result in zip(batch, results):
                 if not isinstance(result, SinkvizError):
+                    if not head_maps:
+                        result = replace(result, maps=result.head_mean_maps())
                     result = Analysis(key, prompt, settings, loaded.info, tokens, result, time.time(), ())
                     writing.append(writer.submit(_store, store, result))
                 yield from ((i, result) for i in indices)

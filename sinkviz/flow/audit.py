@@ -212,7 +212,7 @@ def audit_chunks(prompts: Iterable[str | BadRow], settings: Settings, first_n: i
     """audit_rows' rows, a chunk's rows at a time, each list yielded once its chunk is stored."""
     for offset, part in enumerate(_chunks(prompts, chunk)):
         texts = [(i, p) for i, p in enumerate(part) if not isinstance(p, BadRow)]
-        found = dict(analyze_many([p for _, p in texts], settings, store=store))
+        found = dict(analyze_many([p for _, p in texts], settings, store=store, head_maps=False))
         results = {i: found[k] for k, (i, _) in enumerate(texts)}
         yield [row_of(start + offset * chunk + i, prompt, results.get(i), first_n, thresholds)
                for i, prompt in enumerate(part)]

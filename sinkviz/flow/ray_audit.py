@@ -35,7 +35,7 @@ class AuditWorker:
 
     def run(self, prompts: list[str]) -> list[tuple[int, object]]:
         out = []
-        for index, result in analyze_many(prompts, self.settings, store=self.scratch):
+        for index, result in analyze_many(prompts, self.settings, store=self.scratch, head_maps=False):
             out.append((index, result if isinstance(result, SinkvizError)
                         else (to_meta(result), result.stats.to_arrays(pack_maps=True))))
         return out

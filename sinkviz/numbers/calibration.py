@@ -124,7 +124,7 @@ def calibrate(settings: Settings, store: ResultStore | None = None,
         progress(f"1/{len(prompts)}")
     # length-sorted batches, as an audit runs them
     for done, (index, result) in enumerate(analyze_many(prompts, calibration_settings(settings),
-                                                         store=cal_store), start=1):
+                                                         store=cal_store, head_maps=False), start=1):
         if progress and done < len(prompts):
             progress(f"{done + 1}/{len(prompts)}")
         if isinstance(result, BadPrompt):   # longer than the model's context (or $SINKVIZ_MAX_TOKENS): left out

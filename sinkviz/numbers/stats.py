@@ -5,7 +5,9 @@ For layer l, head h, query i, key j and attention a[l, h, i, j] (L tokens):
 - entropy[l, h]        = mean_i  -sum_j a log a                     (nats)
 - received[l, h, j]    = mean_{i >= j} a[l, h, i, j]                (all i when bidirectional)
 - maps[l, h, b, c]     = mean_{i in bin b} sum_{j in bin c} a[l, h, i, j]
-                         (bins of ``bin_width`` tokens; width 1 is the full L x L map)
+                         (bins of ``bin_width`` tokens; width 1 is the full L x L map). An
+                         audit keeps the head mean only, maps[l, 0, b, c] = mean_h maps[l, h, b, c]
+                         (``head_maps`` False): per-head maps are most of an analysis's bytes.
 - hidden_norm[l, j]    = ||output of decoder layer l at position j||_2
 - value_norm[l, j]     = mean over KV heads of ||v[l, kv, j]||_2
 - learned_sink[l, h]   = mean_i s[l, h, i]: the probability a row gives to the learned sink, a
@@ -29,7 +31,7 @@ class AttentionStats:
     sink_mass: np.ndarray    # [layers, heads, 8]
     entropy: np.ndarray      # [layers, heads]
     received: np.ndarray     # [layers, heads, L]
-    maps: np.ndarray         # [layers, heads, B, B]
+    maps: np.ndarray         # [layers, heads, B, B], or [layers, 1, B, B] the head mean (head_maps False)
     hidden_norm: np.ndarray  # [layers, L]
     value_norm: np.ndarray   # [layers, L]
     bin_width: int
@@ -65,16 +67,28 @@ class AttentionStats:
     def n_tokens(self) -> int:
         return self.received.shape[-1]
 
-    def to_arrays(self, pack_maps: bool = False) -> dict[str, np.ndarray]:
+    @property
+    def head_maps(self) -> bool:
+        """Whether ``maps`` holds every head's map (False: the head mean only, from an audit)."""
+        return self.maps.shape[1] == self.n_heads
+
+    def head_mean_maps(self) -> np.ndarray:
+        """[layers, 1, B, B] the mean over heads of the maps (float64 sum, stored dtype)."""
+        return self.maps.mean(axis=1, keepdims=True, dtype=np.float64).astype(self.maps.dtype)
+
+    def to_arrays(self, pack_maps: bool = False, head_maps: bool = True) -> dict[str, np.ndarray]:
         """Plain arrays for ``np.savez`` (no pickled objects). With ``pack_maps`` (the store),
         maps whose cells above the diagonal are all exactly 0 (causal attention) keep only the
         cells on and below it, ``maps_lower`` [layers, heads, B (B + 1) / 2]: half the bytes,
-        nothing lost; ``from_arrays`` unpacks them."""
+        nothing lost; ``from_arrays`` unpacks them. Without ``head_maps`` (an audit's rows) the
+        maps are the head mean, [layers, 1, B, B]: 1/heads of their bytes."""
         out = {name: getattr(self, name) for name in ARRAY_FIELDS + OPTIONAL_FIELDS
                if getattr(self, name) is not None}
+        maps = self.maps if head_maps or not self.head_maps else self.head_mean_maps()
+        out["maps"] = maps
         if pack_maps:
-            lower, upper = _triangles(self.maps.shape[-1])
-            cells = self.maps.reshape(*self.maps.shape[:-2], -1)                # [layers, heads, B * B]
+            lower, upper = _triangles(maps.shape[-1])
+            cells = maps.reshape(*maps.shape[:-2], -1)                          # [layers, heads, B * B]
             if not np.take(cells, upper, axis=-1).any():
                 out["maps_lower"] = np.take(cells, lower, axis=-1)
                 del out["maps"]

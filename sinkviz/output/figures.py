@@ -94,8 +94,11 @@ def thinned_ticks(labels: list[str], also: list[str] = (), most: int = MAX_TICK_
 
 
 def layer_map(stats: AttentionStats, layer: int, head: int | None = None) -> np.ndarray:
-    """[bins, bins] map of one layer: one head, or the mean over heads."""
+    """[bins, bins] map of one layer: one head, or the mean over heads. A head of an analysis
+    that kept the head mean only (an audit's row) raises ValueError: never the mean in its place."""
     maps = stats.maps[layer]
+    if head is not None and not stats.head_maps:
+        raise ValueError(f"head {head}'s map was not kept (an audit keeps the mean over heads only)")
     return maps.mean(axis=0) if head is None else maps[head]
 
 
