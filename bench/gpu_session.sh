@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the capture-overhead and audit-throughput benchmarks,
 # each log written to $OUT. Needs .whl/ carried (transformers, diskcache; ray for --ray).
-#     bash bench/gpu_session.sh tests capture audit      # any subset, in this order
+#     bash bench/gpu_session.sh tests capture audit gptoss     # any subset, in this order
 #     RAY="1 2" PROMPTS=2000 bash bench/gpu_session.sh ray
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -17,6 +17,7 @@ for step in "$@"; do
     capture) python3 bench/capture_overhead.py --profile > "$OUT/capture.log" 2>&1 ;;
     audit) python3 bench/audit_throughput.py --shape llama3-8b --prompts "${PROMPTS:-300}" --skip-batch1 \
              > "$OUT/audit.log" 2>&1 ;;
+    gptoss) python3 bench/gpt_oss_capture.py > "$OUT/gptoss.log" 2>&1 ;;
     ray) python3 bench/audit_throughput.py --shape llama3-8b --prompts "${PROMPTS:-2000}" --skip-batch1 \
            --skip-local --ray ${RAY:-1 2} > "$OUT/ray.log" 2>&1 ;;
     *) echo "unknown step $step"; exit 2 ;;

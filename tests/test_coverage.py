@@ -19,7 +19,7 @@ import torch
 
 from coverage_sweep import model_types, run_all
 from sinkviz.engine.capture import indexed_keys_mask
-from sinkviz.engine.masks import mask_hides_future
+from sinkviz.engine.masks import mask_hides_future, shows_causal_window
 from sinkviz.output.coverage import TABLE, counts, load_table, markdown, render
 
 QUICK = {  # model type, mapping -> expected status (one per attention kind, the families run most)
@@ -140,6 +140,22 @@ def test_causality_is_read_from_the_mask():
     leak = causal.clone()
     leak[0, 0, 3, 4] = True                                              # one later key seen
     assert not mask_hides_future(leak, 5, 5, rows=2)
+
+
+def test_a_mask_is_plain_causal_only_when_it_shows_exactly_the_causal_window():
+    """masks.shows_causal_window: what lets a masked layer take the fused kernels, which apply the
+    causal (window) rule themselves; one key hidden or shown beyond the rule refuses it."""
+    i, j = torch.arange(7)[:, None], torch.arange(7)[None, :]
+    causal, window = (j <= i)[None, None], ((j <= i) & (i - j < 3))[None, None]
+    assert shows_causal_window(causal, 7, None) and shows_causal_window(window, 7, 3, rows=2)
+    assert not shows_causal_window(causal, 7, 3) and not shows_causal_window(window, 7, None)
+    float_window = torch.zeros(1, 1, 7, 7).masked_fill(~window, torch.finfo(torch.float32).min)
+    assert shows_causal_window(float_window.expand(1, 4, 7, 7), 7, 3)            # per-head, additive
+    for cell, seen in [((5, 1), True), ((4, 4), False), ((0, 0), False)]:
+        changed = window.clone()
+        changed[0, 0, cell[0], cell[1]] = seen                                   # one key shown or hidden
+        assert not shows_causal_window(changed, 7, 3, rows=3), cell
+    assert not shows_causal_window(torch.ones(1, 1, 1, 7, dtype=torch.bool), 7, None)   # padding-only, broadcast
 
 
 def test_indexed_keys_fold_into_the_mask_as_eager_does():

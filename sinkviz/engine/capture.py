@@ -7,6 +7,7 @@ decoder layers keep the hidden-state norm of every position. Hooks are removed i
 """
 
 import contextlib
+import functools
 import inspect
 import math
 from contextvars import ContextVar
@@ -24,7 +25,7 @@ from sinkviz.errors import UnsupportedArchitecture
 from sinkviz.engine.host_copy import LayerArrays
 from sinkviz.engine.layers import check as check_layers
 from sinkviz.engine.layers import traced as layer_trace
-from sinkviz.engine.masks import is_causal, mask_hides_future, padded_batch_mask_ok, row_norms
+from sinkviz.engine.masks import is_causal, mask_hides_future, padded_batch_mask_ok, row_norms, shows_causal_window
 from sinkviz.engine.reduce import LayerReducer, bin_width
 from sinkviz.numbers.stats import AttentionStats
 
@@ -115,9 +116,11 @@ def _attend(module, query, key, value, attention_mask, kwargs, recorder) -> torc
             f"{type(module).__name__} attends to {key.shape[2]} keys for {query.shape[2]} tokens (compressed or "
             "extra memory keys); sinkviz maps attention onto the prompt's tokens")
     softmax = Softmax.of(query, kwargs)
-    if softmax is not None:
+    if softmax is not None and not (recorder is not None and recorder.fuses(module, query, key, attention_mask,
+                                                                             kwargs, softmax)):
         return _blockwise_attention(module, query, key, value, attention_mask, kwargs, softmax, recorder)[0]
-    output = recorder.record(module, query, key, value, attention_mask, kwargs) if recorder is not None else None
+    sinks = softmax.sink_logits if softmax is not None else None
+    output = recorder.record(module, query, key, value, attention_mask, kwargs, sinks) if recorder else None
     if output is None:
         output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     return output
@@ -182,11 +185,39 @@ class _Recorder:
         self.learned_sink_layers: list[int] = []   # layers whose softmax has a learned sink
         self.causal = True
         self.masks_seen: list[tuple[torch.Tensor, bool]] = []  # (mask, hides the future), per capture
+        self.masks_plain: list[tuple[torch.Tensor, int | None, bool]] = []   # (mask, window, causal rule exactly)
 
-    def record(self, module, query, key, value, attention_mask, kwargs) -> torch.Tensor | None:
+    def fuses(self, module, query, key, attention_mask, kwargs, softmax: Softmax) -> bool:
+        """Whether ``record`` takes this layer's softmax on the fused path: a learned sink and
+        nothing else beyond SDPA's (soft caps and scaled keys change every score: block-wise)."""
+        return softmax.softcap is None and softmax.first_key_scale is None and self._fusable(
+            module, query, key, attention_mask, kwargs)
+
+    def _fusable(self, module, query, key, attention_mask, kwargs) -> bool:
+        """fused.usable, where a mask that shows each query exactly its causal keys (within the
+        layer's window) counts as none: the kernels apply that rule themselves. So models that
+        always pass a mask (gpt-oss) and windows shorter than the prompt take the fused path
+        too; each mask tensor is checked once per window."""
+        causal = self.applied_causality(module, query, key, attention_mask, kwargs)
+        usable = functools.partial(fused.usable, query, key, causal=causal, bias=kwargs.get("position_bias"),
+                                   map_size=self.map_size)
+        if attention_mask is None or not usable(None):
+            return usable(attention_mask)
+        window = kwargs.get("sliding_window")
+        for mask, width, plain in self.masks_plain:
+            if mask is attention_mask and width == window:
+                return plain
+        plain = shows_causal_window(attention_mask, query.shape[2], window)
+        self.masks_plain.append((attention_mask, window, plain))
+        return plain
+
+    def record(self, module, query, key, value, attention_mask, kwargs,
+               sink_logits: torch.Tensor | None = None) -> torch.Tensor | None:
         """Keep this layer's statistics. query: [1, heads, L, D]; key, value: [1, kv_heads, L, D]
         (not yet expanded for GQA). Returns the attention output where the fused path had to
-        compute it for its log-sum-exp (the same kernel and numbers as SDPA), else None."""
+        compute it for its log-sum-exp (the same kernel and numbers as SDPA), else None. A learned
+        sink (``sink_logits`` [heads, L], only where ``fuses``): SDPA's output scaled by
+        exp(lse - lse'), the statistics from the softmax with the sink column (fused.with_learned_sink)."""
         if query.shape[0] != 1:
             raise ValueError("sinkviz captures one prompt at a time (batch size 1)")
         causal = self.applied_causality(module, query, key, attention_mask, kwargs)
@@ -194,11 +225,16 @@ class _Recorder:
         scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
         bias = kwargs.get("position_bias")
         output, lse = None, None
-        if fused.usable(query, key, attention_mask, causal=causal, bias=bias, map_size=self.map_size):
-            if window is None and not kwargs.get("dropout"):
+        if self._fusable(module, query, key, attention_mask, kwargs):
+            if window is None and attention_mask is None and not kwargs.get("dropout"):   # else SDPA's own call
                 output, lse = fused.attention_with_lse(query, key, value, scaling) or (None, None)
-            layer = fused.layer_statistics(query, key, scaling, window, self.map_size,
-                                           None if lse is None else lse[0])
+            lse = None if lse is None else lse[0]                                 # [heads, L]
+            if sink_logits is not None:
+                if output is None:
+                    output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+                output, lse = fused.with_learned_sink(
+                    output, fused.row_lse(query, key, scaling, window) if lse is None else lse, sink_logits)
+            layer = fused.layer_statistics(query, key, scaling, window, self.map_size, lse, sink_logits)
         else:
             layer = self._blockwise(query, key, attention_mask, scaling, bias, causal, window)
         self.append(layer, value, window, causal)

@@ -294,45 +294,82 @@ def _attention_with_lse(query, key, value, scaling):
 
 
 def layer_statistics(query: torch.Tensor, key: torch.Tensor, scaling: float, window: int | None,
-                     map_size: int, lse: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                     map_size: int, lse: torch.Tensor | None = None,
+                     sink_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """query [1, heads, L, D], key [1, kv_heads, L, D] -> the dict of reduce.finish_sums.
-    ``lse`` [heads, L] (natural log, from the forward's attention) saves the pass that computes it."""
+    ``lse`` [heads, L] (natural log, from the forward's attention) saves the pass that computes it.
+    With a learned sink, ``sink_logits`` [heads, L] and ``lse`` its softmax's: logaddexp of the
+    keys' log-sum-exp and the sink logit (``with_learned_sink``); every p is then exp(s - lse),
+    the un-renormalised probabilities, and the sink's own p = exp(sink - lse) joins the entropy."""
     with on_device_of(query):
-        return _layer_statistics(query, key, scaling, window, map_size, lse)
+        return _layer_statistics(query, key, scaling, window, map_size, lse, sink_logits)
 
 
-def _layer_statistics(query, key, scaling, window, map_size, lse):
+def _launch(q: torch.Tensor, k: torch.Tensor, scaling: float, window: int | None) -> dict:
+    """Tile shapes, strides and settings shared by _row_lse and _stats. q [heads, L, D], k [kv_heads, L, D]."""
+    launch = {**LAUNCH.get(q.shape[-1] * q.element_size(), WIDE_ROWS), **OVERRIDE}
+    return dict(sqh=q.stride(0), sqm=q.stride(1), skh=k.stride(0), skn=k.stride(1), L=q.shape[1],
+                GROUPS=q.shape[0] // k.shape[0], WINDOW=window or NO_WINDOW, scale_log2=scaling * LOG2E,
+                D=q.shape[-1], PREC="ieee" if q.dtype == torch.float32 else "tf32", BLOCK_M=launch["BLOCK_M"],
+                BLOCK_N=launch["BLOCK_N"], **{key: launch[key] for key in ("num_warps", "num_stages", "maxnreg")
+                                              if launch.get(key)})
+
+
+def _rows_first(query, key) -> tuple[torch.Tensor, torch.Tensor]:
+    """[heads, L, D] and [kv_heads, L, D] views of batch 1, contiguous along D."""
     q, k = query[0], key[0]
-    if q.stride(-1) != 1:
-        q = q.contiguous()
-    if k.stride(-1) != 1:
-        k = k.contiguous()
-    heads, n, dim = q.shape
+    return (q if q.stride(-1) == 1 else q.contiguous()), (k if k.stride(-1) == 1 else k.contiguous())
+
+
+def row_lse(query: torch.Tensor, key: torch.Tensor, scaling: float, window: int | None) -> torch.Tensor:
+    """[heads, L] each causal row's log-sum-exp of the scores (natural log; an online softmax in
+    float32), for attention whose kernel does not return it (a window). query [1, heads, L, D]."""
+    with on_device_of(query):
+        q, k = _rows_first(query, key)
+        common = _launch(q, k, scaling, window)
+        lse2 = torch.empty(q.shape[:2], device=q.device, dtype=torch.float32)
+        _row_lse[(triton.cdiv(q.shape[1], common["BLOCK_M"]), q.shape[0])](q, k, lse2, **common, sl=q.shape[1])
+        return lse2 / LOG2E
+
+
+def with_learned_sink(output: torch.Tensor, lse: torch.Tensor, sink_logits: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention over the keys -> attention whose softmax also has a learned-sink column:
+    lse' = logaddexp(lse, sink) and the output times exp(lse - lse') (the keys' probabilities
+    shrink by that factor; the sink column has no value). output [1, L, heads, D], lse and
+    sink_logits [heads, L] (natural log) -> (output in its dtype, lse' float32)."""
+    lse = lse.float()
+    joint = torch.logaddexp(lse, sink_logits.float())                          # [heads, L]
+    scale = torch.exp(lse - joint).transpose(0, 1)[None, :, :, None]           # [1, L, heads, 1]
+    return (output.float() * scale).to(output.dtype), joint
+
+
+def _layer_statistics(query, key, scaling, window, map_size, lse, sink_logits):
+    q, k = _rows_first(query, key)
+    heads, n, _ = q.shape
     width = bin_width(n, map_size)
     bins = -(-n // width)
     f32 = dict(device=q.device, dtype=torch.float32)
     cols = torch.empty(heads, n, **f32)
     p_log2_p = torch.zeros(heads, device=q.device, dtype=torch.float64)
     maps = torch.zeros(heads, bins, bins, **f32)
-    launch = {**LAUNCH.get(dim * q.element_size(), WIDE_ROWS), **OVERRIDE}
-    block_m, block_n = launch["BLOCK_M"], launch["BLOCK_N"]
-    common = dict(sqh=q.stride(0), sqm=q.stride(1), skh=k.stride(0), skn=k.stride(1), L=n,
-                  GROUPS=heads // k.shape[0], WINDOW=window or NO_WINDOW, scale_log2=scaling * LOG2E,
-                  D=dim, PREC="ieee" if q.dtype == torch.float32 else "tf32",
-                  **{key: launch[key] for key in ("num_warps", "num_stages", "maxnreg") if launch.get(key)})
-    if lse is None:
-        lse2 = torch.empty(heads, n, **f32)                                     # log2-sum-exp per row
-        _row_lse[(triton.cdiv(n, block_m), heads)](q, k, lse2, **common, sl=n, BLOCK_M=block_m, BLOCK_N=block_n)
-    else:
-        lse2 = lse.float() * LOG2E
+    common = _launch(q, k, scaling, window)
+    block_m, block_n = common["BLOCK_M"], common["BLOCK_N"]
+    lse = row_lse(query, key, scaling, window) if lse is None else lse
+    lse2 = lse.float() * LOG2E                                                  # log2-sum-exp per row
     neg_lse = _neg_lse_parts(lse2, scaling, q.dtype, triton.cdiv(n, block_m) * block_m)
     _stats[(triton.cdiv(n, block_n), heads)](
-        q, k, neg_lse, cols, p_log2_p, maps, **common, sl=neg_lse.stride(0), BLOCK_M=block_m,
-        BLOCK_N=block_n, WIDTH=width, BINS=bins, RW=math.gcd(width, block_m), CW=math.gcd(width, block_n),
+        q, k, neg_lse, cols, p_log2_p, maps, **common, sl=neg_lse.stride(0), WIDTH=width, BINS=bins,
+        RW=math.gcd(width, block_m), CW=math.gcd(width, block_n),
         BIN_LOOP=width % block_m == 0 and width % block_n == 0, HAS_WINDOW=window is not None, PARTS=LSE_PARTS)
     entropy_sum = (-math.log(2.0) * p_log2_p).float()                          # sum_ij -p ln p, nats
     sink_sum = _sink_sums(q, k, lse2, cols, scaling, window).float()
-    return finish_sums(sink_sum, entropy_sum, cols, maps, causal=True, width=width)
+    if sink_logits is None:
+        return finish_sums(sink_sum, entropy_sum, cols, maps, causal=True, width=width)
+    sink = torch.exp(sink_logits.float() - lse.float())                        # [heads, L] the sink's p per row
+    by_bin = torch.nn.functional.pad(sink, (0, bins * width - n)).unflatten(-1, (bins, width)).sum(-1)
+    return finish_sums(sink_sum, entropy_sum - torch.special.xlogy(sink, sink).sum(-1), cols, maps, causal=True,
+                       width=width, learned_sink_sum=sink.sum(-1), learned_sink_map_sum=by_bin)
 
 
 def same_layout(tensors: list[torch.Tensor]) -> bool:

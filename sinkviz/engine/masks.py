@@ -30,6 +30,20 @@ def mask_hides_future(attention_mask, n_q: int, n_k: int, rows: int = 1024) -> b
     return True
 
 
+def shows_causal_window(attention_mask, n: int, window: int | None, rows: int = 1024) -> bool:
+    """True when the mask [1, 1 or heads, L or 1, L] shows query i exactly the keys
+    i - window < j <= i (all j <= i without a window): nothing else hidden, nothing later shown.
+    Checked ``rows`` queries at a time (one host sync each)."""
+    mask = attention_mask[0].expand(attention_mask.shape[1], n, n)
+    j = torch.arange(n, device=mask.device)[None, :]
+    for start in range(0, n, rows):
+        i = torch.arange(start, min(start + rows, n), device=mask.device)[:, None]
+        rule = (j <= i) & (i - j < (window or n))                                  # [rows, L]
+        if not bool((visible(mask[:, start:start + rows]) == rule).all()):
+            return False
+    return True
+
+
 def row_norms(x: torch.Tensor) -> torch.Tensor:
     """L2 norm over the last dim, accumulated in float32 (float64 for float64), without an
     upcast copy of x: [..., d] -> [...]."""
