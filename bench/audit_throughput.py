@@ -8,7 +8,8 @@ words of a word-level tokenizer for the random-weight shapes, windows of the shi
 the default model. ``--shape llama3-8b`` (or another of bench/gpu_long_context.py's shapes) saves a
 random-weight bf16 model of that shape with a word-level tokenizer to --folder once; ``default``
 is the embedded model. In one run, each on a fresh store: the plain SDPA forward of the prompts
-in the audit's own batch plan (no statistics), the capture alone (capture_batch on that plan),
+in the audit's own batch plan (no statistics), the capture alone (capture_batch on that plan, head-mean
+maps as an audit keeps them),
 the audit end to end (tokenizing, capture, store; what `python -m sinkviz audit` does), the
 batch-1 audit (one prompt per forward, as before batching), and with --ray N the Ray audit with
 N workers (every cell of every row compared with the first Ray run's: keys and text equal,
@@ -135,7 +136,8 @@ def main() -> None:
     runs = Runs(len(prompts), tokens)
     runs["plain SDPA forward, batched"] = timed(plain)
     if not args.skip_local:
-        runs["capture only, batched"] = timed(lambda: [capture.capture_batch(loaded.model, b, 128) for b in plan])
+        runs["capture only, batched (head-mean maps, as an audit)"] = timed(
+            lambda: [capture.capture_batch(loaded.model, b, 128, head_maps=False) for b in plan])
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_local:
             runs["audit, batched (end to end)"] = timed(lambda: audit(Path(tmp) / "a"))

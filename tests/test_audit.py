@@ -43,7 +43,7 @@ def test_interrupted_audit_resumes_without_recomputing(settings, store, monkeypa
     from sinkviz.flow.audit import audit_rows
     prompts = [random_words(15 + i) for i in range(5)]
     computed, real = [], analysis._capture_many
-    monkeypatch.setattr(analysis, "_capture_many", lambda loaded, seqs, m: computed.extend(seqs) or real(loaded, seqs, m))
+    monkeypatch.setattr(analysis, "_capture_many", lambda loaded, seqs, *a: computed.extend(seqs) or real(loaded, seqs, *a))
     with pytest.raises(KeyboardInterrupt):
         for row in audit_rows(prompts, settings, store=store, chunk=2):
             if row.row == 3:

@@ -4,6 +4,7 @@ and steps aside (to the per-layer path) wherever it cannot compute exactly."""
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -111,3 +112,29 @@ def test_a_corrupt_deferred_statistic_is_caught_on_the_gpu_and_named_on_the_host
     with pytest.raises(invariants.ImpossibleStatistic, match="received attention summed over keys"):
         cap.capture_batch(llama(torch.bfloat16), seqs, 128)
     assert flags == [[False, True, False]]
+
+
+def test_an_audits_batch_takes_the_head_mean_on_the_gpu(deferred_runs, monkeypatch):
+    """capture_batch(head_maps=False), what an audit runs: the maps cross to the host as their head
+    mean ([layers, 1, bins, bins], within float32 rounding of the mean of every head's), everything
+    else as with every head; a prompt the GPU screen flags gets every head's map for the host check
+    that names the head (a map cell of one head set to 2)."""
+    from sinkviz.engine import fused, invariants
+    model = llama(torch.bfloat16)
+    seqs, seed = sequences([900, 130, 40])
+    whole, light = cap.capture_batch(model, seqs, 128), cap.capture_batch(model, seqs, 128, head_maps=False)
+    assert deferred_runs == [3, 3]
+    for full, mean in zip(whole, light):
+        assert full.head_maps and not mean.head_maps and mean.maps.shape[1] == 1
+        np.testing.assert_allclose(mean.maps[:, 0], full.maps.mean(1), atol=1e-6, rtol=0)
+        for name in ("sink_mass", "entropy", "received", "hidden_norm", "value_norm"):
+            assert (getattr(mean, name) == getattr(full, name)).all(), name
+    real = fused.finish_many
+
+    def one_cell(*args):
+        out = real(*args)
+        out["maps"][1, 2, 3, 0, 0] = 2.0                                   # layer 1, prompt 2, head 3
+        return out
+    monkeypatch.setattr(fused, "finish_many", one_cell)
+    with pytest.raises(invariants.ImpossibleStatistic, match="layer 1, head 3"):
+        cap.capture_batch(model, seqs, 128, head_maps=False)

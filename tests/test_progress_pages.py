@@ -16,7 +16,7 @@ from conftest import analyze_page, app_store  # noqa: E402
 from plotly_json import by_title  # noqa: E402
 from sinkviz.engine import capture  # noqa: E402
 from sinkviz.flow import progress  # noqa: E402
-from sinkviz.flow.analysis import Settings, analyze, analyze_many  # noqa: E402
+from sinkviz.flow.analysis import Settings, analyze_many  # noqa: E402
 from sinkviz.numbers.metrics import layer_sinks  # noqa: E402
 from sinkviz.output import figures as figure_builders  # noqa: E402
 

@@ -11,7 +11,7 @@ import functools
 import inspect
 import math
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -404,21 +404,24 @@ def capture_with_logits(model, input_ids: torch.Tensor, map_size: int = 128,
 
 
 def capture_batch(model, sequences: list[list[int]], map_size: int = 128,
-                  on_layer: OnLayer | None = None) -> list[AttentionStats]:
+                  on_layer: OnLayer | None = None, head_maps: bool = True) -> list[AttentionStats]:
     """Several prompts (token ids) in one forward pass, right-padded with the padding masked;
     each prompt's statistics are its own capture's. Raises BatchUnsupported where the model's
-    batched attention is not each prompt's own (then capture them one by one)."""
+    batched attention is not each prompt's own (then capture them one by one). Without
+    ``head_maps`` (an audit) the maps are the head mean, [layers, 1, B, B], taken on the GPU
+    where the statistics are computed there (1/heads of the bytes to the host)."""
     device, lengths = model.device, [len(ids) for ids in sequences]
     ids = torch.zeros(len(sequences), max(lengths), dtype=torch.long)
     mask = torch.zeros_like(ids)
     for b, seq in enumerate(sequences):
         ids[b, :len(seq)], mask[b, :len(seq)] = torch.tensor(seq), 1
     kwargs = {**forward_kwargs(model), "attention_mask": mask.to(device)}
-    return _captured_forward(model, ids.to(device), map_size, kwargs, lengths, on_layer)[0]
+    stats = _captured_forward(model, ids.to(device), map_size, kwargs, lengths, on_layer, head_maps)[0]
+    return [s if head_maps or not s.head_maps else replace(s, maps=s.head_mean_maps()) for s in stats]
 
 
 def _captured_forward(model, input_ids, map_size, kwargs, lengths: list[int] | None = None,
-                      on_layer: OnLayer | None = None):
+                      on_layer: OnLayer | None = None, head_maps: bool = True):
     """(stats, model output); with ``lengths``, a batch: (a list of stats, one per prompt, output).
     Short work on a GPU defers the statistics to one sweep after the forward (deferred.py).
     ``on_layer(done, total)`` after each decoder layer, where given."""
@@ -431,7 +434,7 @@ def _captured_forward(model, input_ids, map_size, kwargs, lengths: list[int] | N
     layers, batch = decoder_layers(model), lengths or [input_ids.shape[1]]
     if deferred.fits(model, input_ids):
         try:
-            recorder = deferred.DeferredRecorder(batch, map_size, input_ids.shape[1])
+            recorder = deferred.DeferredRecorder(batch, map_size, input_ids.shape[1], head_maps)
             out, trace = _run(model, input_ids, kwargs, layers, recorder, recorder, recorder.keep_hidden, on_layer)
             rows, kinds = check_layers(model, layers, trace, recorder.n_recorded)
             stats = [_to_stats(arrays, tuple(recorder.windows), True, [], map_size, rows, kinds, check=flagged)

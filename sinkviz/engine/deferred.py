@@ -46,8 +46,8 @@ def fits(model, input_ids: torch.Tensor) -> bool:
 class DeferredRecorder:
     """Attention for a right-padded causal batch (B >= 1) that keeps what the statistics need."""
 
-    def __init__(self, lengths: list[int], map_size: int, tokens: int):
-        self.lengths, self.map_size = lengths, map_size
+    def __init__(self, lengths: list[int], map_size: int, tokens: int, head_maps: bool = True):
+        self.lengths, self.map_size, self.head_maps = lengths, map_size, head_maps
         self.tokens = tokens                                   # the padded length (capture.over_prompt)
         self.n_recorded = 0
         self.queries, self.keys, self.lses = [], [], []      # per layer: [B, heads, L, D], [B, kv, L, D], [B, heads, L]
@@ -108,13 +108,13 @@ class DeferredRecorder:
         stats |= {"value_norm": torch.stack(self.value_norms), "hidden_norm": torch.stack(self.hidden_norms)}
         widths = [bin_width(n, self.map_size) for n in self.lengths]
         stats["flagged"] = invariants.screen_batch(stats, *(torch.tensor(v, device=device) for v in (self.lengths, widths)))
-        cuda = device.type == "cuda"   # page-locked host memory: 15x pageable's speed
-        host = {name: torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=cuda).copy_(tensor, non_blocking=cuda)
-                for name, tensor in stats.items()}                              # [layers, B, ...]
-        if cuda:
-            torch.cuda.current_stream(device).synchronize()
-        host = {name: tensor.numpy() for name, tensor in host.items()}
+        every_head = stats["maps"]                                              # [layers, B, heads, bins, bins]
+        if not self.head_maps:                                # an audit's rows: the head mean crosses to the host
+            stats["maps"] = every_head.sum(2, keepdim=True, dtype=torch.float64).div_(every_head.shape[2]).float()
+        host = _to_host(stats, device)                                          # [layers, B, ...]
         flagged = host.pop("flagged")                                           # [B]
+        if flagged.any() and not self.head_maps:              # the host check names the head: give it every one
+            host["maps"] = _to_host({"maps": every_head}, device)["maps"]
         out = []
         for b, (n, width) in enumerate(zip(self.lengths, widths)):
             bins = -(-n // width)
@@ -124,3 +124,13 @@ class DeferredRecorder:
             out.append(({name: np.ascontiguousarray(array[(slice(None), b, *cut.get(name, ()))])
                          for name, array in host.items()}, bool(flagged[b])))
         return out
+
+
+def _to_host(stats: dict[str, torch.Tensor], device: torch.device) -> dict[str, np.ndarray]:
+    """One copy to the host per tensor, page-locked on CUDA (15x pageable's speed), then waited for."""
+    cuda = device.type == "cuda"
+    host = {name: torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=cuda).copy_(tensor, non_blocking=cuda)
+            for name, tensor in stats.items()}
+    if cuda:
+        torch.cuda.current_stream(device).synchronize()
+    return {name: tensor.numpy() for name, tensor in host.items()}

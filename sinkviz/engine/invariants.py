@@ -37,7 +37,9 @@ def check(stats, tol: float | None = None) -> None:
     n, tol = stats.n_tokens, tol or tolerance(stats)
     sink = stats.learned_sink if stats.learned_sink is not None else np.zeros(stats.entropy.shape)
     sink_rows = (stats.learned_sink_map if stats.learned_sink_map is not None
-                 else np.zeros(stats.maps.shape[:3]))                                 # [l, h, bins]
+                 else np.zeros(stats.entropy.shape + stats.maps.shape[2:3]))          # [l, h, bins]
+    if not stats.head_maps:                   # the head-mean maps of an audit row: rows sum to 1 - mean sink
+        sink_rows = sink_rows.mean(axis=1, keepdims=True)                             # [l, 1, bins]
     defined = np.arange(1, stats.sink_mass.shape[-1] + 1) < n                          # [8]
     _finite_within("sink mass", stats.sink_mass[..., defined], 0.0, 1.0, tol)
     if np.isfinite(stats.sink_mass[..., ~defined]).any():

@@ -13,7 +13,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable, Iterator
 
 import torch
@@ -212,13 +212,13 @@ def analyze_many(prompts: list[str], settings: Settings = Settings(), *, store: 
     with ThreadPoolExecutor(1, thread_name_prefix="sinkviz-store") as writer:   # waits for its writes on exit
         writing: list[Future] = []
         for batch in plan_batches(ready, budget, lambda item: len(item[3].token_ids)):
-            results = _capture_many(loaded, [item[3].token_ids for item in batch], settings.map_size)
+            results = _capture_many(loaded, [item[3].token_ids for item in batch], settings.map_size, head_maps)
             for done in writing:   # the previous batch is stored while this one ran; at most one in flight
                 done.result()
             writing = []
             for (key, prompt, indices, tokens), result in zip(batch, results):
                 if not isinstance(result, SinkvizError):
-                    if not head_maps:
+                    if not head_maps and result.head_maps:          # captured alone: every head came back
                         result = replace(result, maps=result.head_mean_maps())
                     result = Analysis(key, prompt, settings, loaded.info, tokens, result, time.time(), ())
                     writing.append(writer.submit(_store, store, result))
@@ -244,13 +244,15 @@ def plan_batches(items: list, budget: int, length: Callable[[object], int]) -> l
     return batches
 
 
-def _capture_many(loaded, sequences: list[tuple[int, ...]], map_size: int) -> list:
+def _capture_many(loaded, sequences: list[tuple[int, ...]], map_size: int, head_maps: bool = True) -> list:
     """Statistics per sequence: one batched pass, or one pass each where the model's batched
-    attention is not each prompt's own or the batch does not fit (then OutOfMemory per row)."""
+    attention is not each prompt's own or the batch does not fit (then OutOfMemory per row).
+    Without ``head_maps``: the head-mean maps (capture_batch's)."""
     with loaded.lock:
         if len(sequences) > 1 and fits_together(loaded.model, [len(s) for s in sequences], map_size):
             try:
-                return capture.capture_batch(loaded.model, [list(s) for s in sequences], map_size)
+                return capture.capture_batch(loaded.model, [list(s) for s in sequences], map_size,
+                                             head_maps=head_maps)
             except capture.BatchUnsupported:
                 pass
             except (torch.OutOfMemoryError, MemoryError):
@@ -306,7 +308,8 @@ def to_meta(analysis: Analysis) -> dict:
             worst.append([int(mass.argmax()), float(mass.max())])
     return {"schema": SCHEMA_VERSION, "key": analysis.key, "prompt": analysis.prompt,
             "settings": asdict(analysis.settings), "model": asdict(analysis.model),
-            "tokens": asdict(analysis.tokens), "created": analysis.created,
+            "tokens": {f.name: getattr(analysis.tokens, f.name) for f in fields(analysis.tokens)},   # tuples as
+            "created": analysis.created,                       # they are: asdict deep-copies every offset pair
             "worst_layer_by_n": worst}
 
 

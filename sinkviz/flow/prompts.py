@@ -71,12 +71,12 @@ def tokenize(tokenizer, prompt: str, use_template: bool = True, system: str | No
         raise BadPrompt(f"the prompt has {len(ids):,} tokens; the limit is {max_tokens:,}")
     special_ids = set(tokenizer.all_special_ids)
     special = tuple(i in special_ids for i in ids)
+    tokens = tuple(tokenizer.decode([i]) for i in ids)
     return TokenizedPrompt(
-        token_ids=tuple(int(i) for i in ids),
-        tokens=tuple(tokenizer.decode([i]) for i in ids),
+        token_ids=tuple(int(i) for i in ids), tokens=tokens,
         special=special, templated=templated, text=text, offsets=offsets,
         user_span=user_span, system_span=system_span,
-        labels=readable_tokens(tokenizer, ids, text, offsets, special))
+        labels=readable_tokens(tokenizer, ids, text, offsets, special, tokens))
 
 
 def _encode(tokenizer, text: str, add_special_tokens: bool) -> tuple[list[int], tuple]:

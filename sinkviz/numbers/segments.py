@@ -97,18 +97,13 @@ def find_blocks(prompt: str, rule: str = "auto") -> list[tuple[int, int]]:
 def token_owners(offsets: tuple, char_spans: list[tuple[int, int]], n_tokens: int) -> np.ndarray:
     """[L] index into ``char_spans`` (disjoint) of the span holding most of each token's characters
     (ties: the earlier span); -1 for a token inside none or covering no character."""
-    end = max([b for _, b in char_spans] + [b for _, b in offsets[:n_tokens]] + [0])
-    by_char = np.full(end + 1, -1)                                               # [chars] span of each character
-    for k, (a, b) in enumerate(char_spans):
-        by_char[a:b] = k
-    owners = np.full(n_tokens, -1)
-    for t, (a, b) in enumerate(offsets[:n_tokens]):
-        inside = by_char[a:b]
-        inside = inside[inside >= 0]
-        if inside.size:
-            counts = np.bincount(inside)
-            owners[t] = int(np.argmax(counts))                                   # argmax: the earliest of ties
-    return owners
+    if not char_spans or not n_tokens:
+        return np.full(n_tokens, -1)
+    tok = np.asarray(offsets[:n_tokens], dtype=np.int64).reshape(-1, 2)            # [L, 2] characters [a, b)
+    span = np.asarray(char_spans, dtype=np.int64)                                  # [K, 2]
+    shared = (np.minimum(tok[:, 1:], span[None, :, 1]) - np.maximum(tok[:, :1], span[None, :, 0])).clip(min=0)
+    owners = shared.argmax(-1)                                                     # [L] argmax: the earliest of ties
+    return np.where(shared.max(-1) > 0, owners, -1)
 
 
 def _spans(positions: np.ndarray) -> tuple[tuple[int, int], ...]:

@@ -57,13 +57,14 @@ def is_fragment(data: bytes | None) -> bool:
         return True
 
 
-def readable_tokens(tokenizer, ids, text: str, offsets: tuple, special: tuple) -> tuple[str, ...]:
+def readable_tokens(tokenizer, ids, text: str, offsets: tuple, special: tuple,
+                    decoded: tuple[str, ...]) -> tuple[str, ...]:
     """One label per token of ``ids`` (see the module docstring). ``offsets``: per token
-    (start, stop) in ``text``, or () when the tokenizer gives none."""
+    (start, stop) in ``text``, or () when the tokenizer gives none; ``decoded``: each id decoded
+    on its own."""
     pieces = tokenizer.convert_ids_to_tokens(list(ids))
     labels = []
-    for k, (token_id, piece) in enumerate(zip(ids, pieces)):
-        own = tokenizer.decode([token_id])
+    for k, (own, piece) in enumerate(zip(decoded, pieces)):
         data = token_bytes(piece) if isinstance(piece, str) else None
         fragment = is_fragment(data) if data is not None else "\ufffd" in own
         if special[k] or not fragment:
