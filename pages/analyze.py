@@ -236,8 +236,9 @@ def render_heatmaps(a: Analysis, sinks) -> None:
         st.session_state.an_layer = start
     layer = c[0].selectbox("Layer", range(stats.n_layers), key="an_layer", format_func=lambda row: f"{ids[row]}")
     heads = ["mean over heads"] + [f"head {h}" for h in range(stats.n_heads)] * stats.head_maps
-    head_label = c[1].selectbox("Head", heads, 1 + url.get("head", -1, lo=-1, hi=len(heads) - 2), key="an_head" if stats.head_maps else "an_head_mean",
-                                disabled=not stats.head_maps, help=None if stats.head_maps else AUDIT_KEPT_MEAN)
+    head_label = c[1].selectbox("Head", heads, 1 + url.get("head", -1, lo=-1, hi=len(heads) - 2),
+                                key="an_head" if stats.head_maps else "an_head_mean", disabled=not stats.head_maps,
+                                help=None if stats.head_maps else AUDIT_KEPT_MEAN)
     log = c[2].toggle("Log colour scale", url.get("log"), key="an_log")
     hide = c[3].toggle("Hide position 0", url.get("hide"), key="an_hide",
                        help="Blank the first column so the rest of the map gets the colour range")

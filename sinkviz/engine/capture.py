@@ -11,7 +11,7 @@ import functools
 import inspect
 import math
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -417,7 +417,7 @@ def capture_batch(model, sequences: list[list[int]], map_size: int = 128,
         ids[b, :len(seq)], mask[b, :len(seq)] = torch.tensor(seq), 1
     kwargs = {**forward_kwargs(model), "attention_mask": mask.to(device)}
     stats = _captured_forward(model, ids.to(device), map_size, kwargs, lengths, on_layer, head_maps)[0]
-    return [s if head_maps or not s.head_maps else replace(s, maps=s.head_mean_maps()) for s in stats]
+    return stats if head_maps else [s.without_head_maps() for s in stats]
 
 
 def _captured_forward(model, input_ids, map_size, kwargs, lengths: list[int] | None = None,

@@ -218,8 +218,6 @@ def analyze_many(prompts: list[str], settings: Settings = Settings(), *, store: 
             writing = []
             for (key, prompt, indices, tokens), result in zip(batch, results):
                 if not isinstance(result, SinkvizError):
-                    if not head_maps and result.head_maps:          # captured alone: every head came back
-                        result = replace(result, maps=result.head_mean_maps())
                     result = Analysis(key, prompt, settings, loaded.info, tokens, result, time.time(), ())
                     writing.append(writer.submit(_store, store, result))
                 yield from ((i, result) for i in indices)
@@ -260,8 +258,8 @@ def _capture_many(loaded, sequences: list[tuple[int, ...]], map_size: int, head_
         results = []
         for seq in sequences:
             try:
-                results.append(_capture_or_release(loaded.model, torch.tensor([seq], device=loaded.model.device),
-                                                   map_size))
+                stats = _capture_or_release(loaded.model, torch.tensor([seq], device=loaded.model.device), map_size)
+                results.append(stats if head_maps else stats.without_head_maps())
             except SinkvizError as err:
                 results.append(err)
         return results

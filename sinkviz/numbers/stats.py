@@ -18,7 +18,7 @@ For layer l, head h, query i, key j and attention a[l, h, i, j] (L tokens):
 """
 
 import functools
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -76,19 +76,20 @@ class AttentionStats:
         """[layers, 1, B, B] the mean over heads of the maps (float64 sum, stored dtype)."""
         return self.maps.mean(axis=1, keepdims=True, dtype=np.float64).astype(self.maps.dtype)
 
-    def to_arrays(self, pack_maps: bool = False, head_maps: bool = True) -> dict[str, np.ndarray]:
+    def without_head_maps(self) -> "AttentionStats":
+        """These statistics with the head-mean maps only (an audit's row); itself if so already."""
+        return self if not self.head_maps else replace(self, maps=self.head_mean_maps())
+
+    def to_arrays(self, pack_maps: bool = False) -> dict[str, np.ndarray]:
         """Plain arrays for ``np.savez`` (no pickled objects). With ``pack_maps`` (the store),
         maps whose cells above the diagonal are all exactly 0 (causal attention) keep only the
         cells on and below it, ``maps_lower`` [layers, heads, B (B + 1) / 2]: half the bytes,
-        nothing lost; ``from_arrays`` unpacks them. Without ``head_maps`` (an audit's rows) the
-        maps are the head mean, [layers, 1, B, B]: 1/heads of their bytes."""
+        nothing lost; ``from_arrays`` unpacks them."""
         out = {name: getattr(self, name) for name in ARRAY_FIELDS + OPTIONAL_FIELDS
                if getattr(self, name) is not None}
-        maps = self.maps if head_maps or not self.head_maps else self.head_mean_maps()
-        out["maps"] = maps
         if pack_maps:
-            lower, upper = _triangles(maps.shape[-1])
-            cells = maps.reshape(*maps.shape[:-2], -1)                          # [layers, heads, B * B]
+            lower, upper = _triangles(self.maps.shape[-1])
+            cells = self.maps.reshape(*self.maps.shape[:-2], -1)                # [layers, heads, B * B]
             if not np.take(cells, upper, axis=-1).any():
                 out["maps_lower"] = np.take(cells, lower, axis=-1)
                 del out["maps"]
