@@ -48,7 +48,10 @@ for tokenizers that add one, a template marker with the chat template, else the 
   $\lceil L/128 \rceil$ tokens holding the mean over the bin's queries of the mass on the bin's
   keys (rows still sum to 1). The title says when a map is pooled. Blank cells above the diagonal
   are keys a causal query cannot see. *Hide position 0* blanks the first column so the rest of
-  the map gets the colour range; the log scale does the same for small values.
+  the map gets the colour range; the log scale does the same for small values. An audit keeps
+  each layer's map as the mean over heads only (every other number whole): single heads are most
+  of an analysis's bytes, ~36 MB a 1,000-token prompt on an 8B model. Its rows open in Analyze
+  with the head-mean heatmaps; *Capture every head* runs that prompt again to show single heads.
 
 ### Learned sink (gpt-oss and kin)
 Some models add one more logit per head, $s_{l,h}$ (gpt-oss's `sinks`; some models make it per
