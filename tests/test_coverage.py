@@ -156,6 +156,9 @@ def test_a_mask_is_plain_causal_only_when_it_shows_exactly_the_causal_window():
         changed[0, 0, cell[0], cell[1]] = seen                                   # one key shown or hidden
         assert not shows_causal_window(changed, 7, 3, rows=3), cell
     assert not shows_causal_window(torch.ones(1, 1, 1, 7, dtype=torch.bool), 7, None)   # padding-only, broadcast
+    biased = float_window.clone()
+    biased[0, 0, 5, 4] = -0.5                                                    # a bias where it shows (ALiBi-like)
+    assert not shows_causal_window(biased, 7, 3)
 
 
 def test_indexed_keys_fold_into_the_mask_as_eager_does():

@@ -32,14 +32,19 @@ def mask_hides_future(attention_mask, n_q: int, n_k: int, rows: int = 1024) -> b
 
 def shows_causal_window(attention_mask, n: int, window: int | None, rows: int = 1024) -> bool:
     """True when the mask [1, 1 or heads, L or 1, L] shows query i exactly the keys
-    i - window < j <= i (all j <= i without a window): nothing else hidden, nothing later shown.
+    i - window < j <= i (all j <= i without a window): nothing else hidden, nothing later shown,
+    and an additive mask adds exactly 0 where it shows (a bias in the mask is not the rule).
     Checked ``rows`` queries at a time (one host sync each)."""
     mask = attention_mask[0].expand(attention_mask.shape[1], n, n)
     j = torch.arange(n, device=mask.device)[None, :]
     for start in range(0, n, rows):
         i = torch.arange(start, min(start + rows, n), device=mask.device)[:, None]
         rule = (j <= i) & (i - j < (window or n))                                  # [rows, L]
-        if not bool((visible(mask[:, start:start + rows]) == rule).all()):
+        block = mask[:, start:start + rows]
+        same = visible(block) == rule
+        if block.dtype != torch.bool:
+            same &= (block == 0) | ~rule
+        if not bool(same.all()):
             return False
     return True
 
