@@ -15,7 +15,7 @@ from streamlit.runtime.scriptrunner_utils.exceptions import StopException  # noq
 from conftest import analyze_page, app_store  # noqa: E402
 from plotly_json import by_title  # noqa: E402
 from sinkviz.engine import capture  # noqa: E402
-from sinkviz.flow import progress  # noqa: E402
+from sinkviz.flow import models, progress  # noqa: E402
 from sinkviz.flow.analysis import Settings, analyze_many  # noqa: E402
 from sinkviz.numbers.metrics import layer_sinks  # noqa: E402
 from sinkviz.output import figures as figure_builders  # noqa: E402
@@ -136,6 +136,7 @@ def test_audit_stop_keeps_the_rows_done_and_a_rerun_computes_only_the_rest(monke
         captured.extend(sequences)
         return real(model, sequences, *args, **kwargs)
     monkeypatch.setattr(capture, "capture_batch", batch)
+    models.get_model(Settings().model)    # loaded (its load probes with capture()) before capture() is forbidden
     monkeypatch.setattr(capture, "capture", lambda *a, **k: pytest.fail("captured a prompt alone"))
     stopping = True
     at = AppTest.from_file(APP, default_timeout=300)
