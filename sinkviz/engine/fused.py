@@ -326,10 +326,14 @@ def row_lse(query: torch.Tensor, key: torch.Tensor, scaling: float, window: int 
     float32), for attention whose kernel does not return it (a window). query [1, heads, L, D]."""
     with on_device_of(query):
         q, k = _rows_first(query, key)
-        common = _launch(q, k, scaling, window)
-        lse2 = torch.empty(q.shape[:2], device=q.device, dtype=torch.float32)
-        _row_lse[(triton.cdiv(q.shape[1], common["BLOCK_M"]), q.shape[0])](q, k, lse2, **common, sl=q.shape[1])
-        return lse2 / LOG2E
+        return _row_lse2(q, k, _launch(q, k, scaling, window)) / LOG2E
+
+
+def _row_lse2(q: torch.Tensor, k: torch.Tensor, common: dict) -> torch.Tensor:
+    """[heads, L] log2-sum-exp per row from the _row_lse kernel (q, k as _rows_first gives them)."""
+    lse2 = torch.empty(q.shape[:2], device=q.device, dtype=torch.float32)
+    _row_lse[(triton.cdiv(q.shape[1], common["BLOCK_M"]), q.shape[0])](q, k, lse2, **common, sl=q.shape[1])
+    return lse2
 
 
 def with_learned_sink(output: torch.Tensor, lse: torch.Tensor, sink_logits: torch.Tensor
@@ -355,8 +359,7 @@ def _layer_statistics(query, key, scaling, window, map_size, lse, sink_logits):
     maps = torch.zeros(heads, bins, bins, **f32)
     common = _launch(q, k, scaling, window)
     block_m, block_n = common["BLOCK_M"], common["BLOCK_N"]
-    lse = row_lse(query, key, scaling, window) if lse is None else lse
-    lse2 = lse.float() * LOG2E                                                  # log2-sum-exp per row
+    lse2 = _row_lse2(q, k, common) if lse is None else lse.float() * LOG2E      # log2-sum-exp per row
     neg_lse = _neg_lse_parts(lse2, scaling, q.dtype, triton.cdiv(n, block_m) * block_m)
     _stats[(triton.cdiv(n, block_n), heads)](
         q, k, neg_lse, cols, p_log2_p, maps, **common, sl=neg_lse.stride(0), WIDTH=width, BINS=bins,
@@ -366,7 +369,7 @@ def _layer_statistics(query, key, scaling, window, map_size, lse, sink_logits):
     sink_sum = _sink_sums(q, k, lse2, cols, scaling, window).float()
     if sink_logits is None:
         return finish_sums(sink_sum, entropy_sum, cols, maps, causal=True, width=width)
-    sink = torch.exp(sink_logits.float() - lse.float())                        # [heads, L] the sink's p per row
+    sink = torch.exp(sink_logits.float() - lse.float())      # [heads, L] the sink's p per row (lse given with sinks)
     by_bin = torch.nn.functional.pad(sink, (0, bins * width - n)).unflatten(-1, (bins, width)).sum(-1)
     return finish_sums(sink_sum, entropy_sum - torch.special.xlogy(sink, sink).sum(-1), cols, maps, causal=True,
                        width=width, learned_sink_sum=sink.sum(-1), learned_sink_map_sum=by_bin)
