@@ -77,19 +77,21 @@ def sink_configs() -> dict:
 def sink_models(tmp_path_factory) -> dict:
     """name -> saved tiny model of ``sink_configs``; weights x3 and gpt-oss's sink logits
     ~ N(0, 2), so that sinks and caps matter."""
+    return {name: save_scaled(config, tmp_path_factory.mktemp(name), 3.0) for name, config in sink_configs().items()}
+
+
+def save_scaled(config, folder, scale: float) -> str:
+    """A random model of ``config`` (seed 0), weights x ``scale``, sink logits ~ N(0, 2), saved with
+    the tiny tokenizer to ``folder``."""
     from transformers import AutoModelForCausalLM
-    out = {}
-    for name, config in sink_configs().items():
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(config)
-        with torch.no_grad():
-            for pname, p in model.named_parameters():
-                p.normal_(0.0, 2.0) if pname.endswith("sinks") else p.mul_(3.0)
-        folder = tmp_path_factory.mktemp(name)
-        model.save_pretrained(folder)
-        tiny_tokenizer().save_pretrained(folder)
-        out[name] = str(folder)
-    return out
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            p.normal_(0.0, 2.0) if pname.endswith("sinks") else p.mul_(scale)
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return str(folder)
 
 
 @pytest.fixture(scope="session")

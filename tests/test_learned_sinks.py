@@ -96,21 +96,12 @@ def fusable_folders(tmp_path_factory) -> dict:
     """gpt-oss (learned sinks, a mask on every layer) and Mistral, 16-dim heads (the fused kernels'
     smallest), a 40-token window on the sliding layers, weights x2, sink logits ~ N(0, 2)."""
     import transformers as T
-    from conftest import tiny_tokenizer
+    from conftest import save_scaled
     small = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=16, sliding_window=40, max_position_embeddings=512)
-    out = {}
-    for name, config in {"gpt-oss": T.GptOssConfig(**small, num_local_experts=4, num_experts_per_tok=2),
-                         "mistral": T.MistralConfig(**small)}.items():
-        torch.manual_seed(0)
-        model = T.AutoModelForCausalLM.from_config(config)
-        with torch.no_grad():
-            for pname, p in model.named_parameters():
-                p.normal_(0.0, 2.0) if pname.endswith("sinks") else p.mul_(2.0)
-        out[name] = str(tmp_path_factory.mktemp(name))
-        model.save_pretrained(out[name])
-        tiny_tokenizer().save_pretrained(out[name])
-    return out
+    return {name: save_scaled(config, tmp_path_factory.mktemp(name), 2.0)
+            for name, config in {"gpt-oss": T.GptOssConfig(**small, num_local_experts=4, num_experts_per_tok=2),
+                                 "mistral": T.MistralConfig(**small)}.items()}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
