@@ -57,7 +57,11 @@ def texts(page, testid: str) -> list[str]:
     return [" ".join(t.split()) for t in page.locator(f'[data-testid="{testid}"]').all_text_contents()]
 
 
-def query(page) -> dict:
+def query(page, after: str | None = None) -> dict:
+    """The page URL's query parameters; ``after``: first wait until that parameter is in the URL (the
+    last action's rerun writes it, and on a slow machine that rerun may start after settle() returned)."""
+    if after:
+        page.wait_for_function("p => new URLSearchParams(location.search).has(p)", arg=after, timeout=60_000)
     return dict(urllib.parse.parse_qsl(urllib.parse.urlparse(page.url).query))
 
 
@@ -120,7 +124,7 @@ def test_analyze_link_shows_the_same_analysis_view_and_severity(server, browser)
     settle(page)
     choose(page, "Layer", "24")
     choose(page, "Head", "head 2")
-    assert {k: v for k, v in query(page).items() if k != "key"} == {
+    assert {k: v for k, v in query(page, after="head").items() if k != "key"} == {
         "prompt": PROMPT, "warn": "0.2", "crit": "0.4", "eps": "0.5", "n": "5", "tab": "Heatmaps", "layer": "24",
         "head": "2"}
     page.screenshot(path=ARTIFACTS / "link-analyze-sender.png", full_page=True)
@@ -181,7 +185,7 @@ def test_compare_link(server, browser):
     page.wait_for_selector("text=Difference from A")
     settle(page)
     choose(page, "Layer for the heatmaps", "5")
-    assert {k: v for k, v in query(page).items() if k != "keys"} == {
+    assert {k: v for k, v in query(page, after="layer").items() if k != "keys"} == {
         "count": "3", "n": "2", "reading": "sequence", "layer": "5", "c": "Summary first: you are a helpful assistant."}
     other = visitor(browser, page.url, "text=Difference from A")
     same_page(page, other, ["Variant A", "Variant B", "Variant C", "Variants"], boxes=["Layer for the heatmaps"])
@@ -214,7 +218,7 @@ def test_audit_link(server, browser):
     page.get_by_text("the sequence's first 2 tokens").click()
     settle(page)
     choose(page, "Read or open a row", "row 3: Hi there", "row 3")
-    assert {k: v for k, v in query(page).items() if k != "text"} == {"calibrate": "0", "n": "2", "ran": "1",
+    assert {k: v for k, v in query(page, after="row").items() if k != "text"} == {"calibrate": "0", "n": "2", "ran": "1",
                                                                        "reading": "sequence", "row": "3"}
     other = visitor(browser, page.url, "text=of 4 rows")
     same_page(page, other, ["…or paste prompts, one per line"], boxes=["Read or open a row"])
@@ -236,7 +240,7 @@ def test_lab_link(server, browser):
     settle(page)
     page.get_by_role("tab", name="Sink tokens for windowed attention").click()
     type_into(page, "W (cache entries)", "64")
-    assert query(page) == {"k": "4", "gamma": "0.5", "scaled": "1", "window": "64"}
+    assert query(page, after="window") == {"k": "4", "gamma": "0.5", "scaled": "1", "window": "64"}
     other = visitor(browser, page.url, "text=KL(before")
     same_page(page, other, ["Prompt", "K (first keys scaled)", "γ (logit factor)", "W (cache entries)",
                             "S (sink tokens kept)", "Tokens of the shipped text"])
@@ -247,6 +251,7 @@ def test_sidebar_returns_to_each_page_as_it_was_left(server, browser):
     analyze_in_page(page, PROMPT)
     page.get_by_role("tab", name="Position-0 inspector").click()
     settle(page)
+    assert query(page, after="tab")["tab"] == "Position-0 inspector"
     left = page.url
     page.get_by_role("link", name="Compare", exact=True).click()
     page.wait_for_selector("text=Compare opening variants")
