@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import VOCAB, save_tiny_model, tiny_configs
-from reference import eager_attentions, reference_stats
+from reference import eager_attentions, float64_softmax, reference_stats
 from sinkviz.engine.capture import capture
 from sinkviz.numbers.metrics import layer_sinks
 from sinkviz.flow.models import load_model
@@ -121,22 +121,37 @@ def test_value_norms_match_v_proj(tiny_models, arch):
     np.testing.assert_allclose(stats.value_norm, expected, rtol=1e-5, err_msg=f"seed {seed}")
 
 
-@pytest.mark.parametrize("arch", ["llama-gqa", "gpt2"])
-def test_capture_leaves_model_output_unchanged(tiny_models, arch):
-    ids, _ = fresh_ids(60)
-    loaded = load_model(tiny_models[arch], device="cpu")
-    head = loaded.model.get_output_embeddings()
+def lm_head_outputs(model, ids, implementation: str) -> torch.Tensor:
+    """The LM head's output of one forward pass under ``implementation`` ("sinkviz" = a capture)."""
     outputs = []
-    hook = head.register_forward_hook(lambda _m, _i, out: outputs.append(out.detach().clone()))
+    hook = model.get_output_embeddings().register_forward_hook(
+        lambda _m, _i, out: outputs.append(out.detach().clone()))
     try:
-        capture(loaded.model, ids)
-        loaded.model.set_attn_implementation("sdpa")
-        with torch.no_grad():
-            loaded.model(input_ids=ids, use_cache=False, logits_to_keep=1)
+        if implementation == "sinkviz":
+            capture(model, ids)
+        else:
+            model.set_attn_implementation(implementation)
+            with torch.no_grad(), float64_softmax():
+                model(input_ids=ids, use_cache=False, logits_to_keep=1)
     finally:
         hook.remove()
-        loaded.model.set_attn_implementation("sinkviz")
-    assert torch.equal(outputs[0], outputs[1])
+        model.set_attn_implementation("sinkviz")
+    return outputs[0]
+
+
+@pytest.mark.parametrize("arch", ["llama-gqa", "gpt2", "mistral-window"])
+def test_capture_output_is_the_models_own_eager_output(tiny_models, arch):
+    """On the CPU a capture computes each layer's output from the probabilities its statistics come
+    from (probs @ V, as transformers' eager attention does) instead of a second pass through SDPA:
+    in float64 the model's output equals the eager forward's (softmax kept in float64) to rounding, and in float32 it stays
+    within float32 rounding of the plain SDPA forward."""
+    ids, seed = fresh_ids(150)
+    wide = load_model(tiny_models[arch], device="cpu", dtype="float64").model
+    torch.testing.assert_close(lm_head_outputs(wide, ids, "sinkviz"), lm_head_outputs(wide, ids, "eager"),
+                               atol=1e-12, rtol=1e-12, msg=f"seed {seed}")
+    model = load_model(tiny_models[arch], device="cpu").model
+    torch.testing.assert_close(lm_head_outputs(model, ids, "sinkviz"), lm_head_outputs(model, ids, "sdpa"),
+                               atol=1e-5, rtol=1e-5, msg=f"seed {seed}")
 
 
 def test_default_model_matches_eager_float64(default_model_dir):

@@ -12,7 +12,7 @@ import inspect
 import math
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from sinkviz.engine.host_copy import LayerArrays
 from sinkviz.engine.layers import check as check_layers
 from sinkviz.engine.layers import traced as layer_trace
 from sinkviz.engine.masks import is_causal, mask_hides_future, padded_batch_mask_ok, row_norms, shows_causal_window
-from sinkviz.engine.reduce import LayerReducer, bin_width
+from sinkviz.engine.reduce import LayerReducer, bin_width, row_entropy
 from sinkviz.numbers.stats import AttentionStats
 
 ATTN_NAME = "sinkviz"
@@ -116,6 +116,8 @@ def _attend(module, query, key, value, attention_mask, kwargs, recorder) -> torc
             f"{type(module).__name__} attends to {key.shape[2]} keys for {query.shape[2]} tokens (compressed or "
             "extra memory keys); sinkviz maps attention onto the prompt's tokens")
     softmax = Softmax.of(query, kwargs)
+    if recorder is not None and query.device.type == "cpu":   # the statistics need every probability: reuse them
+        return _blockwise_attention(module, query, key, value, attention_mask, kwargs, softmax or Softmax(), recorder)[0]
     if softmax is not None and not (recorder is not None and recorder.fuses(module, query, key, attention_mask,
                                                                              kwargs, softmax)):
         return _blockwise_attention(module, query, key, value, attention_mask, kwargs, softmax, recorder)[0]
@@ -156,15 +158,14 @@ def _blockwise_attention(module, query, key, value, attention_mask, kwargs, soft
     reducer = (LayerReducer(heads, n_k, recorder.map_size, causal=causal, device=q.device, dtype=acc,
                             learned_sink=softmax.sink_logits is not None) if recorder else None)
     out = torch.empty(heads, n_q, v.shape[-1], device=q.device, dtype=acc)          # [heads, L, D]
-    for start, stop, probs, sink in probability_blocks(
-            q, k, attention_mask, kwargs.get("scaling") or dim ** -0.5, causal=causal, window=window,
-            bias=kwargs.get("position_bias"), softmax=softmax):
-        out[:, start:stop] = torch.matmul(probs, v[:, :probs.shape[-1]])
+    for block in probability_blocks(q, k, attention_mask, kwargs.get("scaling") or dim ** -0.5, causal=causal,
+                                    window=window, bias=kwargs.get("position_bias"), softmax=softmax):
+        out[:, block.start:block.stop] = torch.matmul(block.probs, v[:, :block.probs.shape[-1]])
         if reducer is not None:
-            reducer.add(probs, start + n_k - n_q, sink)
+            reducer.add(block.probs, block.start + n_k - n_q, block.sink, block.entropy)
     if recorder is not None:
         recorder.append(reducer.finish(), value, window, causal)
-    return out.to(query.dtype).transpose(0, 1)[None], None
+    return out.to(query.dtype).transpose(0, 1).contiguous()[None], None      # [1, L, heads, D], as SDPA gives it
 
 
 def block_rows(heads: int, keys: int, device: torch.device) -> int:
@@ -275,9 +276,8 @@ class _Recorder:
         q = query[0].to(acc)                                                  # [heads, Lq, D]
         k = repeat_kv(key, heads // key.shape[1])[0].to(acc)                  # [heads, Lk, D]
         reducer = LayerReducer(heads, k.shape[1], self.map_size, causal=causal, device=q.device, dtype=acc)
-        for start, _, probs, _ in probability_blocks(q, k, attention_mask, scaling, causal=causal,
-                                                     window=window, bias=bias):
-            reducer.add(probs, start + k.shape[1] - n_q)
+        for block in probability_blocks(q, k, attention_mask, scaling, causal=causal, window=window, bias=bias):
+            reducer.add(block.probs, block.start + k.shape[1] - n_q, entropy=block.entropy)
         return reducer.finish()
 
 
@@ -318,11 +318,20 @@ class _Batch:
         self.masks_checked.append(attention_mask)
 
 
+class ProbabilityBlock(NamedTuple):
+    """Attention rows start .. stop-1 of one layer."""
+    start: int
+    stop: int
+    probs: torch.Tensor          # [heads, b, seen]: the keys' probabilities
+    sink: torch.Tensor | None    # [heads, b]: the learned sink's, where the softmax has one
+    entropy: torch.Tensor        # [heads, b]: each row's entropy in nats, the sink column included
+
+
 def probability_blocks(q, k, attention_mask, scaling, *, causal, window, bias=None, softmax: Softmax | None = None):
-    """Yield (start, stop, probs [heads, b, seen], sink [heads, b] or None) of attention rows, block
-    by block: scores, the position bias, ``softmax``'s cap and first-key scale, the mask, then the
-    softmax over the keys and, where there is one, the learned sink (whose probability is
-    ``sink``; the keys' then sum to 1 - sink). q, k: [heads, L, D]. Causal blocks stop at the
+    """Yield ProbabilityBlocks of attention rows, block by block: scores, the position bias,
+    ``softmax``'s cap and first-key scale, the mask, then the softmax over the keys and, where
+    there is one, the learned sink (whose probability is ``sink``; the keys' then sum to
+    1 - sink), and each row's entropy from the same logits. q, k: [heads, L, D]. Causal blocks stop at the
     last key their last query sees (``seen`` <= Lk: the rest would be exact zeros), which halves
     the work of a causal layer; bidirectional ones see all Lk keys."""
     n_q, n_k = q.shape[1], k.shape[1]
@@ -341,11 +350,13 @@ def probability_blocks(q, k, attention_mask, scaling, *, causal, window, bias=No
             scores[..., :softmax.first_key_scale[0]] *= softmax.first_key_scale[1]
         scores = _apply_mask(scores, attention_mask, start, stop, n_k - n_q, causal=causal, window=window)
         if softmax.sink_logits is None:
-            yield start, stop, torch.softmax(scores, dim=-1), None
+            probs = torch.softmax(scores, dim=-1)
+            yield ProbabilityBlock(start, stop, probs, None, row_entropy(scores, probs))
             continue
         sink_logits = softmax.sink_logits[:, start:stop, None].to(scores.dtype)     # [heads, b, 1]
-        both = torch.softmax(torch.cat([scores, sink_logits], dim=-1), dim=-1)      # [heads, b, Lk + 1]
-        yield start, stop, both[..., :-1], both[..., -1]
+        logits = torch.cat([scores, sink_logits], dim=-1)                           # [heads, b, seen + 1]
+        both = torch.softmax(logits, dim=-1)
+        yield ProbabilityBlock(start, stop, both[..., :-1], both[..., -1], row_entropy(logits, both))
 
 
 def _apply_mask(scores, attention_mask, start, stop, offset, *, causal, window):

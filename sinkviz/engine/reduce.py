@@ -26,6 +26,16 @@ def bin_width(n_tokens: int, map_size: int) -> int:
     return math.ceil(width / TILE) * TILE
 
 
+def row_entropy(logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Each row's entropy in nats, H = sum_j p_j (M - x_j) - ln p_max, M the row's largest logit:
+    -sum_j p_j ln p_j with ln p_j = x_j - M + ln p_max (the softmax's own normalisation), so no
+    log per element, and every term >= 0 (no cancellation). logits [..., keys] (masked keys -inf)
+    are overwritten; probs = softmax(logits) [..., keys] -> [...]."""
+    top = logits.amax(-1, keepdim=True)
+    gap = torch.sub(top, logits, out=logits).nan_to_num_(posinf=0.0)   # M - x >= 0; masked keys (p = 0): 0
+    return torch.linalg.vecdot(probs, gap) - torch.log(probs.amax(-1))
+
+
 class LayerReducer:
     """Running sums of one layer's statistics; ``add`` each query block, then ``finish``."""
 
@@ -42,10 +52,13 @@ class LayerReducer:
         self.learned_sink_sum = zeros(heads) if learned_sink else None          # [heads]
         self.learned_sink_map_sum = zeros(heads, self.n_bins) if learned_sink else None  # [heads, q bins]
 
-    def add(self, probs: torch.Tensor, q_start: int, sink: torch.Tensor | None = None) -> None:
+    def add(self, probs: torch.Tensor, q_start: int, sink: torch.Tensor | None = None,
+            entropy: torch.Tensor | None = None) -> None:
         """probs: [heads, block, keys] for the first ``keys`` <= n_keys keys (the later ones get
         nothing from this block), rows sum to 1 - sink (sink [heads, block]: the learned-sink
-        column, where the model has one); query positions q_start .. q_start+block-1."""
+        column, where the model has one); query positions q_start .. q_start+block-1. entropy
+        [heads, block]: each row's, the sink column included, where the caller has it (row_entropy);
+        else -sum p ln p here."""
         heads, block, keys = probs.shape
         q_pos = torch.arange(q_start, q_start + block, device=probs.device)  # [block]
         # sink mass: sum_{j<N} a[i, j] for queries i >= N, for every N = 1..8
@@ -57,7 +70,11 @@ class LayerReducer:
         valid = (q_pos[:, None] >= n_idx[None, :]).to(probs.dtype)           # [block, N]
         self.sink_sum += (first * valid).sum(1)
         # entropy of each row, in nats (0 log 0 = 0)
-        self.entropy_sum += -torch.special.xlogy(probs, probs).sum((-1, -2))
+        if entropy is None:
+            entropy = -torch.special.xlogy(probs, probs).sum(-1)
+            if sink is not None:   # the learned sink is a column of the softmax: in the entropy too
+                entropy = entropy - torch.special.xlogy(sink, sink)
+        self.entropy_sum += entropy.sum(-1)
         # received attention: column sums
         self.column_sum[:, :keys] += probs.sum(1)
         # pooled map: sum over key bins (whole ones as a view, then the partial last), then add
@@ -67,8 +84,7 @@ class LayerReducer:
         if keys > whole * self.width:
             by_key_bin = torch.cat([by_key_bin, probs[..., whole * self.width:].sum(-1, keepdim=True)], -1)
         self.map_sum[:, :, :by_key_bin.shape[-1]].index_add_(1, q_pos // self.width, by_key_bin)
-        if sink is not None:  # the learned sink is a column of the softmax: in the entropy too
-            self.entropy_sum += -torch.special.xlogy(sink, sink).sum(-1)
+        if sink is not None:
             self.learned_sink_sum += sink.sum(-1)
             self.learned_sink_map_sum.index_add_(1, q_pos // self.width, sink)
 
