@@ -7,10 +7,12 @@ from pages.common import through_app
 through_app()
 st.title("Method")
 st.markdown(r"""
-sinkviz runs **one forward pass** of the model on your prompt. Each layer's output is computed
-as usual (SDPA), and in the same call the attention probabilities are recomputed block by block
-and reduced to the statistics below, so the full $L \times L$ attention of every layer is never
-stored. Every statistic is tested against transformers' eager `output_attentions` in float64.
+sinkviz runs **one forward pass** of the model on your prompt. In each layer the attention
+probabilities are computed block by block and reduced to the statistics below, so the full
+$L \times L$ attention of every layer is never stored. On a GPU the layer's output is SDPA's own
+(the model's output is unchanged bit for bit); on the CPU it is computed from those same
+probabilities, as transformers' eager attention does. Every statistic is tested against
+transformers' eager `output_attentions` in float64.
 
 Notation: layer $l$, head $h$, query position $i$, key position $j$, attention
 $a_{l,h,i,j}$ (each row sums to 1; causal models see only $j \le i$), $L$ tokens.

@@ -1,8 +1,9 @@
 """One hooked forward pass that reduces attention to ``AttentionStats`` without L x L tensors.
 
-A registered attention function computes each layer's output with SDPA (the model's output
-is unchanged) and, while a recorder is active, recomputes the attention probabilities
-query block by query block and hands them to a ``LayerReducer``. Forward hooks on the
+A registered attention function computes each layer's output with SDPA and, while a recorder
+is active, its attention probabilities query block by query block for a ``LayerReducer`` (on a
+GPU the fused kernels instead, SDPA's output kept bit for bit; on the CPU the output is then
+probs @ V from those same blocks, as eager attention computes it). Forward hooks on the
 decoder layers keep the hidden-state norm of every position. Hooks are removed in ``finally``.
 """
 
@@ -86,8 +87,8 @@ class Softmax:
 
 
 def sinkviz_attention(module, query, key, value, attention_mask, **kwargs):
-    """SDPA's output, or the block-wise softmax where SDPA cannot compute it (``Softmax``);
-    plus statistics when a recorder is active in this context."""
+    """SDPA's output, or the block-wise softmax where SDPA cannot compute it (``Softmax``) or,
+    on the CPU, where a recorder active in this context needs every probability anyway."""
     recorder = _recorder.get()
     if recorder is not None and not over_prompt(query, key, recorder.tokens):
         recorder = None                       # computed as the model asks, not recorded
