@@ -154,6 +154,32 @@ def test_capture_output_is_the_models_own_eager_output(tiny_models, arch):
                                atol=1e-5, rtol=1e-5, msg=f"seed {seed}")
 
 
+@pytest.mark.parametrize("window", [None, 24])
+def test_recorder_blockwise_branch_leaves_the_output_to_sdpa_with_the_same_statistics(window):
+    """Where the fused kernels cannot serve a GPU layer, record() reduces it block by block and
+    leaves the output to SDPA (returns None). Run here on the CPU, its statistics equal those of
+    the CPU path, which computes the output from the same blocks: and that output is SDPA's to
+    float32 rounding."""
+    from types import SimpleNamespace
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from sinkviz.engine.capture import Softmax, _blockwise_attention, _Recorder
+    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    q, k, v = (torch.randn(1, heads, 70, 16, generator=gen) for heads in (4, 2, 2))   # GQA: 4 heads, 2 KV heads
+    module, kwargs = SimpleNamespace(is_causal=True, num_key_value_groups=2), {"scaling": 0.25, "sliding_window": window}
+    only_statistics, with_output = _Recorder(32, n_layers=1), _Recorder(32, n_layers=1)
+    assert only_statistics.record(module, q, k, v, None, kwargs) is None
+    out, _ = _blockwise_attention(module, q, k, v, None, kwargs, Softmax(), with_output)
+    a, b = only_statistics.host.result(), with_output.host.result()
+    assert sorted(a) == sorted(b) == ["entropy", "maps", "received", "sink_mass", "value_norm"]
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    mask = torch.ones(70, 70, dtype=torch.bool).tril()
+    if window:
+        mask &= ~torch.ones(70, 70, dtype=torch.bool).tril(-window)
+    sdpa, _ = sdpa_attention_forward(module, q, k, v, mask[None, None], scaling=0.25)
+    torch.testing.assert_close(out, sdpa, atol=1e-6, rtol=1e-5)
+
+
 def test_default_model_matches_eager_float64(default_model_dir):
     """Capture in float64 against the float64 reference, to ATOL_DEFAULT_MODEL. Even in float64 the
     SDPA and eager forwards of this model differ by rounding that its massive activations amplify

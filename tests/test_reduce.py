@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from reference import reference_stats
-from sinkviz.engine.reduce import LayerReducer, bin_width
+from sinkviz.engine.reduce import LayerReducer, bin_width, row_entropy
 
 
 def random_causal_attention(heads, L, gen):
@@ -34,3 +34,19 @@ def test_blocks_sum_to_reference(L, map_size, block):
 def test_bin_width(L, size, width):
     assert bin_width(L, size) == width
     assert -(-L // width) <= size
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+def test_row_entropy_equals_minus_p_log_p(dtype, rtol):
+    """sum p (M - x) - ln p_max against -sum p ln p in float64: masked keys (-inf), a row with
+    one key, logits in the hundreds (massive activations), a finite large-negative mask."""
+    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    logits = torch.randn(3, 6, 50, generator=gen, dtype=torch.float64) * torch.tensor([1.0, 30.0, 300.0])[:, None, None]
+    logits[:, :, 40:] = -torch.inf                   # keys no query sees
+    logits[:, 0, 1:] = -torch.inf                    # a row that sees one key: entropy 0
+    logits[:, 1, 20:40] = torch.finfo(torch.float64).min / 2   # an additive mask's finite minimum
+    want = -torch.special.xlogy(*(torch.softmax(logits, -1),) * 2).sum(-1)
+    x = logits.to(dtype)
+    got = row_entropy(x.clone(), torch.softmax(x, -1)).double()
+    assert torch.all(want[:, 0] == 0) and torch.all(got[:, 0].abs() <= 1e-6)
+    torch.testing.assert_close(got, want, rtol=rtol, atol=rtol)

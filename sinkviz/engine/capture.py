@@ -110,6 +110,14 @@ def over_prompt(query, key, tokens: int | None) -> bool:
     return query.shape[2] == tokens and not over_blocks
 
 
+def output_from_blocks(device: torch.device) -> bool:
+    """Whether a recorded layer's output is probs @ V from the statistics' own probability blocks
+    (as eager attention computes it) rather than SDPA's: on the CPU, where the blocks exist anyway
+    and SDPA would compute the attention a second time; on a GPU SDPA's kernels are far faster
+    than a float32 probs @ V, and the fused path never has the probabilities."""
+    return device.type == "cpu"
+
+
 def _attend(module, query, key, value, attention_mask, kwargs, recorder) -> torch.Tensor:
     """One sequence's attention output [B, L, heads, D], recorded when ``recorder`` is set."""
     if recorder is not None and key.shape[2] != query.shape[2]:
@@ -117,7 +125,7 @@ def _attend(module, query, key, value, attention_mask, kwargs, recorder) -> torc
             f"{type(module).__name__} attends to {key.shape[2]} keys for {query.shape[2]} tokens (compressed or "
             "extra memory keys); sinkviz maps attention onto the prompt's tokens")
     softmax = Softmax.of(query, kwargs)
-    if recorder is not None and query.device.type == "cpu":   # the statistics need every probability: reuse them
+    if recorder is not None and output_from_blocks(query.device):
         return _blockwise_attention(module, query, key, value, attention_mask, kwargs, softmax or Softmax(), recorder)[0]
     if softmax is not None and not (recorder is not None and recorder.fuses(module, query, key, attention_mask,
                                                                              kwargs, softmax)):
@@ -143,9 +151,11 @@ def indexed_keys_mask(attention_mask, indices, n_k: int):
     return attention_mask.masked_fill(blocked, torch.finfo(attention_mask.dtype).min)
 
 
-def _blockwise_attention(module, query, key, value, attention_mask, kwargs, softmax: Softmax, recorder):
+def _blockwise_attention(module, query, key, value, attention_mask, kwargs, softmax: Softmax, recorder,
+                         with_output: bool = True):
     """The layer's attention computed block by block with its own ``softmax``, and its statistics
-    from the same probabilities when recording. Returns (output [1, L, heads, D], None)."""
+    from the same probabilities when recording. Returns (output [1, L, heads, D] or, without
+    ``with_output``, None, None)."""
     if query.shape[0] != 1:
         raise ValueError("sinkviz runs a model with learned sinks or soft caps one prompt at a time")
     heads, n_q, dim = query.shape[1:]
@@ -158,14 +168,17 @@ def _blockwise_attention(module, query, key, value, attention_mask, kwargs, soft
     n_k, window = k.shape[1], kwargs.get("sliding_window")
     reducer = (LayerReducer(heads, n_k, recorder.map_size, causal=causal, device=q.device, dtype=acc,
                             learned_sink=softmax.sink_logits is not None) if recorder else None)
-    out = torch.empty(heads, n_q, v.shape[-1], device=q.device, dtype=acc)          # [heads, L, D]
+    out = torch.empty(heads, n_q, v.shape[-1], device=q.device, dtype=acc) if with_output else None  # [heads, L, D]
     for block in probability_blocks(q, k, attention_mask, kwargs.get("scaling") or dim ** -0.5, causal=causal,
                                     window=window, bias=kwargs.get("position_bias"), softmax=softmax):
-        out[:, block.start:block.stop] = torch.matmul(block.probs, v[:, :block.probs.shape[-1]])
+        if out is not None:
+            out[:, block.start:block.stop] = torch.matmul(block.probs, v[:, :block.probs.shape[-1]])
         if reducer is not None:
             reducer.add(block.probs, block.start + n_k - n_q, block.sink, block.entropy)
     if recorder is not None:
         recorder.append(reducer.finish(), value, window, causal)
+    if out is None:
+        return None, None
     return out.to(query.dtype).transpose(0, 1).contiguous()[None], None      # [1, L, heads, D], as SDPA gives it
 
 
@@ -222,24 +235,22 @@ class _Recorder:
         exp(lse - lse'), the statistics from the softmax with the sink column (fused.with_learned_sink)."""
         if query.shape[0] != 1:
             raise ValueError("sinkviz captures one prompt at a time (batch size 1)")
-        causal = self.applied_causality(module, query, key, attention_mask, kwargs)
+        if not self._fusable(module, query, key, attention_mask, kwargs):    # reduce.py's path; SDPA's output
+            return _blockwise_attention(module, query, key, value, attention_mask, kwargs, Softmax(), self,
+                                        with_output=False)[0]
         window = kwargs.get("sliding_window")
         scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
-        bias = kwargs.get("position_bias")
         output, lse = None, None
-        if self._fusable(module, query, key, attention_mask, kwargs):
-            if window is None and attention_mask is None and not kwargs.get("dropout"):   # else SDPA's own call
-                output, lse = fused.attention_with_lse(query, key, value, scaling) or (None, None)
-            lse = None if lse is None else lse[0]                                 # [heads, L]
-            if sink_logits is not None:
-                if output is None:
-                    output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-                output, lse = fused.with_learned_sink(
-                    output, fused.row_lse(query, key, scaling, window) if lse is None else lse, sink_logits)
-            layer = fused.layer_statistics(query, key, scaling, window, self.map_size, lse, sink_logits)
-        else:
-            layer = self._blockwise(query, key, attention_mask, scaling, bias, causal, window)
-        self.append(layer, value, window, causal)
+        if window is None and attention_mask is None and not kwargs.get("dropout"):   # else SDPA's own call
+            output, lse = fused.attention_with_lse(query, key, value, scaling) or (None, None)
+        lse = None if lse is None else lse[0]                                 # [heads, L]
+        if sink_logits is not None:
+            if output is None:
+                output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+            output, lse = fused.with_learned_sink(
+                output, fused.row_lse(query, key, scaling, window) if lse is None else lse, sink_logits)
+        layer = fused.layer_statistics(query, key, scaling, window, self.map_size, lse, sink_logits)
+        self.append(layer, value, window, self.applied_causality(module, query, key, attention_mask, kwargs))
         return output
 
     def applied_causality(self, module, query, key, attention_mask, kwargs) -> bool:
@@ -269,17 +280,6 @@ class _Recorder:
         self.n_recorded += 1
         self.windows.append(window)
         self.causal = causal
-
-    def _blockwise(self, query, key, attention_mask, scaling, bias, causal, window) -> dict:
-        """reduce.py's path: probabilities block by block in float32 (float64 for float64 models)."""
-        acc = torch.float64 if query.dtype == torch.float64 else torch.float32
-        heads, n_q = query.shape[1:3]
-        q = query[0].to(acc)                                                  # [heads, Lq, D]
-        k = repeat_kv(key, heads // key.shape[1])[0].to(acc)                  # [heads, Lk, D]
-        reducer = LayerReducer(heads, k.shape[1], self.map_size, causal=causal, device=q.device, dtype=acc)
-        for block in probability_blocks(q, k, attention_mask, scaling, causal=causal, window=window, bias=bias):
-            reducer.add(block.probs, block.start + k.shape[1] - n_q, entropy=block.entropy)
-        return reducer.finish()
 
 
 class BatchUnsupported(Exception):
