@@ -17,11 +17,11 @@ from sinkviz.errors import SinkvizError
 from sinkviz.output.export import layers_csv, metadata, npz_bytes
 from sinkviz.output.html_report import analysis_report
 from sinkviz.numbers.metrics import (Thresholds, deep_mean, layer_entropy, layer_sinks, norm_vs_median, sink_rate,
-                                    uniform_entropy)
+                                    uniform_entropies)
 from sinkviz.output.readable import quoted
 from sinkviz.numbers.segments import BLOCK_RULES, openings, segment_shares, segment_table, segments_of
 from sinkviz.output.report import report_dict
-from sinkviz.output.verdict import verdict, verdict_layer
+from sinkviz.output.verdict import uniform_sentence, verdict, verdict_layer
 
 TABS = ["Sink mass per layer", "Segments", "Heatmaps", "Position-0 inspector", "Entropy", "Tokens", "Export"]
 MAP_SIZES = [32, 64, 128, 192, 256]
@@ -177,12 +177,13 @@ def render_bars(a: Analysis, sinks) -> None:
     st.plotly_chart(kept_figure(bars_figure, a, first_n, thresholds), key="an_bars")
     render_percentiles(a)
     st.caption(f"Averaged over queries i ≥ {first_n} (each query's attention to the first {first_n} "
-               f"tokens), then over heads. Uniform attention would give {sinks.baseline:.1%}; the "
-               f"largest possible ratio at this length is {sinks.max_ratio:.1f}×.")
-    windows = a.stats.windows
-    if any(windows):
-        st.warning(f"Layers {[l for l, w in enumerate(windows) if w]} use a sliding window of "
-                   f"{max(w for w in windows if w)} tokens: queries further away cannot see position 0 there.")
+               f"tokens), then over heads. " + uniform_sentence(sinks, a.stats))
+    windowed = [(layer, w) for layer, w in zip(a.stats.layer_ids, a.stats.windows) if w and w < a.stats.n_tokens]
+    if windowed:
+        st.warning(f"{'Layer' if len(windowed) == 1 else 'Layers'} {', '.join(str(l) for l, _ in windowed)} "
+                   f"use a sliding window of {', '.join(sorted({f'{w}' for _, w in windowed}))} tokens: queries "
+                   "further away cannot see position 0 there, and uniform attention there is measured within "
+                   "the window.")
 
 
 BLOCK_CHOICES = {"turns only": None, **{f"blocks: {rule}": rule for rule in BLOCK_RULES}}
@@ -296,8 +297,7 @@ def openings_figure(a: Analysis, rule, n: int):
 
 
 def entropy_figure(a: Analysis):
-    uniform = uniform_entropy(a.stats.n_tokens, a.stats.causal)
-    return figures.entropy_lines(layer_entropy(a.stats), uniform, a.stats.layer_ids)
+    return figures.entropy_lines(layer_entropy(a.stats), uniform_entropies(a.stats), a.stats.layer_ids)
 
 
 def heatmap_figure(a: Analysis, layer: int, head, hide: bool, log: bool):

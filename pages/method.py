@@ -28,7 +28,10 @@ If every query spread its attention evenly over the keys it sees:
 $b_N = \frac{1}{L-N}\sum_{i \ge N} \frac{N}{i+1}$ (bidirectional models: $N/L$).
 **Ratio to uniform** $= m_N / b_N$; layers beyond the first two above **5×** are flagged.
 The ratio can never exceed $1/b_N$: at 30 tokens with $N=3$ that is 4.2×, so the flag only
-becomes meaningful on longer prompts.
+becomes meaningful on longer prompts. In a layer with a sliding window of $W$ tokens query $i$
+sees the $\min(i+1, W)$ keys $i-W+1..i$, so that layer's baseline counts only those:
+$b_N = \frac{1}{L-N}\sum_{i \ge N} \frac{\max(0,\, N - \max(0,\, i-W+1))}{\min(i+1,\, W)}$
+(the bars then mark each layer's own baseline).
 
 ### Severity
 Fixed thresholds on sink mass in layers beyond the first two: **warning ≥ 35 %**,
@@ -44,8 +47,12 @@ for tokenizers that add one, a template marker with the chat template, else the 
 ### Received attention, entropy, maps
 - **Received** by key $j$: $\frac{1}{L-j}\sum_{i \ge j} a_{l,h,i,j}$ — which tokens are sinks
   (not always position 0).
+- **Top sink** of a layer: the key with the most attention from the queries that see it,
+  $\frac{1}{s_j}\sum_{i \ge j} a_{l,h,i,j}$ (head mean) with $s_j = \min(L-j, W)$ of them, among
+  the keys seen by at least half as many queries as the best-seen key (in a causal layer the
+  first half of the prompt): the last key's value would be the last query's attention to itself.
 - **Entropy** of a query's row: $-\sum_j a \ln a$ in nats, averaged over queries. Uniform
-  attention over $i+1$ keys has $\ln(i+1)$.
+  attention over $i+1$ keys has $\ln(i+1)$ ($\ln \min(i+1, W)$ with a sliding window).
 - **Heatmaps**: the full map up to the map size (128 tokens by default); above it, bins of
   $\lceil L/128 \rceil$ tokens holding the mean over the bin's queries of the mass on the bin's
   keys (rows still sum to 1). The title says when a map is pooled. Blank cells above the diagonal

@@ -370,23 +370,34 @@ def _against_model(analysis, first_n: int, cal) -> dict:
 
 
 def _table(report: dict) -> str:
-    n = report["first_n"]
+    n, rows = report["first_n"], report["layers"]
+    learned = report["learned_sink"]
+    windows = sorted({row["window"] for row in rows if row["window"] and row["window"] < len(report["token_ids"])})
     lines = [f"model {report['model']['label']} on {report['model']['device']} "
              f"({report['model']['dtype']}), {len(report['token_ids'])} tokens, "
              f"position 0 = {report['tokens_readable'][0]!r}",
              f"sink mass = attention on the first {n} tokens, mean over queries i >= {n} and heads; "
-             f"uniform baseline {report['baseline']:.3f}",
-             f"{'layer':>5}  {'sink mass':>9}  {'x uniform':>9}  {'severity':<9} top sink (position, token, received)"]
-    for row in report["layers"]:
+             f"uniform baseline {report['baseline']:.3f}"
+             + (f" (sliding-window layers, window {', '.join(map(str, windows))}: their own, column 'uniform')"
+                if windows else ""),
+             f"{'layer':>5}  {'sink mass':>9}  " + (f"{'learned':>7}  " if learned else "")
+             + (f"{'uniform':>7}  " if windows else "")
+             + f"{'x uniform':>9}  {'severity':<9} top sink (position, token, received)"]
+    for row in rows:
         flag = " *" if row["flagged"] else ""
-        lines.append(f"{row['layer']:>5}  {row['sink_mass']:>9.3f}  {row['ratio_to_uniform']:>8.1f}x"
-                     f"  {row['severity']:<9} {row['top_sink_position']:>4} "
+        lines.append(f"{row['layer']:>5}  {row['sink_mass']:>9.3f}  "
+                     + (f"{row['learned_sink']:>7.3f}  " if learned else "")
+                     + (f"{row['uniform_baseline']:>7.3f}  " if windows else "")
+                     + f"{row['ratio_to_uniform']:>8.1f}x  {row['severity']:<9} {row['top_sink_position']:>4} "
                      f"{report['tokens_readable'][row['top_sink_position']]!r} {row['top_sink_received']:.3f}{flag}")
     others = [f"{i} {kind}" for i, kind in enumerate(report["layer_kinds"]) if kind != "attention"]
     if others:
         lines.append("layers without softmax attention (not in the table): " + ", ".join(others))
+    if learned:
+        lines.append("learned = the learned sink's share: a softmax column no token owns (mean over queries and heads)")
     lines += report.get("against_model", {}).get("sentences", [])
-    lines.append(f"* over {report['thresholds']['ratio_flag']:g}x uniform.  "
-                 f"Sink rate (Gu et al., eps={report['epsilon']:g}): {report['sink_rate']:.1f}%"
+    flagged = sum(row["flagged"] for row in rows)
+    lines.append((f"* over {report['thresholds']['ratio_flag']:g}x uniform.  " if flagged else "")
+                 + f"Sink rate (Gu et al., eps={report['epsilon']:g}): {report['sink_rate']:.1f}%"
                  + ("  (from the result store)" if report["cached"] else ""))
     return "\n".join(lines)

@@ -33,6 +33,7 @@ QUICK = {  # model type, mapping -> expected status (one per attention kind, the
     ("gemma4_text", "causal"): "exact",      # per-layer head sizes
     ("qwen3_next", "causal"): "exact",       # hybrid: gated-delta-net (linear attention) and attention layers
     ("jamba", "causal"): "exact",            # hybrid: Mamba and attention layers
+    ("recurrent_gemma", "causal"): "exact",  # hybrid: RG-LRU recurrent blocks (its config says "linear_attention")
     ("bert", "masked"): "exact",             # bidirectional encoder, checkpoint without a pooler
     ("layoutlm", "masked"): "exact",         # bidirectional by its mask, no is_causal attribute
     ("falcon", "causal"): "exact",           # attention classes from its own table: eager output_attentions
@@ -67,6 +68,7 @@ def test_quick_subset_is_exact_or_refused_as_expected():
             assert max(r["err64"].values()) <= 1e-12 and r["output_rel_err"] <= 1e-9, r
     kinds = {r["type"]: r.get("layer_kinds") for r in rows}
     assert kinds["qwen3_next"] == ["linear attention", "attention"] and kinds["jamba"] == ["mamba", "attention"]
+    assert kinds["recurrent_gemma"][:2] == ["recurrent", "recurrent"] and "attention" in kinds["recurrent_gemma"]
     assert kinds["llama"] is None
 
 

@@ -1,6 +1,8 @@
 """Charts that survive a screenshot: legends, ticks and labels where they belong, and the plotted
 numbers still the engine's."""
 
+import html
+
 import numpy as np
 import pytest
 from plotly.colors import sample_colorscale
@@ -52,12 +54,13 @@ def test_large_heatmap_names_thinned_tokens_at_any_length(long_analysis):
     fig = figures.attention_heatmap(stats, tokens, 12)
     z, x, y = np.array(fig.data[0].z, dtype=float), list(fig.data[0].x), list(fig.data[0].y)
     np.testing.assert_allclose(z, figures.map_for_display(figures.layer_map(stats, 12), 4, False, False), rtol=1e-7)
-    assert x == y and x[0] == f"0–3: {quoted(tokens[0])} …" and x[5] == f"20–23: {quoted(tokens[20])} …"
+    assert x == y and x[0] == "0–3: '&lt;|im_start|&gt;' …" and x[5] == f"20–23: {quoted(tokens[20])} …"
     step = -(-len(x) // figures.MAX_TICK_LABELS)
     for axis in (fig.layout.xaxis, fig.layout.yaxis):
         assert list(axis.tickvals) == x[::step] and len(axis.tickvals) <= figures.MAX_TICK_LABELS
-        assert all(len(t) <= figures.TICK_CHARS for t in axis.ticktext)
-        assert [t.rstrip("…") for t in axis.ticktext] == [v[:len(t.rstrip("…"))] for t, v in zip(axis.ticktext, axis.tickvals)]
+        shown = [html.unescape(t) for t in axis.ticktext]           # as Plotly draws them
+        assert all(len(t) <= figures.TICK_CHARS for t in shown)
+        assert [t.rstrip("…") for t in shown] == [html.unescape(v)[:len(t.rstrip("…"))] for t, v in zip(shown, axis.tickvals)]
     assert "\ufffd" not in "".join(x)
 
 
@@ -82,7 +85,8 @@ def test_norm_charts_have_round_log_ticks_and_the_median_label_on_its_line(long_
     fig = figures.norm_ratio_lines(getattr(stats, what), tokens, what, 5, stats.layer_ids)
     ratio = norm_vs_median(getattr(stats, what), 5)
     np.testing.assert_allclose(np.stack([t.y for t in fig.data], -1), ratio, rtol=1e-7)
-    assert [t.name for t in fig.data] == [f"{p}: {quoted(tokens[p])}" for p in range(5)]
+    assert [t.name for t in fig.data] == [f"{p}: {figures.plotly_text(quoted(tokens[p]))}" for p in range(5)]
+    assert fig.data[0].name == "0: '&lt;|im_start|&gt;'"     # Plotly would read a token like <s> as markup
     ticks = list(fig.layout.yaxis.tickvals)
     assert fig.layout.yaxis.type == "log" and ticks == figures.log_ticks(ratio)
     assert list(fig.layout.yaxis.ticktext) == [f"{t:,g}" for t in ticks]
@@ -126,3 +130,25 @@ def test_part_names_that_would_overlap_take_separate_rows():
     rows = {(a.text, a.x + 0.5): (a.yshift or 0) // LABEL_ROW_PX for a in fig.layout.annotations}
     assert rows == {("system turn", 1): 0, ("template", 4): 1, ("user turn", 5): 2, ("template", 250): 0}
     assert sorted(s.x0 + 0.5 for s in fig.layout.shapes) == [1, 4, 5, 250]
+
+
+def test_sliding_window_layers_get_their_own_uniform_marks(long_analysis):
+    """Layers with a window shorter than the prompt: the bars mark each layer's own baseline and the
+    entropy chart each layer's uniform entropy, instead of one full-attention line."""
+    from dataclasses import replace
+    from sinkviz.numbers.metrics import layer_entropy, uniform_entropies
+    stats = long_analysis.stats
+    windowed = replace(stats, windows=tuple(64 if l % 2 == 0 else None for l in range(stats.n_layers)))
+    sinks = layer_sinks(windowed, 3)
+    fig = figures.sink_bars(sinks)
+    marks = [t for t in fig.data if t.name == "uniform baseline (each layer's window)"]
+    assert len(marks) == 1 and not any("uniform baseline" in (a.text or "") for a in fig.layout.annotations)
+    np.testing.assert_array_equal(marks[0].y, sinks.baselines)
+    assert sinks.baselines[0] < sinks.baselines[1] == sinks.baseline   # queries past the window never see the first N
+    np.testing.assert_allclose(sinks.ratio, sinks.sink_mass / sinks.baselines, rtol=1e-12)
+    entropy = figures.entropy_lines(layer_entropy(windowed), uniform_entropies(windowed), windowed.layer_ids)
+    assert [t.name for t in entropy.data] == ["mean entropy", "uniform attention (each layer's window)"]
+    np.testing.assert_array_equal(entropy.data[1].y, uniform_entropies(windowed))
+    assert not entropy.layout.shapes                                          # no single line
+    plain = figures.entropy_lines(layer_entropy(stats), uniform_entropies(stats), stats.layer_ids)
+    assert len(plain.data) == 1 and len(plain.layout.shapes) == 1

@@ -6,17 +6,55 @@ import pytest
 from reference import reference_stats
 from sinkviz.errors import BadPrompt, BadSetting
 from sinkviz.numbers.metrics import (Thresholds, layer_entropy, layer_sinks, norm_vs_median, sink_rate,
-                             top_sink, uniform_baseline, uniform_entropy)
+                             top_sink, uniform_baseline, uniform_entropies, uniform_entropy)
 from sinkviz.numbers.stats import AttentionStats
 
 
-def stats_from(att: np.ndarray, causal: bool = True) -> AttentionStats:
+def stats_from(att: np.ndarray, causal: bool = True, windows: tuple | None = None) -> AttentionStats:
     """AttentionStats of a hand-built [layers, heads, L, L] attention."""
     ref = reference_stats(att, map_size=128, causal=causal)
     layers, _, L, _ = att.shape
     return AttentionStats(ref["sink_mass"], ref["entropy"], ref["received"], ref["maps"],
                           np.ones((layers, L)), np.ones((layers, L)), ref["bin_width"],
-                          causal, (None,) * layers)
+                          causal, windows or (None,) * layers)
+
+
+def uniform_windowed(heads, L, window):
+    """[1, heads, L, L]: each query spreads its attention evenly over the ``window`` keys i-W+1..i."""
+    i, j = np.indices((L, L))
+    seen = (j <= i) & (i - j < window)
+    return np.broadcast_to(seen / seen.sum(1, keepdims=True), (1, heads, L, L)).copy()
+
+
+def test_sliding_window_layers_are_judged_against_uniform_within_their_window():
+    """Gemma 2 / gpt-oss / Mistral: uniform attention in a layer with a 16-token window over 101
+    tokens has ratio 1 and the uniform entropy of that window (not the full-attention values,
+    which made such layers look 2x below uniform and a nat more focused)."""
+    L, window = 101, 16
+    att = np.concatenate([uniform_windowed(2, L, window), uniform_causal(1, 2, L)])
+    stats = stats_from(att, windows=(window, None))
+    for n in (1, 3, 8):
+        sinks = layer_sinks(stats, n)
+        np.testing.assert_allclose(sinks.sink_mass, sinks.baselines, rtol=1e-12)
+        np.testing.assert_allclose(sinks.ratio, 1.0, rtol=1e-12)
+        assert sinks.baselines[1] == sinks.baseline == uniform_baseline(L, n)
+        assert sinks.baselines[0] == pytest.approx(uniform_baseline(L, n, window=window)) != sinks.baseline
+        assert sinks.max_ratio == pytest.approx(1 / sinks.baselines.min())
+    np.testing.assert_allclose(uniform_entropies(stats), layer_entropy(stats), rtol=1e-12)
+    assert uniform_entropy(L, window=L) == uniform_entropy(L) and uniform_baseline(L, 3, window=L) == uniform_baseline(L, 3)
+
+
+def test_top_sink_is_never_a_late_key_seen_by_a_handful_of_queries():
+    """The last key's received attention is the last query's attention to itself alone: a row that
+    attends to itself strongly must not make it the top sink over a key every query attends to."""
+    L = 40
+    att = uniform_causal(1, 1, L)
+    att[..., :, 0] += 0.2
+    att[..., -1, :] = 0.0
+    att[..., -1, -1] = 1.0                       # received by the last key: 1.0, from one query
+    att /= att.sum(-1, keepdims=True)
+    position, value = top_sink(stats_from(att))
+    assert position.tolist() == [0] and value[0] == pytest.approx(stats_from(att).received[0, 0, 0])
 
 
 def uniform_causal(layers, heads, L):
@@ -116,3 +154,17 @@ def test_stats_are_read_only():
     stats = stats_from(uniform_causal(1, 1, 5))
     with pytest.raises(ValueError):
         stats.sink_mass[0, 0, 0] = 1.0
+
+
+def test_top_sink_in_a_sliding_window_layer_is_averaged_over_the_queries_that_see_it():
+    """In a 16-token window only 16 queries see key 0: its amount is their mean attention to it,
+    not diluted over every later query; uniform-within-window attention plus a strong key 0."""
+    L, window = 101, 16
+    att = uniform_windowed(1, L, window)
+    att[..., 1:window, 0] += 0.5                 # the queries that see key 0 give it extra attention
+    att /= att.sum(-1, keepdims=True)
+    stats = stats_from(att, windows=(window,))
+    position, value = top_sink(stats)
+    seen = att[0, 0, :window, 0]                 # the queries 0..W-1 that see key 0
+    assert position.tolist() == [0] and value[0] == pytest.approx(seen.mean(), rel=1e-12)
+    assert stats.received[0, 0, 0] == pytest.approx(seen.sum() / L, rel=1e-12)   # received: over all L queries

@@ -14,10 +14,12 @@ from sinkviz.errors import AttentionOutsideInterface, UnsupportedArchitecture
 
 ATTENTION = "attention"
 # (token in a module class name or in the config's per-layer type, what the layer is)
+# (RecurrentGemma's RG-LRU blocks hold a Conv1d and its config calls them "linear_attention":
+# "recurrent" comes before "conv", and module class names before the config's word)
 NON_SOFTMAX = (("mamba", "mamba"), ("mixer", "mamba"), ("deltanet", "linear attention"),
                ("deltaattention", "linear attention"), ("lightning", "linear attention"),
-               ("linear_attention", "linear attention"), ("shortconv", "convolution"),
-               ("conv", "convolution"), ("recurrent", "recurrent"), ("rwkv", "rwkv"), ("ssm", "state space"))
+               ("linear_attention", "linear attention"), ("recurrent", "recurrent"), ("shortconv", "convolution"),
+               ("conv", "convolution"), ("rwkv", "rwkv"), ("ssm", "state space"))
 
 
 class LayerTrace:
@@ -70,7 +72,10 @@ def layer_kind(model, layers: torch.nn.ModuleList, index: int) -> str:
     per_layer = getattr(text, "layer_types", None) or getattr(text, "layers_block_type", None) or ()
     declared = str(per_layer[index]).lower() if index < len(per_layer) else ""
     for token, kind in NON_SOFTMAX:
-        if any(token in name for name in names) or token in declared:
+        if any(token in name for name in names):
+            return kind
+    for token, kind in NON_SOFTMAX:
+        if token in declared:
             return kind
     if any(name.endswith("attention") for name in names):
         return ATTENTION

@@ -35,14 +35,15 @@ class LayerSinks:
     first_n: int
     heads_sink_mass: np.ndarray  # [layers, heads]  m_N[l, h]
     sink_mass: np.ndarray        # [layers]         mean over heads
-    baseline: float              # uniform-attention value of m_N
-    max_ratio: float             # 1 / baseline: the ratio when all attention goes to the first N
-    ratio: np.ndarray            # [layers]         sink_mass / baseline
+    baseline: float              # uniform-attention value of m_N in a layer without a sliding window
+    max_ratio: float             # max over layers of 1 / baselines: the ratio when all attention goes to the first N
+    ratio: np.ndarray            # [layers]         sink_mass / baselines
     flagged: np.ndarray          # [layers] bool    ratio > ratio_flag, deep layers only
     severity: tuple[str, ...]    # per layer: "shallow", "ok", "warning", "critical"
     heads_learned_sink: np.ndarray | None = None  # [layers, heads] mean over queries of the learned sink
     learned_sink: np.ndarray | None = None        # [layers] mean over heads (None: the model has none)
     layer_ids: tuple = ()        # model layer of each row (hybrids: attention layers only); () = 0..n-1
+    baselines: np.ndarray | None = None  # [layers] each layer's uniform value, its sliding window respected
 
 
 def check_first_n(first_n: int, n_tokens: int) -> None:
@@ -53,13 +54,18 @@ def check_first_n(first_n: int, n_tokens: int) -> None:
                         f"{first_n} needs at least {first_n + 1}")
 
 
-def uniform_baseline(n_tokens: int, first_n: int, causal: bool = True) -> float:
+def uniform_baseline(n_tokens: int, first_n: int, causal: bool = True, window: int | None = None) -> float:
     """m_N if every query spread attention evenly over the keys it sees.
-    Causal: mean_{i=N}^{L-1} N / (i + 1). Bidirectional: N / L."""
+    Causal: mean_{i=N}^{L-1} N / (i + 1); with a sliding window W, query i sees the
+    min(i + 1, W) keys i-W+1..i, of which max(0, N - max(0, i - W + 1)) are among the first N.
+    Bidirectional: N / L."""
     check_first_n(first_n, n_tokens)
     if not causal:
         return first_n / n_tokens
-    return float(np.mean(first_n / np.arange(first_n + 1, n_tokens + 1)))
+    i = np.arange(first_n, n_tokens)
+    if window is None:
+        return float(np.mean(first_n / (i + 1)))
+    return float(np.mean(np.maximum(0, first_n - np.maximum(0, i - window + 1)) / np.minimum(i + 1, window)))
 
 
 def severity(mass: float, layer: int, t: Thresholds) -> str:
@@ -73,14 +79,15 @@ def layer_sinks(stats: AttentionStats, first_n: int = DEFAULT_FIRST_N,
     """Sink mass of the first ``first_n`` tokens per layer (head mean), its ratio to uniform,
     the ratio flag and the warning / critical severity."""
     baseline = uniform_baseline(stats.n_tokens, first_n, stats.causal)
+    baselines = np.array([uniform_baseline(stats.n_tokens, first_n, stats.causal, w) for w in stats.windows])
     heads = stats.sink_mass[:, :, first_n - 1]
     mass = heads.mean(axis=1)
-    ratio = mass / baseline
+    ratio = mass / baselines
     ids = np.array(stats.layer_ids, dtype=int)          # shallow = the model's first layers
     deep = ids >= thresholds.shallow_layers
     return LayerSinks(
-        first_n=first_n, heads_sink_mass=heads, sink_mass=mass, baseline=baseline,
-        max_ratio=1.0 / baseline, ratio=ratio,
+        first_n=first_n, heads_sink_mass=heads, sink_mass=mass, baseline=baseline, baselines=baselines,
+        max_ratio=float(1.0 / baselines.min()), ratio=ratio,
         flagged=(ratio > thresholds.ratio_flag) & deep,
         severity=tuple(severity(float(m), int(l), thresholds) for l, m in zip(ids, mass)),
         layer_ids=stats.layers,
@@ -94,12 +101,18 @@ def sink_rate(stats: AttentionStats, epsilon: float = SINK_RATE_EPSILON) -> floa
     return float(100.0 * np.mean(stats.received[:, :, 0] > epsilon))
 
 
-def uniform_entropy(n_tokens: int, causal: bool = True) -> float:
+def uniform_entropy(n_tokens: int, causal: bool = True, window: int | None = None) -> float:
     """Mean row entropy (nats) if every query spread attention evenly over the keys it sees.
-    Causal: mean_{i=0}^{L-1} ln(i + 1). Bidirectional: ln L."""
+    Causal: mean_{i=0}^{L-1} ln(min(i + 1, W)) (W: the sliding window, else no limit).
+    Bidirectional: ln L."""
     if not causal:
         return float(np.log(n_tokens))
-    return float(np.mean(np.log(np.arange(1, n_tokens + 1))))
+    return float(np.mean(np.log(np.minimum(np.arange(1, n_tokens + 1), window or n_tokens))))
+
+
+def uniform_entropies(stats: AttentionStats) -> np.ndarray:
+    """[layers] uniform_entropy of each layer, its sliding window respected."""
+    return np.array([uniform_entropy(stats.n_tokens, stats.causal, w) for w in stats.windows])
 
 
 def layer_entropy(stats: AttentionStats) -> np.ndarray:
@@ -108,9 +121,18 @@ def layer_entropy(stats: AttentionStats) -> np.ndarray:
 
 
 def top_sink(stats: AttentionStats) -> tuple[np.ndarray, np.ndarray]:
-    """Per layer, the key position that receives the most attention (head mean of
-    ``received``) and that amount: ([layers] positions, [layers] values)."""
+    """Per layer, the key that receives the most attention from the queries that see it (head
+    mean) and that amount: ([layers] positions, [layers] values). Causal: key j is seen by
+    s_j = min(L - j, W) queries (W: the layer's sliding window), so the amount is
+    received_j (L - j) / s_j (``received`` averages over all L - j queries at or after j), and
+    only keys seen by at least half as many queries as the best-seen key compete: a late key's
+    mean over a handful of queries (the last one's: that query's attention to itself) never wins."""
     received = stats.received.mean(axis=1)                                    # [layers, L]
+    n = stats.n_tokens
+    if stats.causal:
+        after = n - np.arange(n)                                              # [L] queries at or after j
+        seen_by = np.minimum(after[None, :], np.array([[w or n] for w in stats.windows]))   # [layers, L]
+        received = np.where(seen_by * 2 >= seen_by.max(axis=1, keepdims=True), received * after / seen_by, -1.0)
     position = received.argmax(axis=1)
     return position, received[np.arange(stats.n_layers), position]
 

@@ -4,6 +4,8 @@ Every plotted number is taken from the metrics as is (fractions, not rescaled), 
 can compare the figure's arrays with the engine's.
 """
 
+import html
+
 import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
@@ -41,8 +43,15 @@ def sink_bars(sinks: LayerSinks, thresholds: Thresholds = Thresholds()) -> go.Fi
                 offsetgroup="sink mass", customdata=sinks.ratio[rows],
                 hovertemplate=f"layer %{{x}}<br>sink mass %{{y:.1%}}<br>%{{customdata:.1f}}x uniform<br>{label}"
                               "<extra></extra>"))
-    lines = [(sinks.baseline, "uniform baseline", "dot"), (thresholds.warning, "warning", "dash"),
-             (thresholds.critical, "critical", "dash")]
+    per_layer = sinks.baselines is not None and np.ptp(sinks.baselines) > 0      # sliding windows: each its own
+    lines = [(thresholds.warning, "warning", "dash"), (thresholds.critical, "critical", "dash")]
+    if per_layer:
+        fig.add_trace(go.Scatter(x=layers, y=sinks.baselines, mode="markers", marker_symbol="line-ew-open",
+                                 marker_size=22, marker_line_width=2, marker_color="#555",
+                                 name="uniform baseline (each layer's window)",
+                                 hovertemplate="layer %{x}<br>uniform %{y:.1%}<extra></extra>"))
+    else:
+        lines.insert(0, (sinks.baseline, "uniform baseline", "dot"))
     for (y, label, dash), shift in zip(lines, margin_label_shifts([y for y, _, _ in lines])):
         fig.add_hline(y=y, line_dash=dash, line_color="#555")
         fig.add_annotation(x=1.0, xref="paper", xanchor="left", y=y, yref="y", yshift=shift, showarrow=False,
@@ -76,12 +85,19 @@ def margin_label_shifts(ys: list[float], gap: float = 0.05, step: int = 12) -> l
     return shifts
 
 
+def plotly_text(text: str) -> str:
+    """Text for a Plotly label, title or legend: Plotly reads <s>, <b>, <br>, ... as markup, so a
+    token such as Llama's BOS '<s>' would strike through the rest of the label; & < > escaped."""
+    return html.escape(text, quote=False)
+
+
 def bin_labels(tokens: tuple[str, ...], width: int) -> list[str]:
     """One label per map bin, the token as readable text: "i: 'token'" for single tokens,
     "i–k: 'first token' …" for pooled bins."""
     if width == 1:
-        return [f"{i}: {quoted(t)}" for i, t in enumerate(tokens)]
-    return [f"{s}–{min(s + width, len(tokens)) - 1}: {quoted(tokens[s])} …" for s in range(0, len(tokens), width)]
+        return [f"{i}: {plotly_text(quoted(t))}" for i, t in enumerate(tokens)]
+    return [f"{s}–{min(s + width, len(tokens)) - 1}: {plotly_text(quoted(tokens[s]))} …"
+            for s in range(0, len(tokens), width)]
 
 
 def thinned_ticks(labels: list[str], also: list[str] = (), most: int = MAX_TICK_LABELS,
@@ -90,7 +106,8 @@ def thinned_ticks(labels: list[str], also: list[str] = (), most: int = MAX_TICK_
     one of ``also``, each name cut to ``chars`` characters (the hover keeps the whole label)."""
     shown = (labels[::-(-len(labels) // most)] if labels else []) + list(also)
     return dict(tickmode="array", tickvals=shown, tickfont_size=10,
-                ticktext=[label if len(label) <= chars else label[:chars - 1] + "…" for label in shown])
+                ticktext=[label if len(html.unescape(label)) <= chars
+                          else plotly_text(html.unescape(label)[:chars - 1]) + "…" for label in shown])
 
 
 def layer_map(stats: AttentionStats, layer: int, head: int | None = None) -> np.ndarray:
@@ -189,7 +206,8 @@ def position_heatmap(stats: AttentionStats, position: int, token: str) -> go.Fig
                                colorscale="Viridis",
                                zmin=0, zmax=1, colorbar_title="received",
                                hovertemplate="layer %{y}, %{x}<br>%{z:.3f}<extra></extra>"))
-    fig.update_layout(title=f"Attention received by position {position} ({token!r}), per layer and head",
+    fig.update_layout(title=f"Attention received by position {position} ({plotly_text(repr(token))}), per layer "
+                            "and head",
                       xaxis_title="head", yaxis_title="layer", height=520)
     return fig
 
@@ -200,7 +218,7 @@ def norm_ratio_lines(norms: np.ndarray, tokens: tuple[str, ...], what: str, posi
     axis ticked at round numbers, the median token's 1x line labelled where it is."""
     ratio = norm_vs_median(norms, positions)                                         # [layers, positions]
     x = np.arange(len(ratio)) if layers is None else list(layers)
-    fig = go.Figure([go.Scatter(x=x, y=ratio[:, p], mode="lines+markers", name=f"{p}: {quoted(tokens[p])}",
+    fig = go.Figure([go.Scatter(x=x, y=ratio[:, p], mode="lines+markers", name=f"{p}: {plotly_text(quoted(tokens[p]))}",
                                 hovertemplate="layer %{x}: %{y:.3g}× median<extra></extra>")
                      for p in range(ratio.shape[1])])
     ticks = log_ticks(ratio)
@@ -225,13 +243,17 @@ def log_ticks(values: np.ndarray) -> list[float]:
     return [m * d for d in decades for m in (1, 2, 5) if m * d <= decades[-1]]
 
 
-def entropy_lines(entropy_by_layer: np.ndarray, uniform_entropy: float, layers=None) -> go.Figure:
+def entropy_lines(entropy_by_layer: np.ndarray, uniform_entropy, layers=None) -> go.Figure:
     """Mean attention entropy per layer (x: ``layers``, default 0..n-1), with the entropy uniform
-    attention would have."""
-    fig = go.Figure(go.Scatter(x=np.arange(len(entropy_by_layer)) if layers is None else list(layers),
-                               y=entropy_by_layer,
-                               mode="lines+markers", name="mean entropy"))
-    fig.add_hline(y=uniform_entropy, line_dash="dot", annotation_text="uniform attention")
+    attention would have: one value, or [layers] values where sliding windows make them differ."""
+    x = np.arange(len(entropy_by_layer)) if layers is None else list(layers)
+    fig = go.Figure(go.Scatter(x=x, y=entropy_by_layer, mode="lines+markers", name="mean entropy"))
+    uniform = np.atleast_1d(np.asarray(uniform_entropy, dtype=float))
+    if np.ptp(uniform) > 0:
+        fig.add_trace(go.Scatter(x=x, y=uniform, mode="lines", line_dash="dot", line_color="#555",
+                                 name="uniform attention (each layer's window)"))
+    else:
+        fig.add_hline(y=float(uniform[0]), line_dash="dot", annotation_text="uniform attention")
     fig.update_layout(title="Attention entropy per layer (nats, mean over heads and queries)",
                       xaxis_title="layer", yaxis_title="nats", height=340)
     return fig

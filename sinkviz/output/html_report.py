@@ -23,13 +23,13 @@ from sinkviz.flow.audit import AuditRow
 from sinkviz.flow.audit_table import BANDS, band, judged, most_unusual_first, table_rows
 from sinkviz.numbers.calibration import TYPICAL, Calibration, judge_readings, judge_value, ordinal, sentences
 from sinkviz.numbers.metrics import (Thresholds, deep_mean, layer_entropy, layer_sinks, norm_vs_median,
-                                     uniform_entropy)
+                                     uniform_entropies)
 from sinkviz.numbers.readings import READINGS, compare_readings, reading_title
 from sinkviz.numbers.segments import openings, segment_shares, segment_table, segments_of
 from sinkviz.output import figures, segment_figures
 from sinkviz.output.readable import quoted
 from sinkviz.output.report import report_dict
-from sinkviz.output.verdict import verdict
+from sinkviz.output.verdict import uniform_sentence, verdict
 
 PROMPT_CHARS = 500        # an audit row shows this much of its prompt (the CSV has it all)
 OPEN_TOKEN_TABLE = 256    # longer token tables start folded
@@ -273,8 +273,7 @@ def verdict_section(a: Analysis, sinks, report: dict, cal, first_n: int, thresho
 def bars_section(a: Analysis, sinks, report: dict, cal, first_n: int, thresholds: Thresholds) -> str:
     out = ["<h2>Sink mass per layer</h2>",
            chart(figures.sink_bars(sinks, thresholds),
-                 f"Uniform attention would give {sinks.baseline:.1%}; the largest possible ratio at this length "
-                 f"is {sinks.max_ratio:.1f}×.")]
+                 uniform_sentence(sinks, a.stats))]
     if cal is not None:
         out.append(chart(segment_figures.percentile_lines(judge_readings(cal, a, first_n, thresholds), TYPICAL)))
     rows = report["layers"]
@@ -324,8 +323,8 @@ def position0_section(a: Analysis) -> str:
 
 
 def entropy_section(a: Analysis) -> str:
-    uniform = uniform_entropy(a.stats.n_tokens, a.stats.causal)
-    return "<h2>Entropy</h2>" + chart(figures.entropy_lines(layer_entropy(a.stats), uniform, a.stats.layer_ids))
+    return "<h2>Entropy</h2>" + chart(figures.entropy_lines(layer_entropy(a.stats), uniform_entropies(a.stats),
+                                                             a.stats.layer_ids))
 
 
 def tokens_section(a: Analysis, report: dict) -> str:

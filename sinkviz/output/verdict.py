@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from sinkviz.numbers.metrics import LayerSinks, Thresholds
+from sinkviz.numbers.metrics import LayerSinks, Thresholds, top_sink
 from sinkviz.numbers.stats import AttentionStats
 
 
@@ -20,8 +20,8 @@ def verdict(sinks: LayerSinks, stats: AttentionStats, tokens: tuple[str, ...],
     n, deep, worst = sinks.first_n, ids >= thresholds.shallow_layers, verdict_layer(sinks, stats, thresholds)
     if worst is None:
         return "The model has no layers beyond the first two; nothing to judge."
-    received = stats.received[worst].mean(axis=0)                                  # [L]
-    top = int(received.argmax())
+    positions, amounts = top_sink(stats)
+    top = int(positions[worst])
     counts = {s: sum(1 for l, sev in enumerate(sinks.severity) if deep[l] and sev == s)
               for s in ("critical", "warning")}
     level = "critical" if counts["critical"] else "warning" if counts["warning"] else "ok"
@@ -33,7 +33,7 @@ def verdict(sinks: LayerSinks, stats: AttentionStats, tokens: tuple[str, ...],
         f"The strongest is layer {ids[worst]}: {sinks.sink_mass[worst]:.0%} of its attention lands on "
         f"the first {n} tokens, {sinks.ratio[worst]:.1f}x what uniform attention would give. "
         f"The token that receives most there is position {top}, {tokens[top]!r}{kind}, "
-        f"with {received[top]:.0%} of the attention of the queries that see it.",
+        f"with {amounts[worst]:.0%} of the attention of the queries that see it.",
     ]
     flagged = int(sinks.flagged.sum())
     if sinks.max_ratio <= thresholds.ratio_flag:
@@ -48,3 +48,15 @@ def verdict(sinks: LayerSinks, stats: AttentionStats, tokens: tuple[str, ...],
                      f"{sinks.learned_sink.mean():.0%} of attention on average over layers, "
                      f"{sinks.learned_sink[most]:.0%} in layer {most}.")
     return " ".join(lines)
+
+
+def uniform_sentence(sinks: LayerSinks, stats: AttentionStats) -> str:
+    """What uniform attention would give, the sliding-window layers' own value where they differ,
+    and the largest ratio possible at this length."""
+    text = f"Uniform attention would give {sinks.baseline:.1%}"
+    windowed = sorted({(w, float(b)) for w, b in zip(stats.windows, sinks.baselines)
+                       if w and b != sinks.baseline})
+    if windowed:
+        text += " (" + ", ".join(f"{b:.1%} in the layers with a {w}-token sliding window" for w, b in windowed) + \
+            "; each layer's ratio uses its own)"
+    return text + f"; the largest possible ratio at this length is {sinks.max_ratio:.1f}×."
