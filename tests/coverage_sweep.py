@@ -103,7 +103,12 @@ def model_types() -> list[tuple[str, str]]:
 
 
 def first_line(err: BaseException) -> str:
-    return f"{type(err).__name__}: " + ((str(err).strip().splitlines() or [""])[0][:160])
+    """The error's type and first line; a last sentence that only announces the next line (ends
+    in ':', e.g. "You can install it with pip:") left out."""
+    line = (str(err).strip().splitlines() or [""])[0]
+    if line.endswith(":") and ". " in line:
+        line = line.rsplit(". ", 1)[0] + "."
+    return f"{type(err).__name__}: " + line[:160]
 
 
 def build(model_type: str, mapping: str, folder: Path) -> str:

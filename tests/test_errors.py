@@ -89,7 +89,7 @@ def test_model_without_attention(tmp_path):
     folder = save_tiny_model(config, tmp_path / "mamba")
     with pytest.raises(UnsupportedArchitecture) as info:
         load_model(folder)
-    assert str(info.value) == "mamba has no attention heads to inspect"
+    assert str(info.value) == "mamba has no attention heads to inspect (it mixes tokens without softmax attention)"
 
 
 class _Payload:
@@ -131,3 +131,16 @@ def test_safetensors_win_over_a_planted_pickle(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a))
     assert load_model(folder).info.architecture == "LlamaForCausalLM"
     assert loads == [] and not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("model_type,reason", [
+    ("blt", "blt keeps its attention in 4 nested sub-models (patcher_config, encoder_config, decoder_config, "
+            "global_config); sinkviz captures one stack of attention layers over the prompt's tokens"),
+    ("perceiver", "perceiver's attention is not one stack of self-attention layers over the prompt's tokens "
+                  "(num_self_attention_heads, num_cross_attention_heads); sinkviz cannot map it onto the tokens"),
+    ("rwkv", "rwkv has no attention heads to inspect (it mixes tokens without softmax attention)")])
+def test_a_config_without_num_attention_heads_is_refused_for_what_it_is(model_type, reason):
+    """BLT and Perceiver have attention heads (nested, or under other names): never told "no attention"."""
+    from transformers import AutoConfig
+    from sinkviz.flow.models import _no_heads_reason
+    assert _no_heads_reason(AutoConfig.for_model(model_type)) == reason

@@ -390,7 +390,7 @@ def decoder_layers(model) -> torch.nn.ModuleList:
             return module
     if found:
         return found[0][1]
-    raise UnsupportedArchitecture(f"cannot find the {n} decoder layers of {type(model).__name__} "
+    raise UnsupportedArchitecture(f"cannot find the {n} transformer layers of {type(model).__name__} "
                                   "as one list of modules (its layers are shared, grouped or nested)")
 
 

@@ -292,10 +292,27 @@ def _attention_name(auto, config) -> str:
     return capture.ATTN_NAME if getattr(model_class, "_supports_sdpa", True) else capture.ATTN_FULL_MASK
 
 
+def _no_heads_reason(config) -> str:
+    """Why a config without ``num_attention_heads`` is refused: attention kept in nested sub-models
+    (BLT's patcher, encoder, global transformer, decoder) or under other names (Perceiver's self-
+    and cross-attention heads), or no softmax attention at all (Mamba, RWKV, xLSTM, FNet)."""
+    from transformers import PretrainedConfig
+    nested = [name for name, value in vars(config).items()
+              if isinstance(value, PretrainedConfig) and config_value(value, "num_attention_heads")]
+    named = [name for name in config.to_dict() if "attention_heads" in name]
+    if nested:
+        return (f"{config.model_type} keeps its attention in {len(nested)} nested sub-models ({', '.join(nested)}); "
+                "sinkviz captures one stack of attention layers over the prompt's tokens")
+    if named:
+        return (f"{config.model_type}'s attention is not one stack of self-attention layers over the prompt's "
+                f"tokens ({', '.join(named)}); sinkviz cannot map it onto the tokens")
+    return f"{config.model_type} has no attention heads to inspect (it mixes tokens without softmax attention)"
+
+
 def _load_weights(spec, auto, folder, config, kwargs) -> torch.nn.Module:
     """from_pretrained with every failure turned into one clear sentence."""
     if config_value(config.get_text_config(), "num_attention_heads") is None:
-        raise UnsupportedArchitecture(f"{config.model_type} has no attention heads to inspect")
+        raise UnsupportedArchitecture(_no_heads_reason(config))
     try:
         model, loading = auto.from_pretrained(folder, output_loading_info=True, **kwargs)
     except (ValueError, OSError, TypeError, KeyError, AttributeError) as err:
