@@ -152,3 +152,12 @@ def test_sliding_window_layers_get_their_own_uniform_marks(long_analysis):
     assert not entropy.layout.shapes                                          # no single line
     plain = figures.entropy_lines(layer_entropy(stats), uniform_entropies(stats), stats.layer_ids)
     assert len(plain.data) == 1 and len(plain.layout.shapes) == 1
+
+
+def test_layer_axes_tick_whole_layers_and_the_position_heatmap_has_a_row_per_layer(long_analysis):
+    import plotly.graph_objects as go
+    assert figures.whole_layer_ticks(go.Figure(), [1, 3]).layout.xaxis.dtick == 1          # a hybrid's two layers
+    assert figures.whole_layer_ticks(go.Figure(), range(30)).layout.xaxis.dtick is None    # Plotly's own ticks
+    heat = figures.position_heatmap(long_analysis.stats, 0, "<s>")
+    assert heat.layout.yaxis.type == "category" and list(heat.data[0].y) == list(long_analysis.stats.layer_ids)
+    assert "('&lt;s&gt;')" in heat.layout.title.text

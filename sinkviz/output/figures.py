@@ -71,7 +71,7 @@ def sink_bars(sinks: LayerSinks, thresholds: Thresholds = Thresholds()) -> go.Fi
         xaxis_title="layer", yaxis_title="sink mass", yaxis_tickformat=".0%", barmode="group",
         yaxis_range=[0, 1.08], legend=LEGEND_ABOVE, margin_t=80,
         margin_r=150, height=420)
-    return fig
+    return whole_layer_ticks(fig, layers)
 
 
 def margin_label_shifts(ys: list[float], gap: float = 0.05, step: int = 12) -> list[int]:
@@ -83,6 +83,15 @@ def margin_label_shifts(ys: list[float], gap: float = 0.05, step: int = 12) -> l
             shifts[i] = shifts[last] + step
         last = i
     return shifts
+
+
+def whole_layer_ticks(fig: go.Figure, layers) -> go.Figure:
+    """A layer x axis ticked at whole layers: Plotly would put ticks at 0.5, 1.5, ... on a model of
+    a few layers (more than 16 layers: Plotly's own whole-number ticks)."""
+    layers = list(layers)
+    if layers and max(layers) - min(layers) <= 16:
+        fig.update_xaxes(tickmode="linear", tick0=0, dtick=1)
+    return fig
 
 
 def plotly_text(text: str) -> str:
@@ -209,6 +218,7 @@ def position_heatmap(stats: AttentionStats, position: int, token: str) -> go.Fig
     fig.update_layout(title=f"Attention received by position {position} ({plotly_text(repr(token))}), per layer "
                             "and head",
                       xaxis_title="head", yaxis_title="layer", height=520)
+    fig.update_yaxes(type="category")    # one row per attention layer (a hybrid's ids have gaps)
     return fig
 
 
@@ -228,6 +238,7 @@ def norm_ratio_lines(norms: np.ndarray, tokens: tuple[str, ...], what: str, posi
     fig.update_layout(title=f"{what} norm of the first tokens / median token, per layer",
                       xaxis_title="layer", yaxis_title="× median", height=380)
     fig.update_yaxes(type="log", tickmode="array", tickvals=ticks, ticktext=[f"{t:,g}" for t in ticks])
+    whole_layer_ticks(fig, x)
     return fig
 
 
@@ -256,7 +267,7 @@ def entropy_lines(entropy_by_layer: np.ndarray, uniform_entropy, layers=None) ->
         fig.add_hline(y=float(uniform[0]), line_dash="dot", annotation_text="uniform attention")
     fig.update_layout(title="Attention entropy per layer (nats, mean over heads and queries)",
                       xaxis_title="layer", yaxis_title="nats", height=340)
-    return fig
+    return whole_layer_ticks(fig, x)
 
 
 def compare_sink_lines(labels: list[str], sinks: list[LayerSinks]) -> go.Figure:
