@@ -181,7 +181,7 @@ def render_bars(a: Analysis, sinks) -> None:
     windowed = [(layer, w) for layer, w in zip(a.stats.layer_ids, a.stats.windows) if w and w < a.stats.n_tokens]
     if windowed:
         st.warning(f"{'Layer' if len(windowed) == 1 else 'Layers'} {', '.join(str(l) for l, _ in windowed)} "
-                   f"use a sliding window of {', '.join(sorted({f'{w}' for _, w in windowed}))} tokens: queries "
+                   f"{'uses' if len(windowed) == 1 else 'use'} a sliding window of {', '.join(sorted({f'{w}' for _, w in windowed}))} tokens: queries "
                    "further away cannot see position 0 there, and uniform attention there is measured within "
                    "the window.")
 

@@ -168,3 +168,23 @@ def test_top_sink_in_a_sliding_window_layer_is_averaged_over_the_queries_that_se
     seen = att[0, 0, :window, 0]                 # the queries 0..W-1 that see key 0
     assert position.tolist() == [0] and value[0] == pytest.approx(seen.mean(), rel=1e-12)
     assert stats.received[0, 0, 0] == pytest.approx(seen.sum() / L, rel=1e-12)   # received: over all L queries
+
+
+def test_uniform_sentence_and_bars_name_each_windows_own_baseline():
+    from sinkviz.output.figures import sink_bars
+    from sinkviz.output.verdict import uniform_sentence
+    said = {}
+    for windows in [(16, 16), (16, None), (None, None)]:
+        att = np.concatenate([uniform_windowed(2, 101, 16) if w else uniform_causal(1, 2, 101) for w in windows])
+        stats = stats_from(att, windows=windows)
+        sinks = layer_sinks(stats, 3)
+        said[windows] = uniform_sentence(sinks, stats)
+        if len(set(windows)) == 1:   # one baseline for every layer: one labelled line, at that layer's value
+            line = [a for a in sink_bars(sinks).layout.annotations if a.text.startswith("uniform baseline")]
+            assert len(line) == 1 and line[0].y == pytest.approx(sinks.baselines[0])
+    assert said == {
+        (16, 16): "Uniform attention would give 4.9% in the layers with a 16-token sliding window; the largest "
+                  "possible ratio at this length is 20.3×.",
+        (16, None): "Uniform attention would give 10.3% (4.9% in the layers with a 16-token sliding window; each "
+                    "layer's ratio uses its own); the largest possible ratio at this length is 20.3×.",
+        (None, None): "Uniform attention would give 10.3%; the largest possible ratio at this length is 9.7×."}

@@ -51,7 +51,8 @@ def sink_bars(sinks: LayerSinks, thresholds: Thresholds = Thresholds()) -> go.Fi
                                  name="uniform baseline (each layer's window)",
                                  hovertemplate="layer %{x}<br>uniform %{y:.1%}<extra></extra>"))
     else:
-        lines.insert(0, (sinks.baseline, "uniform baseline", "dot"))
+        lines.insert(0, (sinks.baseline if sinks.baselines is None else float(sinks.baselines[0]), "uniform baseline",
+                         "dot"))                              # every layer's (all of them windowed alike, too)
     for (y, label, dash), shift in zip(lines, margin_label_shifts([y for y, _, _ in lines])):
         fig.add_hline(y=y, line_dash=dash, line_color="#555")
         fig.add_annotation(x=1.0, xref="paper", xanchor="left", y=y, yref="y", yshift=shift, showarrow=False,

@@ -51,12 +51,14 @@ def verdict(sinks: LayerSinks, stats: AttentionStats, tokens: tuple[str, ...],
 
 
 def uniform_sentence(sinks: LayerSinks, stats: AttentionStats) -> str:
-    """What uniform attention would give, the sliding-window layers' own value where they differ,
-    and the largest ratio possible at this length."""
-    text = f"Uniform attention would give {sinks.baseline:.1%}"
-    windowed = sorted({(w, float(b)) for w, b in zip(stats.windows, sinks.baselines)
-                       if w and b != sinks.baseline})
-    if windowed:
-        text += " (" + ", ".join(f"{b:.1%} in the layers with a {w}-token sliding window" for w, b in windowed) + \
-            "; each layer's ratio uses its own)"
+    """What uniform attention would give in the full-attention layers and in each sliding window's
+    layers (each layer's ratio uses its own), and the largest ratio possible at this length."""
+    values = {}                                                   # window (None: full) -> baseline
+    for window, baseline in zip(stats.windows, sinks.baselines):
+        values[window if baseline != sinks.baseline else None] = float(baseline)
+    parts = [f"{b:.1%} in the layers with a {w}-token sliding window" if w else f"{b:.1%}"
+             for w, b in sorted(values.items(), key=lambda item: item[0] or 0)]
+    text = f"Uniform attention would give {parts[0]}"
+    if len(parts) > 1:
+        text += " (" + ", ".join(parts[1:]) + "; each layer's ratio uses its own)"
     return text + f"; the largest possible ratio at this length is {sinks.max_ratio:.1f}×."
