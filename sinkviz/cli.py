@@ -160,6 +160,8 @@ def _prepare() -> int:
 
 def _models(args) -> int:
     """The embedded models, or the committed architecture-coverage table (no model is built)."""
+    if (args.all or args.json) and not args.coverage:
+        raise BadSetting("--all and --json go with --coverage (models --coverage [--all] [--json])")
     if args.coverage:
         from sinkviz.output.coverage import load_table, render
         table = load_table()

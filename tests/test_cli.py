@@ -54,6 +54,12 @@ def test_json_csv_and_npz_carry_the_learned_sink(capsys, sink_models, tmp_path):
     np.testing.assert_array_equal(arrays["learned_sink_map"], engine.stats.learned_sink_map)
     assert main(["analyze", "--model", sink_models["gemma2"], "--prompt", prompt, "--no-template", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["layers"][0]["learned_sink"] is None
+    assert main(["analyze", "--model", folder, "--prompt", prompt, "--no-template"]) == 0     # the table
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("layer"))
+    assert header.split()[:3] == ["layer", "sink", "mass"] and "learned" in header.split()
+    first_row = next(line.split() for line in lines if line[:5].strip() == "0")
+    assert float(first_row[2]) == pytest.approx(out["layers"][0]["learned_sink"], abs=5e-4)
 
 
 def test_table_and_template_switch(capsys, default_model_dir):
@@ -90,3 +96,11 @@ def test_a_reader_that_stops_early_gets_no_traceback():
                           capture_output=True, text=True, timeout=120)
     assert done.stdout.startswith("architecture coverage") and done.stdout.count("\n") == 1
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("flag", ["--json", "--all"])
+def test_models_flags_that_belong_to_coverage_are_refused_alone(capsys, flag):
+    from sinkviz.cli import EXIT_BAD_INPUT, main
+    assert main(["models", flag]) == EXIT_BAD_INPUT
+    assert capsys.readouterr().err == ("sinkviz: --all and --json go with --coverage "
+                                       "(models --coverage [--all] [--json])\n")
