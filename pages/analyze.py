@@ -130,6 +130,9 @@ def render(a: Analysis) -> None:
             + verdict(sinks, stats, tokens, a.tokens.special, thresholds))
     st.caption(f"{a.model.label} · {a.model.architecture} · {a.model.device} · {a.model.dtype} · "
                f"key {a.key}" + (" · from the result store" if a.cached else ""))
+    if a.settings.use_template and not a.tokens.templated:
+        st.caption("This model's tokenizer has no chat template: the prompt was analysed as raw text (the "
+                   "Chat template switch changes nothing here).")
     if a.model.eager_attention:
         st.caption("This model computes attention its own way; sinkviz takes its eager attention maps "
                    "(output_attentions), exactly, but they exist all at once, so the memory guard allows "

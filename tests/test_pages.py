@@ -188,6 +188,13 @@ def test_learned_sink_is_plotted_as_captured(sink_models):
     learned = [t for t in bars["data"] if t.get("name") == "learned sink (no token)"][0]
     np.testing.assert_allclose(array(learned["y"]), stats.learned_sink.mean(1), rtol=1e-6)
     assert stats.learned_sink.mean() > 0.05
+    note = "This model's tokenizer has no chat template: the prompt was analysed as raw text"
+    assert not any(c.value.startswith(note) for c in at.caption)      # the switch is off in this link
+    at.toggle(key="an_template").set_value(True)                        # on: nothing to wrap with, and said so
+    next(b for b in at.button if b.label == "Analyze").click()
+    at.run()
+    assert not at.exception and not at.error
+    assert any(c.value.startswith(note) for c in at.caption)
 
 
 def test_method_page_states_the_formulas():
