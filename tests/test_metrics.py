@@ -142,7 +142,9 @@ def test_norm_vs_median():
 @pytest.mark.parametrize("first_n,n_tokens,error,message", [
     (0, 10, BadSetting, "first N must be between 1 and 8, not 0"),
     (9, 10, BadSetting, "first N must be between 1 and 8, not 9"),
-    (3, 3, BadPrompt, "the prompt has 3 token(s); sink mass over the first 3 needs at least 4"),
+    (3, 3, BadPrompt, "the prompt has 3 token(s); sink mass over the first 3 needs at least 4: set N to 2 or "
+                      "less, or use a longer prompt"),
+    (1, 1, BadPrompt, "the prompt has 1 token(s); sink mass over the first 1 needs at least 2: use a longer prompt"),
 ])
 def test_first_n_errors(first_n, n_tokens, error, message):
     with pytest.raises(error) as info:

@@ -50,8 +50,9 @@ def check_first_n(first_n: int, n_tokens: int) -> None:
     if not 1 <= first_n <= MAX_FIRST_N:
         raise BadSetting(f"first N must be between 1 and {MAX_FIRST_N}, not {first_n}")
     if n_tokens <= first_n:
-        raise BadPrompt(f"the prompt has {n_tokens} token(s); sink mass over the first "
-                        f"{first_n} needs at least {first_n + 1}")
+        raise BadPrompt(f"the prompt has {n_tokens} token(s); sink mass over the first {first_n} needs at least "
+                        f"{first_n + 1}: " + (f"set N to {n_tokens - 1} or less, or " if n_tokens > 1 else "")
+                        + "use a longer prompt")
 
 
 def uniform_baseline(n_tokens: int, first_n: int, causal: bool = True, window: int | None = None) -> float:
