@@ -161,3 +161,11 @@ def test_layer_axes_tick_whole_layers_and_the_position_heatmap_has_a_row_per_lay
     heat = figures.position_heatmap(long_analysis.stats, 0, "<s>")
     assert heat.layout.yaxis.type == "category" and list(heat.data[0].y) == list(long_analysis.stats.layer_ids)
     assert "('&lt;s&gt;')" in heat.layout.title.text
+
+
+def test_the_learned_sink_tick_does_not_print_over_the_last_token_tick():
+    labels = [f"{i}: 'w{i}'" for i in range(101)]                   # 101 keys: every 4th named
+    assert figures.thinned_ticks(labels)["tickvals"][-1] == "100: 'w100'"
+    ticks = figures.thinned_ticks(labels, also=["learned sink"])["tickvals"]
+    assert ticks[-2:] == ["96: 'w96'", "learned sink"] and len(ticks) == 26
+    assert figures.thinned_ticks(labels[:20], also=["learned sink"])["tickvals"][-2:] == ["19: 'w19'", "learned sink"]

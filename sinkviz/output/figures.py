@@ -113,8 +113,12 @@ def bin_labels(tokens: tuple[str, ...], width: int) -> list[str]:
 def thinned_ticks(labels: list[str], also: list[str] = (), most: int = MAX_TICK_LABELS,
                   chars: int = TICK_CHARS) -> dict:
     """Axis settings that name every k-th category of ``labels``, k = ceil(len / most), and every
-    one of ``also``, each name cut to ``chars`` characters (the hover keeps the whole label)."""
-    shown = (labels[::-(-len(labels) // most)] if labels else []) + list(also)
+    one of ``also`` (categories after them: a k-th label closer than k/2 to those is left out, so
+    the two do not print over each other), each name cut to ``chars`` characters (the hover keeps
+    the whole label)."""
+    step = -(-len(labels) // most) if labels else 1
+    shown = [labels[i] for i in range(0, len(labels), step) if not (also and len(labels) - i <= step // 2)]
+    shown += list(also)
     return dict(tickmode="array", tickvals=shown, tickfont_size=10,
                 ticktext=[label if len(html.unescape(label)) <= chars
                           else plotly_text(html.unescape(label)[:chars - 1]) + "…" for label in shown])
