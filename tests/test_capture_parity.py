@@ -46,8 +46,13 @@ def test_tiny_models_match_eager_float64(tiny_models, arch, length, map_size):
     assert_matches_reference(stats, att, hidden, map_size, ATOL_FLOAT32, seed)
 
 
+@pytest.mark.parametrize("output_from_blocks", [True, False], ids=["cpu-path", "gpu-blockwise-branch"])
 @pytest.mark.parametrize("arch", ["llama-gqa", "gpt2", "mistral-window"])
-def test_float64_capture_is_exact(tiny_models, arch):
+def test_float64_capture_is_exact(tiny_models, arch, output_from_blocks, monkeypatch):
+    """Both block-wise branches: the CPU's (the output from the statistics' blocks) and the one a
+    GPU takes where the fused kernels cannot serve a layer (statistics only, SDPA's output)."""
+    from sinkviz.engine import capture as capture_module
+    monkeypatch.setattr(capture_module, "output_from_blocks", lambda device: output_from_blocks)
     ids, seed = fresh_ids(150)
     loaded = load_model(tiny_models[arch], device="cpu", dtype="float64")
     stats = capture(loaded.model, ids, 32)
