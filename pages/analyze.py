@@ -172,7 +172,8 @@ def render_percentiles(a: Analysis) -> None:
     cal = st.session_state.get("an_calibration")
     if cal is None or cal.key != guarded(lambda: calibration_key(a.settings), "Calibration"):
         return
-    st.plotly_chart(segment_figures.percentile_lines(judge_readings(cal, a, first_n, thresholds), TYPICAL),
+    st.plotly_chart(segment_figures.percentile_lines(judge_readings(cal, a, first_n, thresholds), TYPICAL,
+                                                     a.stats.layer_ids),
                     key="an_percentiles")
 
 
@@ -292,11 +293,11 @@ def bars_figure(a: Analysis, n: int, limits):
 
 
 def segments_figure(a: Analysis, rule):
-    return segment_figures.segment_share_bars(segment_shares(a.stats, segments_of(a.tokens, rule)))
+    return segment_figures.segment_share_bars(segment_shares(a.stats, segments_of(a.tokens, rule)), a.stats.layer_ids)
 
 
 def openings_figure(a: Analysis, rule, n: int):
-    return segment_figures.opening_lines(openings(a.stats, segments_of(a.tokens, rule), n))
+    return segment_figures.opening_lines(openings(a.stats, segments_of(a.tokens, rule), n), a.stats.layer_ids)
 
 
 def entropy_figure(a: Analysis):

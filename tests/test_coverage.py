@@ -89,6 +89,14 @@ def test_hybrid_rows_are_the_attention_layers_everywhere(tmp_path):
     assert (again.layers, again.layer_kinds) == (stats.layers, stats.layer_kinds)
     sinks = layer_sinks(stats, 3)
     assert sinks.severity == ("shallow",) and list(sink_bars(sinks).data[0].x) == [1]
+    from sinkviz.numbers.segments import openings, segment_shares
+    from sinkviz.output import segment_figures
+    from sinkviz.output.figures import position_heatmap
+    from sinkviz.numbers.segments import Segment
+    parts = (Segment("user", "user turn", ((0, 20),)),)
+    assert list(segment_figures.segment_share_bars(segment_shares(stats, parts), stats.layer_ids).data[0].x) == [1]
+    assert list(segment_figures.opening_lines(openings(stats, parts, 3), stats.layer_ids).data[0].x) == [1]
+    assert list(position_heatmap(stats, 0, "w").data[0].y) == [1]
     old = {k: v for k, v in stats.to_arrays().items() if k not in ("layers", "layer_kinds")}
     assert AttentionStats.from_arrays(old).layer_ids == (0,)   # results stored before hybrids
 

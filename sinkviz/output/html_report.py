@@ -275,7 +275,8 @@ def bars_section(a: Analysis, sinks, report: dict, cal, first_n: int, thresholds
            chart(figures.sink_bars(sinks, thresholds),
                  uniform_sentence(sinks, a.stats))]
     if cal is not None:
-        out.append(chart(segment_figures.percentile_lines(judge_readings(cal, a, first_n, thresholds), TYPICAL)))
+        out.append(chart(segment_figures.percentile_lines(judge_readings(cal, a, first_n, thresholds), TYPICAL,
+                                                          a.stats.layer_ids)))
     rows = report["layers"]
     columns = {"layer": [r["layer"] for r in rows], "sink mass": [r["sink_mass"] for r in rows],
                "× uniform": [r["ratio_to_uniform"] for r in rows], "flagged": [r["flagged"] for r in rows],
@@ -293,11 +294,11 @@ def bars_section(a: Analysis, sinks, report: dict, cal, first_n: int, thresholds
 def segments_section(a: Analysis, blocks: str | None, first_n: int, thresholds: Thresholds) -> str:
     segs = segments_of(a.tokens, blocks)
     shares = segment_shares(a.stats, segs)
-    return ("<h2>Segments</h2>" + chart(segment_figures.segment_share_bars(shares))
+    return ("<h2>Segments</h2>" + chart(segment_figures.segment_share_bars(shares, a.stats.layer_ids))
             + table(segment_table(shares, a.tokens, thresholds.shallow_layers),
                     {"share of tokens": "%", "uniform share": "%", "attention share": "%", "× uniform": "×"})
             + f'<p class="note">Table: mean over layers ≥ {thresholds.shallow_layers}.</p>'
-            + chart(segment_figures.opening_lines(openings(a.stats, segs, first_n))))
+            + chart(segment_figures.opening_lines(openings(a.stats, segs, first_n), a.stats.layer_ids)))
 
 
 def heatmaps_section(a: Analysis, layer: int) -> str:

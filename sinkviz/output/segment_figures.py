@@ -21,10 +21,11 @@ def segment_colors(shares: SegmentShares) -> list[str]:
     return [next(blocks) if k == "block" else KIND_COLORS[k] for k in kinds]
 
 
-def segment_share_bars(shares: SegmentShares) -> go.Figure:
-    """Stacked bars per layer: each segment's share of attention (they sum to 1); hover gives the
-    segment's share of the tokens and its share under uniform attention."""
-    layers = np.arange(shares.share.shape[0])
+def segment_share_bars(shares: SegmentShares, layers=None) -> go.Figure:
+    """Stacked bars per layer (x: ``layers``, the model layer of each row; default 0..n-1): each
+    segment's share of attention (they sum to 1); hover gives the segment's share of the tokens
+    and its share under uniform attention."""
+    layers = np.arange(shares.share.shape[0]) if layers is None else np.array(layers)
     fig = go.Figure()
     for s, (name, color) in enumerate(zip(shares.names, segment_colors(shares))):
         custom = np.stack([np.full(len(layers), shares.token_share[s]), shares.uniform[:, s]], -1)
@@ -35,12 +36,13 @@ def segment_share_bars(shares: SegmentShares) -> go.Figure:
     fig.update_layout(barmode="stack", title="Share of attention per segment, per layer (mean over queries and heads)",
                       xaxis_title="layer", yaxis_title="share of attention", yaxis_tickformat=".0%",
                       yaxis_range=[0, 1.0001], legend=LEGEND_ABOVE, margin_t=80, height=420)
-    return fig
+    return figures.whole_layer_ticks(fig, layers)
 
 
-def opening_lines(opens: Openings) -> go.Figure:
-    """Opening mass per layer of the sequence, the system turn and the user's text."""
-    layers = np.arange(opens.mass.shape[0])
+def opening_lines(opens: Openings, layers=None) -> go.Figure:
+    """Opening mass per layer (x: ``layers``, default 0..n-1) of the sequence, the system turn and
+    the user's text."""
+    layers = np.arange(opens.mass.shape[0]) if layers is None else np.array(layers)
     fig = go.Figure([go.Scatter(x=layers, y=opens.mass[:, k], mode="lines+markers", name=name,
                                 line_color=OPENING_COLORS.get(name, "#333"),
                                 hovertemplate=f"{name}: first {len(opens.positions[k])} tokens<br>"
@@ -50,7 +52,7 @@ def opening_lines(opens: Openings) -> go.Figure:
                             "(mean over the queries that can see them, and heads)",
                       xaxis_title="layer", yaxis_title="opening mass", yaxis_tickformat=".0%",
                       yaxis_range=[0, 1.04], legend=LEGEND_ABOVE, margin_t=80, height=380)
-    return fig
+    return figures.whole_layer_ticks(fig, layers)
 
 
 VARIANT_COLORS = ("#4c78a8", "#f58518", "#54a24b", "#b279a2")
@@ -103,22 +105,22 @@ def compare_heatmaps(labels: list[str], results, layer: int) -> list[go.Figure]:
     return out
 
 
-def percentile_lines(judgements: dict, typical: tuple[float, float]) -> go.Figure:
+def percentile_lines(judgements: dict, typical: tuple[float, float], layers=None) -> go.Figure:
     """judgements: reading name -> calibration.Judgement; each layer's percentile among the same
-    layer's calibration values, with the typical band shaded."""
+    layer's calibration values (x: ``layers``, default 0..n-1), with the typical band shaded."""
     fig = go.Figure()
     fig.add_hrect(y0=typical[0], y1=typical[1], fillcolor=TYPICAL_BAND, line_width=0, layer="below",
                   annotation_text="typical for this model", annotation_position="top left")
     for k, (name, j) in enumerate(judgements.items()):
-        layers = np.arange(len(j.layer_percentiles))
-        fig.add_trace(go.Scatter(x=layers, y=j.layer_percentiles, mode="lines+markers", name=name,
+        x = np.arange(len(j.layer_percentiles)) if layers is None else np.array(layers)
+        fig.add_trace(go.Scatter(x=x, y=j.layer_percentiles, mode="lines+markers", name=name,
                                  line_color=VARIANT_COLORS[k % len(VARIANT_COLORS)], customdata=j.layer_values,
                                  hovertemplate="layer %{x}: %{customdata:.1%}, percentile %{y:.0f}<extra></extra>"))
     n = next(iter(judgements.values())).n_prompts if judgements else 0
     fig.update_layout(title=f"Percentile per layer among {n} calibration prompts on this model",
                       xaxis_title="layer", yaxis_title="percentile", yaxis_range=[0, 101], legend_orientation="h",
                       margin_t=60, height=340)
-    return fig
+    return figures.whole_layer_ticks(fig, fig.data[0].x if fig.data else [])
 
 
 LABEL_ROW_PX = 13     # height of a row of part names above a heatmap
