@@ -99,7 +99,10 @@ def test_norm_charts_have_round_log_ticks_and_the_median_label_on_its_line(long_
 def test_log_ticks_are_round_numbers():
     assert figures.log_ticks(np.array([0.8, 3.0, 190.0])) == [0.1, 1.0, 10.0, 100.0, 1000.0]
     assert figures.log_ticks(np.array([0.094, 1.3, np.nan])) == pytest.approx([0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10])
-    assert figures.log_ticks(np.array([1.5, 4.0])) == [1.0, 2.0, 5.0, 10.0]
+    assert figures.log_ticks(np.array([1.5, 40.0])) == [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]
+    ticks = figures.log_ticks(np.array([0.55, 1.4]))          # within one decade: two ticks inside the data
+    assert ticks == pytest.approx([0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 7, 10])
+    assert sum(0.55 <= t <= 1.4 for t in ticks) == 2
 
 
 def test_sweep_draws_layers_on_a_sequential_scale_in_percent():

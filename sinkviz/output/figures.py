@@ -250,13 +250,15 @@ def norm_ratio_lines(norms: np.ndarray, tokens: tuple[str, ...], what: str, posi
 def log_ticks(values: np.ndarray) -> list[float]:
     """Round ticks for a log axis over the finite positive ``values`` and 1: the powers of ten
     from the one at or below the smallest to the one at or above the largest, with 1-2-5 steps
-    between them where the values span less than two decades."""
+    between them where the values span less than two decades, 1-1.5-2-3-5-7 within one (else a
+    plot of values between 0.55 and 1.4 shows the single tick 1)."""
     seen = values[np.isfinite(values) & (values > 0)]
     lo, hi = min(seen.min(initial=1.0), 1.0), max(seen.max(initial=1.0), 1.0)
     decades = [float(10.0 ** e) for e in np.arange(np.floor(np.log10(lo)), np.ceil(np.log10(hi)) + 1)]
     if np.log10(hi / lo) >= 2:
         return decades
-    return [m * d for d in decades for m in (1, 2, 5) if m * d <= decades[-1]]
+    steps = (1, 2, 5) if np.log10(hi / lo) >= 1 else (1, 1.5, 2, 3, 5, 7)
+    return [m * d for d in decades for m in steps if m * d <= decades[-1]]
 
 
 def entropy_lines(entropy_by_layer: np.ndarray, uniform_entropy, layers=None) -> go.Figure:
