@@ -157,7 +157,7 @@ def _blockwise_attention(module, query, key, value, attention_mask, kwargs, soft
     from the same probabilities when recording. Returns (output [1, L, heads, D] or, without
     ``with_output``, None, None)."""
     if query.shape[0] != 1:
-        raise ValueError("sinkviz runs a model with learned sinks or soft caps one prompt at a time")
+        raise ValueError("sinkviz computes a layer block by block one prompt at a time (batch size 1)")
     heads, n_q, dim = query.shape[1:]
     acc = torch.float64 if query.dtype == torch.float64 else torch.float32
     q = query[0].to(acc)                                                      # [heads, Lq, D]
