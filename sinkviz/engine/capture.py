@@ -125,11 +125,11 @@ def _attend(module, query, key, value, attention_mask, kwargs, recorder) -> torc
             f"{type(module).__name__} attends to {key.shape[2]} keys for {query.shape[2]} tokens (compressed or "
             "extra memory keys); sinkviz maps attention onto the prompt's tokens")
     softmax = Softmax.of(query, kwargs)
-    if recorder is not None and output_from_blocks(query.device):
+    blockwise = (recorder is not None and output_from_blocks(query.device)) or (   # the statistics' own blocks
+        softmax is not None and not (recorder is not None and recorder.fuses(module, query, key, attention_mask,
+                                                                              kwargs, softmax)))  # SDPA cannot
+    if blockwise:
         return _blockwise_attention(module, query, key, value, attention_mask, kwargs, softmax or Softmax(), recorder)[0]
-    if softmax is not None and not (recorder is not None and recorder.fuses(module, query, key, attention_mask,
-                                                                             kwargs, softmax)):
-        return _blockwise_attention(module, query, key, value, attention_mask, kwargs, softmax, recorder)[0]
     sinks = softmax.sink_logits if softmax is not None else None
     output = recorder.record(module, query, key, value, attention_mask, kwargs, sinks) if recorder else None
     if output is None:
@@ -162,12 +162,12 @@ def _blockwise_attention(module, query, key, value, attention_mask, kwargs, soft
     acc = torch.float64 if query.dtype == torch.float64 else torch.float32
     q = query[0].to(acc)                                                      # [heads, Lq, D]
     k = repeat_kv(key, heads // key.shape[1])[0].to(acc)                      # [heads, Lk, D]
-    v = repeat_kv(value, heads // value.shape[1])[0].to(acc)                  # [heads, Lk, D]
     causal = (recorder.applied_causality(module, query, key, attention_mask, kwargs) if recorder
               else is_causal(module, kwargs))
     n_k, window = k.shape[1], kwargs.get("sliding_window")
     reducer = (LayerReducer(heads, n_k, recorder.map_size, causal=causal, device=q.device, dtype=acc,
                             learned_sink=softmax.sink_logits is not None) if recorder else None)
+    v = repeat_kv(value, heads // value.shape[1])[0].to(acc) if with_output else None   # [heads, Lk, D]
     out = torch.empty(heads, n_q, v.shape[-1], device=q.device, dtype=acc) if with_output else None  # [heads, L, D]
     for block in probability_blocks(q, k, attention_mask, kwargs.get("scaling") or dim ** -0.5, causal=causal,
                                     window=window, bias=kwargs.get("position_bias"), softmax=softmax):

@@ -36,6 +36,7 @@ class LayerSinks:
     heads_sink_mass: np.ndarray  # [layers, heads]  m_N[l, h]
     sink_mass: np.ndarray        # [layers]         mean over heads
     baseline: float              # uniform-attention value of m_N in a layer without a sliding window
+    baselines: np.ndarray        # [layers]         each layer's uniform value, its sliding window respected
     max_ratio: float             # max over layers of 1 / baselines: the ratio when all attention goes to the first N
     ratio: np.ndarray            # [layers]         sink_mass / baselines
     flagged: np.ndarray          # [layers] bool    ratio > ratio_flag, deep layers only
@@ -43,7 +44,6 @@ class LayerSinks:
     heads_learned_sink: np.ndarray | None = None  # [layers, heads] mean over queries of the learned sink
     learned_sink: np.ndarray | None = None        # [layers] mean over heads (None: the model has none)
     layer_ids: tuple = ()        # model layer of each row (hybrids: attention layers only); () = 0..n-1
-    baselines: np.ndarray | None = None  # [layers] each layer's uniform value, its sliding window respected
 
 
 def check_first_n(first_n: int, n_tokens: int) -> None:

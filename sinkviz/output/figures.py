@@ -43,7 +43,7 @@ def sink_bars(sinks: LayerSinks, thresholds: Thresholds = Thresholds()) -> go.Fi
                 offsetgroup="sink mass", customdata=sinks.ratio[rows],
                 hovertemplate=f"layer %{{x}}<br>sink mass %{{y:.1%}}<br>%{{customdata:.1f}}x uniform<br>{label}"
                               "<extra></extra>"))
-    per_layer = sinks.baselines is not None and np.ptp(sinks.baselines) > 0      # sliding windows: each its own
+    per_layer = np.ptp(sinks.baselines) > 0                                  # sliding windows: each its own
     lines = [(thresholds.warning, "warning", "dash"), (thresholds.critical, "critical", "dash")]
     if per_layer:
         fig.add_trace(go.Scatter(x=layers, y=sinks.baselines, mode="markers", marker_symbol="line-ew-open",
@@ -51,8 +51,7 @@ def sink_bars(sinks: LayerSinks, thresholds: Thresholds = Thresholds()) -> go.Fi
                                  name="uniform baseline (each layer's window)",
                                  hovertemplate="layer %{x}<br>uniform %{y:.1%}<extra></extra>"))
     else:
-        lines.insert(0, (sinks.baseline if sinks.baselines is None else float(sinks.baselines[0]), "uniform baseline",
-                         "dot"))                              # every layer's (all of them windowed alike, too)
+        lines.insert(0, (float(sinks.baselines[0]), "uniform baseline", "dot"))   # every layer's (windowed alike too)
     for (y, label, dash), shift in zip(lines, margin_label_shifts([y for y, _, _ in lines])):
         fig.add_hline(y=y, line_dash=dash, line_color="#555")
         fig.add_annotation(x=1.0, xref="paper", xanchor="left", y=y, yref="y", yshift=shift, showarrow=False,

@@ -111,8 +111,9 @@ def percentile_lines(judgements: dict, typical: tuple[float, float], layers=None
     fig = go.Figure()
     fig.add_hrect(y0=typical[0], y1=typical[1], fillcolor=TYPICAL_BAND, line_width=0, layer="below",
                   annotation_text="typical for this model", annotation_position="top left")
+    n_layers = len(next(iter(judgements.values())).layer_percentiles) if judgements else 0
+    x = np.arange(n_layers) if layers is None else np.array(layers)
     for k, (name, j) in enumerate(judgements.items()):
-        x = np.arange(len(j.layer_percentiles)) if layers is None else np.array(layers)
         fig.add_trace(go.Scatter(x=x, y=j.layer_percentiles, mode="lines+markers", name=name,
                                  line_color=VARIANT_COLORS[k % len(VARIANT_COLORS)], customdata=j.layer_values,
                                  hovertemplate="layer %{x}: %{customdata:.1%}, percentile %{y:.0f}<extra></extra>"))
@@ -120,7 +121,7 @@ def percentile_lines(judgements: dict, typical: tuple[float, float], layers=None
     fig.update_layout(title=f"Percentile per layer among {n} calibration prompts on this model",
                       xaxis_title="layer", yaxis_title="percentile", yaxis_range=[0, 101], legend_orientation="h",
                       margin_t=60, height=340)
-    return figures.whole_layer_ticks(fig, fig.data[0].x if fig.data else [])
+    return figures.whole_layer_ticks(fig, x)
 
 
 LABEL_ROW_PX = 13     # height of a row of part names above a heatmap
